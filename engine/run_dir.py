@@ -1,0 +1,79 @@
+"""The run folder: resolved config, split lists, environment, log, TensorBoard events and checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataloaders import Split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def environment(device: torch.device, seed: int) -> dict:
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "seed": seed,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def prepare_run_dir(run_dir: Path, config_json: str, split: Split, env: dict) -> logging.Logger:
+    """Create the folder, write config/splits/environment, and return a logger writing to log.txt and stderr."""
+    try:
+        (run_dir / "splits").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another with --run_dir") from None
+    write_text_atomic(run_dir / "config.json", config_json + "\n")
+    for name, ids in split.to_dict().items():
+        write_text_atomic(run_dir / "splits" / f"{name}.list", "".join(f"{i}\n" for i in ids))
+    write_text_atomic(run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
+
+    logger = logging.getLogger(f"ssnet.{run_dir.resolve()}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    # log.txt gets one line per iteration; the terminal only the milestones (tqdm shows the live loss).
+    file_handler, console = logging.FileHandler(run_dir / "log.txt"), logging.StreamHandler(sys.stderr)
+    file_handler.setLevel(logging.DEBUG)
+    console.setLevel(logging.INFO)
+    for handler in (file_handler, console):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,113 @@
+"""Dataset adapters: what differs between LA (3D volumes, sliding window) and ACDC (2D slices, volumes at test).
+
+The trainer and the evaluation code talk to a Task and never branch on the dataset name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from dataloaders import (
+    ACDCSlices,
+    ACDCTrainTransform,
+    LATrainTransform,
+    LAVolumes,
+    Split,
+    acdc_split,
+    la_split,
+    load_acdc_volume,
+    load_la_case,
+)
+from dataloaders.splits import DATA_DIR
+from engine.presets import ACDC, LA, Preset
+from utils.choices import unknown_choice
+from utils.postprocess import keep_largest_component_per_class
+from utils.sliding_window import predict_slices_2d, sliding_window_predict
+
+
+@dataclass
+class InferenceSettings:
+    patch_size: tuple[int, ...]
+    stride: tuple[int, ...] = ()
+    batch_size: int = 4
+    nms: bool = False  # keep the largest connected component of each foreground class
+
+    def to_dict(self) -> dict:
+        return {"patch_size": list(self.patch_size), "stride": list(self.stride), "batch_size": self.batch_size,
+                "nms": self.nms}
+
+
+def _logits_fn(network: nn.Module):
+    """(B, C_in, *patch) on any device -> logits (B, K, *patch) computed on the network's device."""
+    device = next(network.parameters()).device
+    return lambda x: network(x.to(device, non_blocking=True))[0]
+
+
+class LATask:
+    preset: Preset = LA
+    # The original LA scans are 0.625 mm isotropic; the h5 crops keep that grid.
+    spacing_mm: tuple[float, ...] | None = (0.625, 0.625, 0.625)
+
+    def lists_dir(self, override: str | Path = "") -> Path:
+        return Path(override) if override else DATA_DIR / "LA"
+
+    def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
+        # The honest protocol holds the validation scans out of the unlabeled pool; the paper protocol has no val set.
+        return la_split(labelnum, hold_out_val=select == "val", lists_dir=self.lists_dir(lists_dir))
+
+    def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
+        return LAVolumes(root, case_ids, transform=LATrainTransform(tuple(patch_size)))
+
+    def load_case(self, root: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return load_la_case(root, case_id)
+
+    @torch.no_grad()
+    def predict(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int) -> np.ndarray:
+        device = next(network.parameters()).device
+        volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+        probs = sliding_window_predict(
+            _logits_fn(network), volume, settings.patch_size, settings.stride, num_classes, settings.batch_size
+        )
+        labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        if settings.nms:
+            labels = keep_largest_component_per_class(labels, list(range(1, num_classes)))
+        return labels
+
+
+class ACDCTask:
+    preset: Preset = ACDC
+    spacing_mm: tuple[float, ...] | None = None  # the public h5 volumes carry no spacing
+
+    def lists_dir(self, override: str | Path = "") -> Path:
+        return Path(override) if override else DATA_DIR / "ACDC"
+
+    def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
+        return acdc_split(labelnum, lists_dir=self.lists_dir(lists_dir))
+
+    def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
+        return ACDCSlices(root, case_ids, transform=ACDCTrainTransform(tuple(patch_size)))
+
+    def load_case(self, root: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return load_acdc_volume(root, case_id)
+
+    @torch.no_grad()
+    def predict(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int) -> np.ndarray:
+        labels = predict_slices_2d(_logits_fn(network), image, tuple(settings.patch_size), settings.batch_size)
+        labels = labels.astype(np.uint8)
+        if settings.nms:
+            labels = keep_largest_component_per_class(labels, list(range(1, num_classes)))
+        return labels
+
+
+TASKS = {"LA": LATask(), "ACDC": ACDCTask()}
+
+
+def get_task(dataset: str):
+    if dataset not in TASKS:
+        raise unknown_choice("dataset", dataset, TASKS)
+    return TASKS[dataset]

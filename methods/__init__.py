@@ -1,0 +1,24 @@
+"""Training methods: one small class per algorithm behind the one trainer loop."""
+from __future__ import annotations
+
+from torch import nn
+
+from methods.base import Batch, Method, MethodOutput, MethodSettings
+from methods.ss_net import SSNet
+from methods.supervised import Supervised
+from utils.choices import unknown_choice
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSNet, Supervised)}
+
+
+def check_method_name(name: str) -> str:
+    if name not in METHODS:
+        raise unknown_choice("method", name, METHODS)
+    return name
+
+
+def build_method(name: str, network: nn.Module, settings: MethodSettings) -> Method:
+    return METHODS[check_method_name(name)](network, settings)
+
+
+__all__ = ["Batch", "METHODS", "Method", "MethodOutput", "MethodSettings", "build_method", "check_method_name"]
