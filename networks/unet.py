@@ -1,0 +1,142 @@
+"""2-D U-Net used for ACDC (SS-Net §2.2): LeakyReLU(0.01), BatchNorm2d, encoder dropout, concatenating skips.
+
+Tensors are (B, C, H, W). Submodule names reproduce the official state-dict keys
+(`encoder.in_conv.conv_conv.0.weight`, `encoder.down1.maxpool_conv.1.conv_conv.4.weight`,
+`decoder.up1.conv1x1.weight`, `decoder.up1.conv.conv_conv.0.weight`, `decoder.out_conv.weight`, ...).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import SegmentationNetwork
+
+NUM_LEVELS = 5
+
+
+class ConvBlock(nn.Module):
+    """3×3 conv → BN → LeakyReLU(0.01) → Dropout(p) → 3×3 conv → BN → LeakyReLU(0.01); keeps H, W."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.conv_conv = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.01),
+            nn.Dropout(dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.01),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_conv(x)
+
+
+class DownBlock(nn.Module):
+    """2×2 max-pool (halves H, W) → ConvBlock."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), ConvBlock(in_channels, out_channels, dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool_conv(x)
+
+
+class UpBlock(nn.Module):
+    """deep (B, Cd, h, w), skip (B, Cs, 2h, 2w) → (B, Cs, 2h, 2w).
+
+    1×1 conv Cd→Cs, bilinear ×2 upsampling (align_corners=True), concat [skip, up], ConvBlock(2·Cs→Cs, p=0).
+    """
+
+    def __init__(self, deep_channels: int, skip_channels: int) -> None:
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(deep_channels, skip_channels, 1)
+        self.conv = ConvBlock(2 * skip_channels, skip_channels, 0.0)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.conv1x1(deep), scale_factor=2, mode="bilinear", align_corners=True)
+        return self.conv(torch.cat([skip, up], dim=1))
+
+
+class UNetEncoder(nn.Module):
+    """(B, in, H, W) → [e0 (c0, 1), e1 (c1, ½), e2 (c2, ¼), e3 (c3, ⅛), e4 (c4, 1/16)]."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int], dropout: Sequence[float]) -> None:
+        super().__init__()
+        self.in_conv = ConvBlock(in_channels, channels[0], dropout[0])
+        self.down1 = DownBlock(channels[0], channels[1], dropout[1])
+        self.down2 = DownBlock(channels[1], channels[2], dropout[2])
+        self.down3 = DownBlock(channels[2], channels[3], dropout[3])
+        self.down4 = DownBlock(channels[3], channels[4], dropout[4])
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        e0 = self.in_conv(image)
+        e1 = self.down1(e0)
+        e2 = self.down2(e1)
+        e3 = self.down3(e2)
+        return [e0, e1, e2, e3, self.down4(e3)]
+
+
+class UNetDecoder(nn.Module):
+    """[e0..e4] → (logits (B, C, H, W) from a 3×3 conv, embedding (B, c0, H, W)); no dropout on the embedding.
+    """
+
+    def __init__(self, num_classes: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.up1 = UpBlock(channels[4], channels[3])
+        self.up2 = UpBlock(channels[3], channels[2])
+        self.up3 = UpBlock(channels[2], channels[1])
+        self.up4 = UpBlock(channels[1], channels[0])
+        self.out_conv = nn.Conv2d(channels[0], num_classes, 3, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        e0, e1, e2, e3, e4 = features
+        embedding = self.up4(self.up3(self.up2(self.up1(e4, e3), e2), e1), e0)
+        return self.out_conv(embedding), embedding
+
+
+class UNet(SegmentationNetwork):
+    """U-Net for 2-D slices (B, in_channels, H, W) with the SS-Net heads.
+
+    The paper's ACDC network is UNet(1, 4): 1,826,828 parameters. `dropout` holds the element-wise dropout
+    rate inside each of the five encoder blocks (the decoder uses none).
+    """
+
+    name = "unet"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 4,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        dropout: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+    ) -> None:
+        if len(channels) != NUM_LEVELS or len(dropout) != NUM_LEVELS:
+            raise ValueError(
+                f"UNet has {NUM_LEVELS} levels: channels and dropout need {NUM_LEVELS} entries each, "
+                f"got channels={tuple(channels)}, dropout={tuple(dropout)}"
+            )
+        super().__init__(
+            UNetEncoder(in_channels, channels, dropout),
+            UNetDecoder(num_classes, channels),
+            in_channels=in_channels,
+            num_classes=num_classes,
+            feature_channels=channels[0],
+            spatial_dims=2,
+        )
+        self.channels = tuple(int(c) for c in channels)
+        self.dropout_rates = tuple(float(p) for p in dropout)
+
+    def network_kwargs(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "channels": list(self.channels),
+            "dropout": list(self.dropout_rates),
+        }

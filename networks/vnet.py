@@ -1,0 +1,149 @@
+"""3-D V-Net used for LA (SS-Net §2.1): plain encoder–decoder, BatchNorm3d, ReLU, additive skips.
+
+Tensors are (B, C, D, H, W); the network does not care which physical axis each spatial dim is (the LA volumes
+are stored (W, H, D) and fed in that order). Submodule names reproduce the official state-dict keys
+(`encoder.block_one.conv.0.weight`, `decoder.block_five_up.conv.0.weight`, `decoder.out_conv.weight`, ...).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .heads import SegmentationNetwork
+
+
+def _conv_bn_relu(conv: nn.Module, out_channels: int) -> list[nn.Module]:
+    return [conv, nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
+
+
+class ConvStage(nn.Module):
+    """n × [3×3×3 conv (pad 1) → BN → ReLU]; keeps the spatial size. Keys: conv.{3i}, conv.{3i+1}."""
+
+    def __init__(self, num_convs: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(num_convs):
+            conv_in = in_channels if i == 0 else out_channels
+            layers += _conv_bn_relu(nn.Conv3d(conv_in, out_channels, 3, padding=1), out_channels)
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class DownStage(nn.Module):
+    """2×2×2 conv, stride 2 → BN → ReLU: halves every spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            *_conv_bn_relu(nn.Conv3d(in_channels, out_channels, 2, stride=2), out_channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class UpStage(nn.Module):
+    """2×2×2 transposed conv, stride 2 → BN → ReLU: doubles every spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            *_conv_bn_relu(nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2), out_channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class VNetEncoder(nn.Module):
+    """(B, in, D, H, W) → [x1 (f, 1), x2 (2f, ½), x3 (4f, ¼), x4 (8f, ⅛), x5 (16f, 1/16)], f = base_filters.
+
+    x5 goes through Dropout3d(0.5) when built with dropout=True (active in train mode only).
+    """
+
+    def __init__(self, in_channels: int, base_filters: int, dropout: bool) -> None:
+        super().__init__()
+        f = base_filters
+        self.block_one = ConvStage(1, in_channels, f)
+        self.block_one_dw = DownStage(f, 2 * f)
+        self.block_two = ConvStage(2, 2 * f, 2 * f)
+        self.block_two_dw = DownStage(2 * f, 4 * f)
+        self.block_three = ConvStage(3, 4 * f, 4 * f)
+        self.block_three_dw = DownStage(4 * f, 8 * f)
+        self.block_four = ConvStage(3, 8 * f, 8 * f)
+        self.block_four_dw = DownStage(8 * f, 16 * f)
+        self.block_five = ConvStage(3, 16 * f, 16 * f)
+        self.dropout = nn.Dropout3d(0.5) if dropout else nn.Identity()
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x1 = self.block_one(image)
+        x2 = self.block_two(self.block_one_dw(x1))
+        x3 = self.block_three(self.block_two_dw(x2))
+        x4 = self.block_four(self.block_three_dw(x3))
+        x5 = self.dropout(self.block_five(self.block_four_dw(x4)))
+        return [x1, x2, x3, x4, x5]
+
+
+class VNetDecoder(nn.Module):
+    """[x1..x5] → (logits (B, C, D, H, W), embedding x9 (B, f, D, H, W)); skips are added, not concatenated.
+
+    The embedding is x9 after Dropout3d(0.5) (dropout=True, train mode): exactly what the classifier sees.
+    """
+
+    def __init__(self, num_classes: int, base_filters: int, dropout: bool) -> None:
+        super().__init__()
+        f = base_filters
+        self.block_five_up = UpStage(16 * f, 8 * f)
+        self.block_six = ConvStage(3, 8 * f, 8 * f)
+        self.block_six_up = UpStage(8 * f, 4 * f)
+        self.block_seven = ConvStage(3, 4 * f, 4 * f)
+        self.block_seven_up = UpStage(4 * f, 2 * f)
+        self.block_eight = ConvStage(2, 2 * f, 2 * f)
+        self.block_eight_up = UpStage(2 * f, f)
+        self.block_nine = ConvStage(1, f, f)
+        self.out_conv = nn.Conv3d(f, num_classes, 1)
+        self.dropout = nn.Dropout3d(0.5) if dropout else nn.Identity()
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x1, x2, x3, x4, x5 = features
+        x = self.block_six(self.block_five_up(x5) + x4)
+        x = self.block_seven(self.block_six_up(x) + x3)
+        x = self.block_eight(self.block_seven_up(x) + x2)
+        x9 = self.dropout(self.block_nine(self.block_eight_up(x) + x1))
+        return self.out_conv(x9), x9
+
+
+class VNet(SegmentationNetwork):
+    """V-Net for 3-D volumes (B, in_channels, D, H, W) with the SS-Net heads.
+
+    The paper's LA network is VNet(1, 2, 16, dropout=True): 9,457,318 parameters. `dropout` only switches the
+    two Dropout3d layers (no parameters), so state dicts load across dropout=True/False.
+    """
+
+    name = "vnet"
+
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16, dropout: bool = True
+    ) -> None:
+        super().__init__(
+            VNetEncoder(in_channels, base_filters, dropout),
+            VNetDecoder(num_classes, base_filters, dropout),
+            in_channels=in_channels,
+            num_classes=num_classes,
+            feature_channels=base_filters,
+            spatial_dims=3,
+        )
+        self.base_filters = base_filters
+        self.use_dropout = dropout
+
+    def network_kwargs(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "base_filters": self.base_filters,
+            "dropout": self.use_dropout,
+        }
