@@ -1,0 +1,108 @@
+"""Contract tests for the training methods on tiny 2D and 3D inputs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from methods import Batch, MethodSettings, build_method
+from networks import build_network
+
+CASES = {
+    # name: (network, kwargs, image shape (B, 1, *spatial), settings)
+    "3d": ("vnet", {"num_classes": 2, "base_filters": 4}, (4, 1, 16, 16, 16),
+           MethodSettings(num_classes=2)),
+    "2d": ("unet", {"num_classes": 4}, (4, 1, 32, 32),
+           MethodSettings(num_classes=4, dice_include_background=True, dice_squared_denominator=True,
+                          dice_smooth=1e-10, consistency=0.1, consistency_rampup=200, lds_discrepancy="class_mean_dice",
+                          epsilon=6.0)),
+}
+
+
+def make(case: str, method: str, seed: int = 0):
+    name, kwargs, shape, settings = CASES[case]
+    torch.manual_seed(seed)
+    network = build_network(name, **kwargs).train()
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(shape, generator=g)
+    labels = torch.randint(0, kwargs["num_classes"], (shape[0] // 2, *shape[2:]), generator=g)
+    labeled = Batch(images[: shape[0] // 2], labels)
+    unlabeled = Batch(images[shape[0] // 2 :], None)
+    return network, build_method(method, network, settings), labeled, unlabeled
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("method", ["ss_net", "supervised"])
+def test_loss_is_finite_and_terms_are_detached(case, method):
+    network, m, labeled, unlabeled = make(case, method)
+    out = m.training_loss(labeled, unlabeled, iteration=3000)
+    assert math.isfinite(out.loss.item()) and out.loss.requires_grad
+    assert all(not v.requires_grad for v in out.terms.values())
+    assert out.labeled_logits.shape[0] == len(labeled)
+
+
+def dead_parameters(network) -> set[str]:
+    """SS-Net never uses the background selectors (no background prototypes, spec §2.3)."""
+    return {n for n, _ in network.named_parameters()
+            if n.startswith(("contrastive_class_selector_0.", "contrastive_class_selector_memory0."))}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ss_net_full_step_gives_every_live_parameter_a_gradient(case):
+    network, m, labeled, unlabeled = make(case, "ss_net")
+    for c in range(1, network.num_classes):  # a filled memory, as after the first correct predictions
+        m.memory.prototypes[c] = torch.randn(32, 32)
+    out = m.training_loss(labeled, unlabeled, iteration=6000)
+    out.loss.backward()
+    missing = [n for n, p in network.named_parameters()
+               if n not in dead_parameters(network) and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert missing == []
+    assert all(p.grad is None for n, p in network.named_parameters() if n in dead_parameters(network))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ss_net_memory_holds_only_correct_labeled_foreground(case):
+    network, m, labeled, unlabeled = make(case, "ss_net")
+    with torch.no_grad():
+        network.eval()
+        predicted = network(labeled.image).logits.argmax(1)
+        network.train()
+    # labels = the network's own prediction where foreground, so candidates exist; dropout makes the
+    # training-mode prediction differ a little, which is fine: only correct foreground voxels may enter.
+    m.training_loss(Batch(labeled.image, predicted), unlabeled, iteration=1)
+    counts = m.memory.counts()
+    assert counts[0] == 0  # background never enters the memory
+    assert all(0 <= n <= 32 for n in counts)
+
+
+def test_ss_net_refuses_batches_without_unlabeled_data():
+    _, m, labeled, _ = make("2d", "ss_net")
+    with pytest.raises(ValueError, match="unlabeled"):
+        m.training_loss(labeled, None, iteration=1)
+
+
+def test_supervised_ignores_unlabeled_batch():
+    network, m, labeled, unlabeled = make("2d", "supervised")
+    torch.manual_seed(1)
+    a = m.training_loss(labeled, unlabeled, iteration=1).loss.item()
+    torch.manual_seed(1)
+    b = m.training_loss(labeled, None, iteration=1).loss.item()
+    assert a == b
+
+
+def test_unlabeled_terms_alone_move_the_network():
+    network, m, labeled, unlabeled = make("2d", "ss_net")
+    for c in range(1, network.num_classes):
+        m.memory.prototypes[c] = torch.randn(32, 32)
+    m.settings.consistency = 1.0
+    m.supervised_loss = lambda logits, labels: (logits.sum() * 0.0, {})  # zero the supervised term
+    out = m.training_loss(labeled, unlabeled, iteration=10**6)
+    out.loss.backward()
+    assert network.encoder.in_conv.conv_conv[0].weight.grad.abs().sum() > 0
+    assert network.prediction_head[0].weight.grad.abs().sum() > 0
+
+
+def test_unknown_method_suggests_the_right_name():
+    with pytest.raises(ValueError, match="did you mean 'ss_net'"):
+        build_method("ssnet", None, MethodSettings(num_classes=2))
