@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dataloaders.splits import DATA_DIR
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -23,7 +24,6 @@ from dataloaders import (
     load_acdc_volume,
     load_la_case,
 )
-from dataloaders.splits import DATA_DIR
 from engine.presets import ACDC, LA, Preset
 from utils.choices import unknown_choice
 from utils.postprocess import keep_largest_component_per_class

@@ -20,7 +20,7 @@ CACHE = Path(os.environ.get("SSNET_TEST_CACHE", REPO / ".test_cache"))
 def _restore(dataset: str, limit: int) -> Path:
     restore = SHARED_DATA / "restore.py"
     if not restore.is_file():
-        pytest.skip(f"real-data test: {restore} not found (bundled benchmark copy absent; set SSNET_SHARED_DATA)")
+        pytest.skip(f"real-data test: {restore} not found (no bundled benchmark copy; set SSNET_SHARED_DATA)")
     out = CACHE / f"{dataset.lower()}_limit{limit}"
     done = out / ".complete"
     if not done.exists():
