@@ -1,0 +1,22 @@
+"""Data: split lists, LA / ACDC datasets, augmentation, the two-stream sampler, a synthetic LA set."""
+from .acdc import ACDCSlices, acdc_slice_path, acdc_volume_path, load_acdc_slice, load_acdc_volume
+from .cases import Transform
+from .la import LA_FOLDER, LAVolumes, la_case_path, load_la_case
+from .samplers import TwoStreamBatchSampler
+from .splits import DATA_DIR, Split, acdc_split, la_split, patient_of, patients_to_slices, read_list
+from .synthetic import make_synthetic_la
+from .transforms import (
+    ACDCTrainTransform,
+    LATrainTransform,
+    random_crop,
+    random_rot_flip,
+    random_rotate,
+    resize_nearest,
+)
+
+__all__ = [
+    "ACDCSlices", "ACDCTrainTransform", "DATA_DIR", "LA_FOLDER", "LATrainTransform", "LAVolumes", "Split",
+    "Transform", "TwoStreamBatchSampler", "acdc_slice_path", "acdc_split", "acdc_volume_path", "la_case_path",
+    "la_split", "load_acdc_slice", "load_acdc_volume", "load_la_case", "make_synthetic_la", "patient_of",
+    "patients_to_slices", "random_crop", "random_rot_flip", "random_rotate", "read_list", "resize_nearest",
+]

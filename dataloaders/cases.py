@@ -1,0 +1,89 @@
+"""What the LA and ACDC datasets share: reading an h5 case, the key/transform contract, the sample dict."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+# (image, label, rng) -> (image, label)
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def read_image_label(path: Path, ndim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32, label uint8) of `path`; `ndim` is the expected number of axes of both arrays.
+
+    `what` names the case in messages, e.g. "LA case 06SR5RBREL16DQ6M8LWS".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what}: {path} not found; expected an h5 file with datasets 'image' and 'label'. "
+            f"Restore or prepare the dataset (see README 'Data') and check the data root."
+        )
+    with h5py.File(path, "r") as f:
+        missing = [key for key in ("image", "label") if key not in f]
+        if missing:
+            raise ValueError(f"{what}: {path} has no dataset(s) {missing}; found {sorted(f.keys())}")
+        image = np.asarray(f["image"][()], dtype=np.float32)
+        label = np.asarray(f["label"][()], dtype=np.uint8)
+    if image.shape != label.shape or image.ndim != ndim:
+        raise ValueError(
+            f"{what}: {path} has image shape {image.shape} and label shape {label.shape}; "
+            f"expected two equal {ndim}-D shapes"
+        )
+    return image, label
+
+
+def parse_key(key: int | tuple[int, int]) -> tuple[int, int]:
+    """Dataset key -> (index, sample_seed). A bare index uses itself as seed (deterministic evaluation)."""
+    if isinstance(key, tuple):
+        index, sample_seed = key
+        return int(index), int(sample_seed)
+    return int(key), int(key)
+
+
+def to_sample(image: np.ndarray, label: np.ndarray, case: str) -> dict:
+    """Sample dict: image float32 (1, *spatial), label int64 (*spatial), case id."""
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
+        "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
+        "case": case,
+    }
+
+
+class CasesDataset(Dataset):
+    """Shared key / transform / cache contract of the LA and ACDC datasets."""
+
+    def __init__(self, case_ids: Sequence[str], transform: Transform | None = None, cache: bool = True):
+        self.case_ids = list(case_ids)
+        self.transform = transform
+        self.cache = cache
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (image, label) of case `index`; cached arrays are shared, so never modify them in place."""
+        if index in self._cache:
+            return self._cache[index]
+        arrays = self.load(self.case_ids[index])
+        if self.cache:
+            self._cache[index] = arrays
+        return arrays
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, sample_seed = parse_key(key)
+        if not 0 <= index < len(self.case_ids):
+            raise IndexError(f"index {index} out of range for {len(self.case_ids)} cases")
+        image, label = self.arrays(index)
+        if self.transform is not None:
+            image, label = self.transform(image, label, np.random.default_rng(sample_seed))
+        return to_sample(image, label, self.case_ids[index])

@@ -1,0 +1,103 @@
+"""Labeled / unlabeled / validation / test id lists for LA and ACDC.
+
+The lists live in the repository's `data/` folder. Labeled subsets follow the official code: the first N
+ids of the training list (LA), or the slices of the first N patients of `train_slices.list` (ACDC).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+_LIST_CONTENTS = {
+    "train.list": "one training case id per line",
+    "test.list": "one test case id per line",
+    "val.list": "one validation case id per line",
+    "train_slices.list": "one training slice name per line (patientXXX_frameYY_slice_K)",
+}
+
+
+def read_list(path: str | Path) -> list[str]:
+    """Ids of a `.list` file, one per line; blank lines and CR/LF line endings are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        what = _LIST_CONTENTS.get(path.name, "one id per line")
+        raise FileNotFoundError(f"split list {path} not found; it should contain {what} (see README 'Data')")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Split:
+    """Explicit id lists of one experiment; `test` reaches only the test scripts."""
+
+    labeled: list[str]
+    unlabeled: list[str]
+    val: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return asdict(self)
+
+
+def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = DATA_DIR / "LA") -> Split:
+    """LA split with the first `labelnum` ids of train.list labeled.
+
+    hold_out_val=True (honest protocol): the val.list cases are neither labeled nor unlabeled training data.
+    hold_out_val=False (paper protocol, the official code has no val set): they join the unlabeled pool.
+    """
+    lists_dir = Path(lists_dir)
+    train = read_list(lists_dir / "train.list")
+    val = read_list(lists_dir / "val.list")
+    test = read_list(lists_dir / "test.list")
+    available = len(train)
+    if labelnum < 1 or labelnum > available:
+        raise ValueError(f"--labelnum {labelnum} out of range: choose 1..{available} (cases in train.list)")
+    labeled = train[:labelnum]
+    val_set = set(val)
+    leaked = [case for case in labeled if case in val_set]
+    if hold_out_val and leaked:
+        raise ValueError(
+            f"--labelnum {labelnum} would label validation case(s) {leaked} from val.list; "
+            f"use --labelnum <= {available - len(val)} or disable the held-out validation set"
+        )
+    rest = train[labelnum:]
+    unlabeled = [case for case in rest if case not in val_set] if hold_out_val else rest
+    return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
+
+
+def patient_of(slice_or_volume_id: str) -> str:
+    """'patient099_frame01_slice_15' -> 'patient099'."""
+    return slice_or_volume_id.split("_", 1)[0]
+
+
+def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
+    """Number of leading entries of `slice_ids` that belong to the first `labeled_patients` patients."""
+    distinct = list(dict.fromkeys(patient_of(name) for name in slice_ids))
+    if labeled_patients < 1 or labeled_patients > len(distinct):
+        raise ValueError(
+            f"--labelnum {labeled_patients} (labeled patients) out of range: choose 1..{len(distinct)}"
+        )
+    chosen = set(distinct[:labeled_patients])
+    count = 0
+    for name in slice_ids:
+        if patient_of(name) not in chosen:
+            break
+        count += 1
+    # The list is ordered patient by patient; a chosen patient reappearing later would break the prefix cut.
+    if any(patient_of(name) in chosen for name in slice_ids[count:]):
+        raise ValueError("train_slices.list is not grouped by patient; cannot cut labeled slices as a prefix")
+    return count
+
+
+def acdc_split(labeled_patients: int, lists_dir: str | Path = DATA_DIR / "ACDC") -> Split:
+    """ACDC split: labeled = slices of the first `labeled_patients` patients of train_slices.list."""
+    lists_dir = Path(lists_dir)
+    slices = read_list(lists_dir / "train_slices.list")
+    n_labeled = patients_to_slices(labeled_patients, slices)
+    return Split(
+        labeled=slices[:n_labeled],
+        unlabeled=slices[n_labeled:],
+        val=read_list(lists_dir / "val.list"),
+        test=read_list(lists_dir / "test.list"),
+    )
