@@ -40,5 +40,5 @@ def la_root() -> Path:
 
 @pytest.fixture(scope="session")
 def acdc_root() -> Path:
-    """Folder holding `data/` with 2 val, 2 test and 2 training ACDC volumes (and their slices)."""
-    return _restore("ACDC", 2)
+    """Folder holding `data/` with 4 val, 4 test and 4 training ACDC volumes (2 patients; their slices)."""
+    return _restore("ACDC", 4)
