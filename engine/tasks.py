@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dataloaders import (
+    LA_FOLDER,
     ACDCSlices,
     ACDCTrainTransform,
     LATrainTransform,
@@ -24,6 +25,8 @@ from dataloaders import (
     load_acdc_volume,
     load_la_case,
 )
+from dataloaders.acdc import acdc_slice_path, acdc_volume_path
+from dataloaders.la import la_case_path
 from engine.presets import ACDC, LA, Preset
 from utils.choices import unknown_choice
 from utils.postprocess import keep_largest_component_per_class
@@ -40,6 +43,16 @@ class InferenceSettings:
     def to_dict(self) -> dict:
         return {"patch_size": list(self.patch_size), "stride": list(self.stride), "batch_size": self.batch_size,
                 "nms": self.nms}
+
+
+def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str) -> None:
+    """Fail before training starts (and before a run folder is written) when cases are missing."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"--root_path {root} does not exist; it should hold {layout} (see README 'Data')")
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} {what} missing under --root_path {root}, "
+                                f"e.g. {missing[0]} (see README 'Data')")
 
 
 def _logits_fn(network: nn.Module):
@@ -59,6 +72,10 @@ class LATask:
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         # The honest protocol holds the validation scans out of the unlabeled pool; the paper protocol has no val set.
         return la_split(labelnum, hold_out_val=select == "val", lists_dir=self.lists_dir(lists_dir))
+
+    def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
+        paths = [la_case_path(root, c) for c in [*train_ids, *eval_ids]]
+        check_files_exist(paths, "LA cases", root, f"'{LA_FOLDER}/<case>/mri_norm2.h5'")
 
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         return LAVolumes(root, case_ids, transform=LATrainTransform(tuple(patch_size)))
@@ -88,6 +105,10 @@ class ACDCTask:
 
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         return acdc_split(labelnum, lists_dir=self.lists_dir(lists_dir))
+
+    def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
+        paths = [acdc_slice_path(root, s) for s in train_ids] + [acdc_volume_path(root, v) for v in eval_ids]
+        check_files_exist(paths, "ACDC slices/volumes", root, "'data/<volume>.h5' and 'data/slices/<slice>.h5'")
 
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         return ACDCSlices(root, case_ids, transform=ACDCTrainTransform(tuple(patch_size)))

@@ -18,7 +18,7 @@ from engine.config import TrainConfig, default_run_dir
 from engine.evaluate import evaluate_cases
 from engine.run_dir import close_logger, environment, prepare_run_dir
 from engine.tasks import InferenceSettings, get_task
-from methods import Batch, build_method
+from methods import METHODS, Batch, build_method
 from networks import build_network
 from utils.checkpoint import save_checkpoint
 from utils.ramps import step_learning_rate
@@ -66,6 +66,11 @@ def image_panel(image: torch.Tensor, label: torch.Tensor, logits: torch.Tensor) 
     return row.unsqueeze(0)
 
 
+def eval_ids_for(config: TrainConfig, split) -> list[str]:
+    """The cases that choose the checkpoint: val (honest), test (the paper's LA protocol) or none."""
+    return {"val": split.val, "test": split.test, "last": []}[config.select]
+
+
 def _infinite(loader):
     while True:
         yield from loader
@@ -76,6 +81,9 @@ def train(config: TrainConfig) -> TrainResult:
     device = resolve_device(config.device)
     seed_everything(config.seed, bool(config.deterministic))
     split = task.split(config.labelnum, config.select, config.lists_dir)
+    method_class = METHODS[config.method]
+    task.check_data(config.root_path, split.labeled + (split.unlabeled if method_class.uses_unlabeled else []),
+                    eval_ids_for(config, split))
 
     run_dir = default_run_dir(config)
     logger = prepare_run_dir(run_dir, config.to_json(), split, environment(device, config.seed))
@@ -111,7 +119,7 @@ def _train(config, task, split, device, run_dir, logger, writer) -> TrainResult:
         persistent_workers=config.num_workers > 0,
     )
 
-    eval_ids = {"val": split.val, "test": split.test, "last": []}[config.select]
+    eval_ids = eval_ids_for(config, split)
     inference = InferenceSettings(
         patch_size=tuple(config.patch_size), stride=tuple(config.stride), batch_size=config.eval_batch_size, nms=False
     )
