@@ -146,7 +146,8 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--eval_batch_size", type=int, default=4, help="patches/slices per forward at evaluation")
     p.add_argument("--device", default=default_device(), help="cuda, cuda:1, cpu, ...")
     p.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes")
-    p.add_argument("--run_dir", default="", help="run folder (default: model/<exp>_<labelnum>_labeled/<method>_seed<seed>)")
+    p.add_argument("--run_dir", default="",
+                   help="run folder (default: model/<exp>_<labelnum>_labeled/<method>_seed<seed>)")
     p.add_argument("--lists_dir", default="", help=f"folder with the split lists (default: data/{preset.dataset})")
     p.add_argument("--image_every", type=int, default=200, help="iterations between TensorBoard image panels")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
@@ -161,7 +162,9 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
             raise ValueError("--base_filters applies to the V-Net (LA) only")
         network_kwargs["base_filters"] = args.base_filters
     if len(args.patch_size) != len(preset.patch_size):
-        raise ValueError(f"--patch_size needs {len(preset.patch_size)} values for {preset.dataset}, got {args.patch_size}")
+        raise ValueError(
+            f"--patch_size needs {len(preset.patch_size)} values for {preset.dataset}, got {args.patch_size}"
+        )
     config = TrainConfig(
         dataset=preset.dataset,
         root_path=args.root_path,
@@ -207,7 +210,9 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
 def validate_config(config: TrainConfig) -> None:
     """Checks that need no data; data-dependent checks happen when the split is built."""
     if config.labeled_bs < 1 or config.labeled_bs > config.batch_size:
-        raise ValueError(f"--labeled_bs must be between 1 and --batch_size ({config.batch_size}), got {config.labeled_bs}")
+        raise ValueError(
+            f"--labeled_bs must be between 1 and --batch_size ({config.batch_size}), got {config.labeled_bs}"
+        )
     if METHODS[config.method].uses_unlabeled and config.batch_size == config.labeled_bs:
         raise ValueError(
             f"method {config.method} needs unlabeled samples: --batch_size ({config.batch_size}) must exceed "

@@ -67,7 +67,9 @@ ACDC = Preset(
     network_kwargs={"in_channels": 1, "num_classes": 4},
     num_classes=4,
     labelnum=7,
-    labelnum_meaning="labeled training patients (first N patients of data/ACDC/train_slices.list; 3 -> 68 slices, 7 -> 136)",
+    labelnum_meaning=(
+        "labeled training patients (first N patients of data/ACDC/train_slices.list; 3 -> 68 slices, 7 -> 136)"
+    ),
     patch_size=(256, 256),
     max_iteration=30000,
     batch_size=24,

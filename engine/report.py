@@ -39,7 +39,7 @@ def format_table(summary: dict, units: str, title: str) -> str:
 
     def row(name: str, stats: dict) -> str:
         cells = []
-        for key, width in zip(TABLE_KEYS, (16, 16, 18, 18)):
+        for key, width in zip(TABLE_KEYS, (16, 16, 18, 18), strict=True):
             scale = 100.0 if key in ("dice", "jaccard") else 1.0
             cells.append(f"{stats[key]['mean'] * scale:.2f} ± {stats[key]['sd'] * scale:.2f}".rjust(width))
         return f"{name:14s}" + "".join(cells)

@@ -50,7 +50,9 @@ def prepare_run_dir(run_dir: Path, config_json: str, split: Split, env: dict) ->
     try:
         (run_dir / "splits").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another with --run_dir") from None
+        raise OSError(
+            f"cannot create the run folder {run_dir}: {exc.strerror}; choose another with --run_dir"
+        ) from None
     write_text_atomic(run_dir / "config.json", config_json + "\n")
     for name, ids in split.to_dict().items():
         write_text_atomic(run_dir / "splits" / f"{name}.list", "".join(f"{i}\n" for i in ids))

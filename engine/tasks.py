@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dataloaders.splits import DATA_DIR
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -27,6 +26,7 @@ from dataloaders import (
 )
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
 from dataloaders.la import la_case_path
+from dataloaders.splits import DATA_DIR
 from engine.presets import ACDC, LA, Preset
 from utils.choices import unknown_choice
 from utils.postprocess import keep_largest_component_per_class
@@ -84,7 +84,9 @@ class LATask:
         return load_la_case(root, case_id)
 
     @torch.no_grad()
-    def predict(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int) -> np.ndarray:
+    def predict(
+        self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int
+    ) -> np.ndarray:
         device = next(network.parameters()).device
         volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
         probs = sliding_window_predict(
@@ -117,8 +119,12 @@ class ACDCTask:
         return load_acdc_volume(root, case_id)
 
     @torch.no_grad()
-    def predict(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int) -> np.ndarray:
-        labels = predict_slices_2d(_logits_fn(network), image, tuple(settings.patch_size), settings.batch_size)
+    def predict(
+        self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int
+    ) -> np.ndarray:
+        labels = predict_slices_2d(
+            _logits_fn(network), image, tuple(settings.patch_size), settings.batch_size
+        )
         labels = labels.astype(np.uint8)
         if settings.nms:
             labels = keep_largest_component_per_class(labels, list(range(1, num_classes)))

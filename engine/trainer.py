@@ -149,8 +149,8 @@ def _train(config, task, split, device, run_dir, logger, writer) -> TrainResult:
     start = time.perf_counter()
     network.train()
     batches = _infinite(loader)
-    progress = tqdm(range(1, config.max_iteration + 1), desc=f"{config.method} {config.dataset}", disable=not config.progress,
-                    dynamic_ncols=True)
+    progress = tqdm(range(1, config.max_iteration + 1), desc=f"{config.method} {config.dataset}",
+                    disable=not config.progress, dynamic_ncols=True)
     for iteration in progress:
         batch = next(batches)
         images = batch["image"].to(device, non_blocking=True)
@@ -198,7 +198,8 @@ def _train(config, task, split, device, run_dir, logger, writer) -> TrainResult:
             logger.info("iteration %d: %s mean Dice %.4f (best %.4f @ %d)%s", iteration, config.select, score,
                         best_score, best_iteration, " -> saved best" if improved else "")
 
-    save_checkpoint(last_path, network, optimizer=optimizer.state_dict(), **checkpoint_metadata(config.max_iteration, None))
+    save_checkpoint(last_path, network, optimizer=optimizer.state_dict(),
+                    **checkpoint_metadata(config.max_iteration, None))
     if not best_path.exists():  # select=last, or no evaluation happened: the last weights are the result
         if eval_ids:
             logger.info("no evaluation ran (eval_start %d > max_iteration %d): best = last", config.eval_start,

@@ -43,7 +43,8 @@ class PrototypeMemory:
         return [0 if p is None else int(p.shape[0]) for p in self.prototypes]
 
     def state_dict(self) -> dict:
-        return {"size": self.size, "keep": self.keep, "prototypes": [None if p is None else p.cpu() for p in self.prototypes]}
+        prototypes = [None if p is None else p.cpu() for p in self.prototypes]
+        return {"size": self.size, "keep": self.keep, "prototypes": prototypes}
 
     def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
         if len(state["prototypes"]) != self.num_classes:

@@ -12,7 +12,9 @@ def sigmoid_rampup(current: float, rampup_length: float) -> float:
     return float(math.exp(-5.0 * phase * phase))
 
 
-def consistency_weight(iteration: int, max_weight: float, rampup_epochs: float, iterations_per_epoch: int = 150) -> float:
+def consistency_weight(
+    iteration: int, max_weight: float, rampup_epochs: float, iterations_per_epoch: int = 150
+) -> float:
     """w(t) = max_weight * ramp(t // 150, L): the official code feeds the ramp an 'epoch' of 150 iterations."""
     return max_weight * sigmoid_rampup(iteration // iterations_per_epoch, rampup_epochs)
 
