@@ -79,6 +79,11 @@ class CasesDataset(Dataset):
             self._cache[index] = arrays
         return arrays
 
+    def preload(self) -> None:
+        """Read every case now: bad files fail before training, and forked workers share one copy in memory."""
+        for index in range(len(self.case_ids)):
+            self.arrays(index)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, sample_seed = parse_key(key)
         if not 0 <= index < len(self.case_ids):

@@ -10,6 +10,7 @@ import torch
 
 from engine.presets import PRESETS, Preset
 from methods import METHODS, MethodSettings, check_method_name
+from utils.losses import LDS_DISCREPANCIES
 from utils.prototype_memory import KEEP_CHOICES
 
 SELECT_CHOICES = ("val", "test", "last")
@@ -32,6 +33,7 @@ class TrainConfig:
     consistency: float = 1.0
     consistency_rampup: float = 40.0
     magnitude: float = 10.0
+    lds_discrepancy: str = "pooled_dice"
     xi: float = 10.0
     power_iterations: int = 1
     separation_weight: float = 0.1
@@ -68,7 +70,7 @@ class TrainConfig:
             ce_weight=self.ce_weight,
             consistency=self.consistency,
             consistency_rampup=self.consistency_rampup,
-            lds_discrepancy=p.lds_discrepancy,
+            lds_discrepancy=self.lds_discrepancy,
             xi=self.xi,
             epsilon=self.magnitude,
             power_iterations=self.power_iterations,
@@ -126,6 +128,9 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--consistency_rampup", type=float, default=preset.consistency_rampup,
                    help="ramp length in 'epochs' of 150 iterations")
     p.add_argument("--magnitude", type=float, default=preset.magnitude, help="VAT perturbation norm epsilon")
+    p.add_argument("--lds_discrepancy", default=preset.lds_discrepancy, choices=sorted(LDS_DISCREPANCIES),
+                   help="pooled_dice = the official 3D LDS (one Dice over all classes pooled); class_mean_dice = "
+                        "per-class soft Dice averaged (official 2D; the paper's text for both)")
     p.add_argument("--xi", type=float, default=10.0, help="VAT probe step (official 10)")
     p.add_argument("--power_iterations", type=int, default=1)
     p.add_argument("--separation_weight", type=float, default=0.1, help="class-separation weight relative to w(t)")
@@ -181,6 +186,7 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
         consistency=args.consistency,
         consistency_rampup=args.consistency_rampup,
         magnitude=args.magnitude,
+        lds_discrepancy=args.lds_discrepancy,
         xi=args.xi,
         power_iterations=args.power_iterations,
         separation_weight=args.separation_weight,

@@ -1,6 +1,7 @@
 """Contract tests for the training methods on tiny 2D and 3D inputs."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -63,17 +64,43 @@ def test_ss_net_full_step_gives_every_live_parameter_a_gradient(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_ss_net_memory_holds_only_correct_labeled_foreground(case):
+    """Every prototype is the eval-mode projection of a correctly predicted labeled voxel of its class."""
     network, m, labeled, unlabeled = make(case, "ss_net")
     with torch.no_grad():
         network.eval()
         predicted = network(labeled.image).logits.argmax(1)
         network.train()
-    # labels = the network's own prediction where foreground, so candidates exist; dropout makes the
-    # training-mode prediction differ a little, which is fine: only correct foreground voxels may enter.
-    m.training_loss(Batch(labeled.image, predicted), unlabeled, iteration=1)
+    labels = predicted.clone()
+    labels[:, ::2] = 0  # half the rows become background in the labels: wrong foreground predictions there
+    main_forward = {}
+    original_forward = network.forward
+
+    def recording_forward(x):
+        out = original_forward(x)
+        main_forward.setdefault("out", out)  # the first call is the main forward
+        return out
+
+    network.forward = recording_forward
+    projection_before_step = copy.deepcopy(network.projection_head).eval()  # the step moves its BN statistics
+    m.training_loss(Batch(labeled.image, labels), unlabeled, iteration=1)
+    logits, features = main_forward["out"]
+    n = len(labeled)
+    hard = logits[:n].argmax(1)
+    correct_foreground = ((hard == labels) & (hard > 0)).reshape(-1)
+    vectors = features[:n].movedim(1, -1).reshape(-1, features.shape[1])
+    with torch.no_grad():
+        projected = projection_before_step(vectors)
     counts = m.memory.counts()
     assert counts[0] == 0  # background never enters the memory
-    assert all(0 <= n <= 32 for n in counts)
+    assert sum(counts) > 0 and all(k <= 32 for k in counts)
+    for c in range(1, network.num_classes):
+        if counts[c] == 0:
+            continue
+        allowed = projected[correct_foreground & (labels.reshape(-1) == c)]
+        expected_count = min(32, allowed.shape[0])
+        assert counts[c] == expected_count
+        distances = torch.cdist(m.memory.prototypes[c], allowed, compute_mode="donot_use_mm_for_euclid_dist")
+        assert distances.min(dim=1).values.max() < 1e-4
 
 
 def test_ss_net_refuses_batches_without_unlabeled_data():
