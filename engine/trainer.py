@@ -81,7 +81,9 @@ def train(config: TrainConfig) -> TrainResult:
     device = resolve_device(config.device)
     seed_everything(config.seed, bool(config.deterministic))
     split = task.split(config.labelnum, config.select, config.lists_dir)
-    train_ids = split.labeled + (split.unlabeled if METHODS[config.method].uses_unlabeled else [])
+    # labeled-only methods draw no unlabeled data at all
+    unlabeled_ids = split.unlabeled if METHODS[config.method].uses_unlabeled else []
+    train_ids = split.labeled + unlabeled_ids
     task.check_data(config.root_path, train_ids, eval_ids_for(config, split))
     dataset = task.train_dataset(config.root_path, train_ids, tuple(config.patch_size))
     dataset.preload()
@@ -90,18 +92,17 @@ def train(config: TrainConfig) -> TrainResult:
     logger = prepare_run_dir(run_dir, config.to_json(), split, environment(device, config.seed))
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
     try:
-        return _train(config, task, split, dataset, device, run_dir, logger, writer)
+        return _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger, writer)
     finally:
         writer.close()
         close_logger(logger)
 
 
-def _train(config, task, split, dataset, device, run_dir, logger, writer) -> TrainResult:
+def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger, writer) -> TrainResult:
     network = build_network(config.network, **config.network_kwargs).to(device)
     method = build_method(config.method, network, config.method_settings())
     optimizer = torch.optim.SGD(network.parameters(), lr=config.base_lr, momentum=0.9, weight_decay=1e-4)
 
-    unlabeled_ids = split.unlabeled if method.uses_unlabeled else []
     batch_size = config.batch_size if method.uses_unlabeled else config.labeled_bs
     n_labeled = len(split.labeled)
     sampler = TwoStreamBatchSampler(
