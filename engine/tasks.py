@@ -61,13 +61,45 @@ def _logits_fn(network: nn.Module):
     return lambda x: network(x.to(device, non_blocking=True))[0]
 
 
-class LATask:
-    preset: Preset = LA
-    # The original LA scans are 0.625 mm isotropic; the h5 crops keep that grid.
-    spacing_mm: tuple[float, ...] | None = (0.625, 0.625, 0.625)
+class Task:
+    """What the trainer and the evaluation need from a dataset; subclasses fill in the differences."""
+
+    preset: Preset
+    spacing_mm: tuple[float, ...] | None = None  # voxel size of the stored arrays, when known
 
     def lists_dir(self, override: str | Path = "") -> Path:
-        return Path(override) if override else DATA_DIR / "LA"
+        return Path(override) if override else DATA_DIR / self.preset.dataset
+
+    def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
+        raise NotImplementedError
+
+    def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
+        raise NotImplementedError
+
+    def load_case(self, root: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def predict_labels(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings,
+                       num_classes: int) -> np.ndarray:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings,
+                num_classes: int) -> np.ndarray:
+        """Label map (uint8, the image's shape) of one stored case; network in eval mode."""
+        labels = self.predict_labels(network, image, settings, num_classes).astype(np.uint8)
+        if settings.nms:
+            labels = keep_largest_component_per_class(labels, list(range(1, num_classes)))
+        return labels
+
+
+class LATask(Task):
+    preset = LA
+    # The original LA scans are 0.625 mm isotropic; the h5 crops keep that grid.
+    spacing_mm = (0.625, 0.625, 0.625)
 
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         # The honest protocol holds the validation scans out of the unlabeled pool; the paper protocol has no val set.
@@ -83,27 +115,19 @@ class LATask:
     def load_case(self, root: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         return load_la_case(root, case_id)
 
-    @torch.no_grad()
-    def predict(
-        self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int
-    ) -> np.ndarray:
+    def predict_labels(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings,
+                       num_classes: int) -> np.ndarray:
         device = next(network.parameters()).device
         volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
         probs = sliding_window_predict(
             _logits_fn(network), volume, settings.patch_size, settings.stride, num_classes, settings.batch_size
         )
-        labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
-        if settings.nms:
-            labels = keep_largest_component_per_class(labels, list(range(1, num_classes)))
-        return labels
+        return probs.argmax(0).cpu().numpy()
 
 
-class ACDCTask:
-    preset: Preset = ACDC
-    spacing_mm: tuple[float, ...] | None = None  # the public h5 volumes carry no spacing
-
-    def lists_dir(self, override: str | Path = "") -> Path:
-        return Path(override) if override else DATA_DIR / "ACDC"
+class ACDCTask(Task):
+    preset = ACDC
+    spacing_mm = None  # the public h5 volumes carry no spacing
 
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         return acdc_split(labelnum, lists_dir=self.lists_dir(lists_dir))
@@ -118,23 +142,15 @@ class ACDCTask:
     def load_case(self, root: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         return load_acdc_volume(root, case_id)
 
-    @torch.no_grad()
-    def predict(
-        self, network: nn.Module, image: np.ndarray, settings: InferenceSettings, num_classes: int
-    ) -> np.ndarray:
-        labels = predict_slices_2d(
-            _logits_fn(network), image, tuple(settings.patch_size), settings.batch_size
-        )
-        labels = labels.astype(np.uint8)
-        if settings.nms:
-            labels = keep_largest_component_per_class(labels, list(range(1, num_classes)))
-        return labels
+    def predict_labels(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings,
+                       num_classes: int) -> np.ndarray:
+        return predict_slices_2d(_logits_fn(network), image, tuple(settings.patch_size), settings.batch_size)
 
 
-TASKS = {"LA": LATask(), "ACDC": ACDCTask()}
+TASKS: dict[str, Task] = {"LA": LATask(), "ACDC": ACDCTask()}
 
 
-def get_task(dataset: str):
+def get_task(dataset: str) -> Task:
     if dataset not in TASKS:
         raise unknown_choice("dataset", dataset, TASKS)
     return TASKS[dataset]
