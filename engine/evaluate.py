@@ -11,15 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.tasks import InferenceSettings
-from utils.metrics import case_metrics
-
-METRIC_KEYS = ("dice", "jaccard", "hd95", "asd")
-
-
-def dice_coefficient(pred: np.ndarray, ref: np.ndarray) -> float:
-    """2|A n B| / (|A| + |B|); an empty prediction scores 0 (official rule), and so do two empty masks."""
-    total = int(pred.sum()) + int(ref.sum())
-    return 2.0 * int(np.logical_and(pred, ref).sum()) / total if total else 0.0
+from utils.metrics import case_metrics, dice_score
 
 
 @dataclass
@@ -74,7 +66,7 @@ def evaluate_cases(
             if full_metrics:
                 rows = case_metrics(prediction, label, classes, spacing=spacing, empty_policy=empty_policy)
             else:
-                rows = [{"class": c, "dice": dice_coefficient(prediction == c, label == c)} for c in classes]
+                rows = [{"class": c, "dice": dice_score(prediction == c, label == c)} for c in classes]
             result.cases.append(CaseResult(case_id, rows, prediction if keep_predictions else None))
     finally:
         network.train(was_training)

@@ -300,3 +300,13 @@ def test_keep_largest_component_per_class():
     assert (cleaned[0:3, 0:3] == 1).all() and (cleaned[5:7, 0:4] == 2).all()
     assert cleaned[9, 0] == 3  # class not listed: untouched
     assert labels[8, 8] == 1  # input not modified
+
+
+def test_dice_score_matches_binary_metrics_and_states_the_empty_rule():
+    from utils.metrics import dice_score
+
+    rng = np.random.default_rng(3)
+    pred, ref = rng.random((12, 10, 8)) > 0.6, rng.random((12, 10, 8)) > 0.5
+    assert dice_score(pred, ref) == pytest.approx(binary_metrics(pred, ref)["dice"])
+    empty = np.zeros_like(ref)
+    assert dice_score(empty, ref) == 0.0 and dice_score(empty, empty) == 0.0

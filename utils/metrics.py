@@ -110,6 +110,14 @@ def _check_policy(empty_policy: str) -> None:
         raise ValueError(f"unknown empty_policy {empty_policy!r}; choose from {', '.join(EMPTY_POLICIES)}")
 
 
+def dice_score(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice alone (cheap; checkpoint selection during training). Empty prediction -> 0, as both policies
+    of `binary_metrics` give for a non-empty reference; two empty masks -> 0 (the official in-training rule)."""
+    pred_b, ref_b = _as_bool(pred), _as_bool(ref)
+    total = int(np.count_nonzero(pred_b)) + int(np.count_nonzero(ref_b))
+    return 2.0 * int(np.count_nonzero(pred_b & ref_b)) / total if total else 0.0
+
+
 def binary_metrics(
     pred: np.ndarray,
     ref: np.ndarray,
