@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,36 +18,41 @@ SELECT_CHOICES = ("val", "test", "last")
 
 @dataclass
 class TrainConfig:
+    """Resolved settings of one run (written to config.json and into every checkpoint).
+
+    Dataset-dependent values have no default here: they come from the flags, whose defaults are the preset.
+    """
+
     dataset: str
     root_path: str
     exp: str
+    network: str
+    network_kwargs: dict
+    num_classes: int
+    labelnum: int
+    patch_size: list[int]
+    max_iteration: int
+    batch_size: int
+    labeled_bs: int
+    lr_step: int
+    consistency: float
+    consistency_rampup: float
+    magnitude: float
+    lds_discrepancy: str
+    eval_every: int
+    eval_start: int
+    stride: list[int]
     method: str = "ss_net"
-    labelnum: int = 8
-    max_iteration: int = 15000
-    batch_size: int = 4
-    labeled_bs: int = 2
     base_lr: float = 0.01
-    lr_step: int = 2500
     seed: int = 1337
     deterministic: int = 1
-    consistency: float = 1.0
-    consistency_rampup: float = 40.0
-    magnitude: float = 10.0
-    lds_discrepancy: str = "pooled_dice"
     xi: float = 10.0
     power_iterations: int = 1
     separation_weight: float = 0.1
     memory_size: int = 32
     memory_keep: str = "lowest"
     ce_weight: float = 0.0
-    patch_size: list[int] = field(default_factory=list)
-    network: str = "vnet"
-    network_kwargs: dict = field(default_factory=dict)
-    num_classes: int = 2
     select: str = "val"
-    eval_every: int = 200
-    eval_start: int = 2000
-    stride: list[int] = field(default_factory=list)
     eval_batch_size: int = 4
     device: str = "cpu"
     num_workers: int = 2
