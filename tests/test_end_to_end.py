@@ -93,6 +93,25 @@ def test_acdc_train_then_test(acdc_root, tmp_path, capsys):
     assert {r["class_name"] for r in rows} == {"RV", "Myo", "LV"}
 
 
+def test_paper_protocol_is_named_in_checkpoint_and_test_output(la_root, la_lists, tmp_path, capsys):
+    """--select test (the paper's LA protocol) selects on the test list and says so everywhere."""
+    run = tmp_path / "run"
+    code = train_la.main(["--root_path", str(la_root), "--lists_dir", str(la_lists), "--labelnum", "2",
+                          "--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--select", "test",
+                          "--run_dir", str(run), *TINY_LA])
+    assert code == 0
+    # the paper protocol has no validation set: the val case joins the unlabeled pool
+    assert read_list(run / "splits" / "unlabeled.list") == read_list(la_lists / "train.list")[2:]
+    assert "test mean Dice" in (run / "log.txt").read_text()
+    checkpoint = torch.load(run / "best_model.pth", weights_only=True)
+    assert "TEST set" in checkpoint["selection"]["protocol"]
+    code = test_la.main(["--checkpoint", str(run / "best_model.pth"), "--root_path", str(la_root),
+                         "--list", str(la_lists / "test.list"), "--output_dir", str(tmp_path / "eval"),
+                         "--device", "cpu", "--no_progress"])
+    assert code == 0 and "TEST set" in capsys.readouterr().out
+    assert "TEST set" in json.loads((tmp_path / "eval" / "summary.json").read_text())["protocol"]
+
+
 def test_official_state_dict_is_evaluated(la_root, la_lists, tmp_path):
     """A plain state dict as the official scripts save it (here a narrow V-Net, DataParallel prefix)."""
     torch.manual_seed(0)
