@@ -27,6 +27,7 @@ __all__ = [
     "build_network",
     "infer_num_classes",
     "load_official_state_dict",
+    "plain_state_dict",
 ]
 
 NETWORKS: dict[str, type[SegmentationNetwork]] = {"vnet": VNet, "unet": UNet}
@@ -48,7 +49,7 @@ def build_network(name: str, **kwargs: Any) -> SegmentationNetwork:
     return NETWORKS[key](**kwargs)
 
 
-def _plain_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
+def plain_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
     """Unwrap {"state_dict": ...} / {"model": ...} and strip DataParallel / torch.compile key prefixes."""
     if isinstance(checkpoint, (str, Path)):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -69,7 +70,7 @@ def _plain_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
 
 def infer_num_classes(state_dict: Any) -> int:
     """Number of output classes of a (possibly wrapped / prefixed) state dict (decoder.out_conv rows)."""
-    state = _plain_state_dict(state_dict)
+    state = plain_state_dict(state_dict)
     if _OUT_CONV_KEY not in state:
         raise ValueError(f"cannot infer the number of classes: the state dict has no '{_OUT_CONV_KEY}'")
     return int(state[_OUT_CONV_KEY].shape[0])
@@ -87,7 +88,7 @@ def load_official_state_dict(network: SegmentationNetwork, state_dict: Any) -> S
     keys carry a `module.` (DataParallel) or `_orig_mod.` (torch.compile) prefix, or a path to a `.pth` file.
     On any mismatch a single ValueError lists missing keys, unexpected keys and shape mismatches.
     """
-    state = _plain_state_dict(state_dict)
+    state = plain_state_dict(state_dict)
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

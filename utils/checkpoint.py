@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from networks import build_network, infer_num_classes, load_official_state_dict
+from networks import build_network, infer_num_classes, load_official_state_dict, plain_state_dict
 
 CHECKPOINT_FORMAT = "ssnet-toolkit-checkpoint/1"
 
@@ -74,18 +74,14 @@ def load_network(
         metadata = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer")}
         official = False
     else:
-        state = obj
-        for key in ("state_dict", "model", "net"):
-            if isinstance(obj.get(key), dict):
-                state = obj[key]
-        kwargs = dict(default_kwargs)
-        kwargs["num_classes"] = infer_num_classes(state)
-        first = next((v for k, v in state.items() if k.endswith("block_one.conv.0.weight")), None)
-        if default_network == "vnet" and first is not None:
-            kwargs["base_filters"] = int(first.shape[0])
-        network = build_network(default_network, **kwargs)
         try:
-            load_official_state_dict(network, obj)
+            state = plain_state_dict(obj)
+            kwargs = {**default_kwargs, "num_classes": infer_num_classes(state)}
+            first_conv = state.get("encoder.block_one.conv.0.weight")
+            if default_network == "vnet" and first_conv is not None:
+                kwargs["base_filters"] = int(first_conv.shape[0])  # the width of a released V-Net
+            network = build_network(default_network, **kwargs)
+            load_official_state_dict(network, state)
         except ValueError as exc:
             raise ValueError(f"{path}: not a {default_network} checkpoint for this dataset: {exc}") from None
         metadata, official = {}, True
