@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, KeyError)
+USER_ERRORS = (ValueError, OSError, KeyError)  # OSError covers missing files, folders and permissions
 
 
 def run_cli(job: Callable[[], object], debug: bool = False) -> int:

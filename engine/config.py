@@ -101,7 +101,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
@@ -144,7 +144,7 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
                    help="lowest = official code; highest = the paper's 'highest-ranked' text")
     p.add_argument("--ce_weight", type=float, default=0.0,
                    help="cross-entropy weight in the supervised loss (official: computed, weight 0)")
-    p.add_argument("--patch_size", type=_int_list, default=list(preset.patch_size),
+    p.add_argument("--patch_size", type=int_list, default=list(preset.patch_size),
                    help="training crop (LA) / resize (ACDC) size, comma separated")
     p.add_argument("--base_filters", type=int, default=None, help="network width (V-Net only; official 16)")
     p.add_argument("--select", default="val", choices=SELECT_CHOICES,
@@ -152,7 +152,7 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--eval_every", type=int, default=preset.eval_every, help="iterations between evaluations")
     p.add_argument("--eval_start", type=int, default=preset.eval_start, help="first iteration eligible for evaluation")
     if preset.stride:
-        p.add_argument("--stride", type=_int_list, default=list(preset.stride), help="sliding-window stride")
+        p.add_argument("--stride", type=int_list, default=list(preset.stride), help="sliding-window stride")
     p.add_argument("--eval_batch_size", type=int, default=4, help="patches/slices per forward at evaluation")
     p.add_argument("--device", default=default_device(), help="cuda, cuda:1, cpu, ...")
     p.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes")

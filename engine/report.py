@@ -5,11 +5,11 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from utils.atomic import write_text_atomic
 from utils.metrics import summarize
 
 TABLE_KEYS = ("dice", "jaccard", "hd95", "asd")
@@ -52,21 +52,14 @@ def format_table(summary: dict, units: str, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS if k in r})
-    write_atomic(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def write_json(path: Path, payload: dict) -> None:
-    write_atomic(path, json.dumps(payload, indent=2, default=float) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, default=float) + "\n")

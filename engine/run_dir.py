@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -13,14 +12,9 @@ import numpy as np
 import torch
 
 from dataloaders import Split
+from utils.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def environment(device: torch.device, seed: int) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dataloaders import read_list
-from engine.config import _int_list, default_device
+from engine.config import default_device, int_list
 from engine.evaluate import evaluate_cases
 from engine.presets import Preset
 from engine.report import format_table, summarize_rows, write_csv, write_json
@@ -176,10 +176,10 @@ def build_test_parser(preset: Preset, description: str) -> argparse.ArgumentPars
                    help="keep the largest connected component per class")
     p.add_argument("--device", default=default_device())
     p.add_argument("--batch_size", type=int, default=4, help="patches (LA) / slices (ACDC) per forward")
-    p.add_argument("--patch_size", type=_int_list, default=[], help=f"default: from the checkpoint, else "
+    p.add_argument("--patch_size", type=int_list, default=[], help=f"default: from the checkpoint, else "
                    f"{','.join(map(str, preset.patch_size))}")
     if preset.stride:
-        p.add_argument("--stride", type=_int_list, default=[],
+        p.add_argument("--stride", type=int_list, default=[],
                        help=f"sliding-window stride (default {','.join(map(str, preset.stride))})")
     p.add_argument("--spacing", default="voxel", help="distance units: voxel (as the paper), mm, or explicit mm values")
     p.add_argument("--empty_policy", default="official", choices=EMPTY_POLICIES,
