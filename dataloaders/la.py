@@ -9,6 +9,7 @@ import numpy as np
 from .cases import CasesDataset, Transform, read_image_label
 
 LA_FOLDER = "2018LA_Seg_Training Set"
+LA_NUM_CLASSES = 2  # background, left atrium
 
 
 def la_case_path(root: str | Path, case_id: str) -> Path:
@@ -17,7 +18,7 @@ def la_case_path(root: str | Path, case_id: str) -> Path:
 
 def load_la_case(root: str | Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(image float32 (W, H, D), label uint8 {0, 1} (W, H, D)) of one LA case, stored values unchanged."""
-    return read_image_label(la_case_path(root, case_id), ndim=3, what=f"LA case {case_id}")
+    return read_image_label(la_case_path(root, case_id), ndim=3, what=f"LA case {case_id}", num_classes=LA_NUM_CLASSES)
 
 
 class LAVolumes(CasesDataset):

@@ -24,7 +24,17 @@ def read_list(path: str | Path) -> list[str]:
     if not path.is_file():
         what = _LIST_CONTENTS.get(path.name, "one id per line")
         raise FileNotFoundError(f"split list {path} not found; it should contain {what} (see README 'Data')")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        case_id = line.strip()
+        if not case_id:
+            continue
+        # An id is a name inside the data root; a path could read (or, for outputs, write) outside it.
+        if "/" in case_id or "\\" in case_id or case_id in (".", "..") or case_id.startswith("~"):
+            raise ValueError(f"split list {path} line {number}: {case_id!r} is a path, not a case id; list bare "
+                             f"case names (the data root is given by --root_path)")
+        ids.append(case_id)
+    return ids
 
 
 @dataclass

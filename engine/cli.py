@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-USER_ERRORS = (ValueError, OSError, KeyError)  # OSError covers missing files, folders and permissions
+# OSError covers missing files, folders and permissions; FloatingPointError a non-finite training loss.
+USER_ERRORS = (ValueError, OSError, KeyError, FloatingPointError)
 
 
 def run_cli(job: Callable[[], object], debug: bool = False) -> int:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -14,6 +15,11 @@ from utils.losses import LDS_DISCREPANCIES
 from utils.prototype_memory import KEEP_CHOICES
 
 SELECT_CHOICES = ("val", "test", "last")
+PROTOCOLS = {
+    "val": "honest: checkpoint selected on the validation list",
+    "test": "paper: checkpoint selected on the TEST set (as the published LA numbers)",
+    "last": "honest: last checkpoint, no selection",
+}
 
 
 @dataclass
@@ -60,6 +66,10 @@ class TrainConfig:
     lists_dir: str = ""
     image_every: int = 200
     progress: bool = True
+    track: list[str] = field(default_factory=list)  # more lists to keep a best checkpoint for (best_model_<list>.pth)
+    save_every: int = 500  # iterations between resume checkpoints
+    keep_checkpoints: int = 3  # newest resume checkpoints kept
+    resume: str = ""  # run folder to continue (its config.json gives the settings)
 
     @property
     def preset(self) -> Preset:
@@ -87,11 +97,7 @@ class TrainConfig:
     @property
     def protocol(self) -> str:
         """Label carried by every output: which data chose the checkpoint."""
-        return {
-            "val": "honest: checkpoint selected on the validation list",
-            "test": "paper: checkpoint selected on the TEST set (as the published LA numbers)",
-            "last": "honest: last checkpoint, no selection",
-        }[self.select]
+        return PROTOCOLS[self.select]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -161,10 +167,62 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--lists_dir", default="", help=f"folder with the split lists (default: data/{preset.dataset})")
     p.add_argument("--image_every", type=int, default=200, help="iterations between TensorBoard image panels")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--track", nargs="+", default=[], choices=("val", "test"),
+                   help="also keep the best checkpoint on these lists (best_model_<list>.pth), e.g. --select val "
+                        "--track test gives the honest and the paper selection from one run")
+    p.add_argument("--save_every", type=int, default=500, help="iterations between resume checkpoints")
+    p.add_argument("--keep_checkpoints", type=int, default=3, help="newest resume checkpoints to keep")
+    p.add_argument("--resume", default="", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR with its saved settings (re-running the same command "
+                        "also resumes); only runtime flags such as --device, --num_workers, --max_iteration "
+                        "may change")
+    p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
 
 
-def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options written on the command line (as opposed to defaults)."""
+    given = set()
+    for action in parser._actions:
+        for option in action.option_strings:
+            if any(token == option or token.startswith(option + "=") for token in argv):
+                given.add(action.dest)
+    return given
+
+
+def resumed_config(args: argparse.Namespace, given: set[str]) -> TrainConfig:
+    """--resume RUN_DIR: the settings saved in RUN_DIR/config.json, plus the runtime flags given now."""
+    from engine.resume import RUNTIME_FIELDS
+
+    run_dir = Path(args.resume)
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.json there; name a run folder written by a "
+                                f"train script")
+    try:
+        saved = json.loads(saved_path.read_text())
+        known = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"--resume {run_dir}: config.json is not a saved training config ({exc})") from None
+    cli = {"progress": not args.no_progress, **{k: v for k, v in vars(args).items() if k in given}}
+    for name, value in cli.items():
+        if name in ("resume", "debug") or name not in known:
+            continue
+        if name not in RUNTIME_FIELDS and value != getattr(config, name):
+            raise ValueError(f"--{name} cannot change when resuming (saved {getattr(config, name)!r}); start a new "
+                             f"run with another --run_dir instead")
+        if name in RUNTIME_FIELDS:
+            setattr(config, name, list(value) if isinstance(value, tuple) else value)
+    config.resume, config.run_dir = str(run_dir), str(run_dir)
+    validate_config(config)
+    return config
+
+
+def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] | None = None) -> TrainConfig:
+    """The run's config from parsed flags; `given` (explicit_flags) is needed with --resume."""
+    if getattr(args, "resume", ""):
+        return resumed_config(args, given or set())
     check_method_name(args.method)
     network_kwargs = dict(preset.network_kwargs)
     if args.base_filters is not None:
@@ -213,6 +271,9 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
         lists_dir=args.lists_dir,
         image_every=args.image_every,
         progress=not args.no_progress,
+        track=list(args.track),
+        save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints,
     )
     validate_config(config)
     return config
@@ -235,6 +296,16 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--select must be one of {', '.join(SELECT_CHOICES)}, got {config.select!r}")
     if config.eval_every < 1:
         raise ValueError(f"--eval_every must be >= 1, got {config.eval_every}")
+    if config.save_every < 1 or config.keep_checkpoints < 1:
+        raise ValueError(f"--save_every ({config.save_every}) and --keep_checkpoints ({config.keep_checkpoints}) "
+                         f"must be >= 1")
+    if config.labelnum < 1:
+        raise ValueError(f"--labelnum must be >= 1, got {config.labelnum}")
+    if config.base_lr <= 0 or not math.isfinite(config.base_lr):
+        raise ValueError(f"--base_lr must be a positive number, got {config.base_lr}")
+    for name in config.track:
+        if name not in ("val", "test"):
+            raise ValueError(f"--track takes val and/or test, got {name!r}")
     for size in config.patch_size:
         if size % 16:
             raise ValueError(f"--patch_size {config.patch_size}: every size must be divisible by 16 (network stride)")

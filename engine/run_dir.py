@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +41,45 @@ def environment(device: torch.device, seed: int) -> dict:
     return info
 
 
-def prepare_run_dir(run_dir: Path, config_json: str, split: Split, env: dict) -> logging.Logger:
-    """Create the folder, write config/splits/environment, and return a logger writing to log.txt and stderr."""
+_ITERATION_LINE = re.compile(r"^\[[^\]]*\] iteration (\d+)[: ]")
+
+
+def truncate_log(path: Path, iteration: int) -> None:
+    """Drop the lines a crashed run wrote after `iteration`, so a resumed log has every iteration once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        match = _ITERATION_LINE.match(line)
+        if match and int(match.group(1)) > iteration:
+            break
+        kept.append(line)
+    if not kept or not kept[-1].endswith("\n"):
+        kept.append("\n")  # a line cut by the crash ends here
+    write_text_atomic(path, "".join(kept))
+
+
+def prepare_run_dir(run_dir: Path, config_json: str, split: Split, env: dict,
+                    resume_iteration: int | None = None) -> logging.Logger:
+    """Create the folder, write config/splits/environment, and return a logger writing to log.txt and stderr.
+
+    resume_iteration: continue log.txt after that iteration; None starts a fresh log and TensorBoard folder.
+    """
     try:
         (run_dir / "splits").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
     except OSError as exc:
         raise OSError(
-            f"cannot create the run folder {run_dir}: {exc.strerror}; choose another with --run_dir"
+            f"cannot write to the run folder {run_dir}: {exc.strerror}; choose another with --run_dir"
         ) from None
+    if resume_iteration is None and (run_dir / "config.json").is_file():
+        # leftovers of a start that crashed before its first checkpoint
+        (run_dir / "log.txt").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    else:
+        truncate_log(run_dir / "log.txt", resume_iteration)
     write_text_atomic(run_dir / "config.json", config_json + "\n")
     for name, ids in split.to_dict().items():
         write_text_atomic(run_dir / "splits" / f"{name}.list", "".join(f"{i}\n" for i in ids))

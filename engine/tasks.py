@@ -76,6 +76,11 @@ class Task:
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         raise NotImplementedError
 
+    def check_cases(self, root: str | Path, case_ids: list[str]) -> None:
+        """Read every case once (keys, shapes, finite image, label values) so a bad file fails before training."""
+        for case_id in case_ids:
+            self.load_case(root, case_id)
+
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         raise NotImplementedError
 

@@ -89,6 +89,9 @@ def run_test(options: TestOptions) -> dict:
     if network.spatial_dims != len(preset.patch_size):
         raise ValueError(f"{options.checkpoint} holds a {network.spatial_dims}-D network; "
                          f"{preset.dataset} needs {len(preset.patch_size)}-D")
+    if network.num_classes != preset.num_classes:
+        raise ValueError(f"{options.checkpoint} predicts {network.num_classes} classes; {preset.dataset} has "
+                         f"{preset.num_classes} (background + {', '.join(preset.class_names)})")
     stored = meta.get("inference", {})
     settings = InferenceSettings(
         patch_size=tuple(options.patch_size or stored.get("patch_size") or preset.patch_size),

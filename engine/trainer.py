@@ -1,10 +1,13 @@
 """The one training loop: optimiser, schedule, logging, evaluation and checkpoints, for every method."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,26 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from dataloaders import TwoStreamBatchSampler
-from engine.config import TrainConfig, default_run_dir
+from engine.config import PROTOCOLS, TrainConfig, default_run_dir
 from engine.evaluate import evaluate_cases
+from engine.resume import (
+    Best,
+    ResumeState,
+    capture_rng,
+    config_differences,
+    list_checkpoints,
+    load_resume_checkpoint,
+    prune_checkpoints,
+    remove_stale_temp_files,
+    restore_rng,
+    save_resume_checkpoint,
+)
 from engine.run_dir import close_logger, environment, prepare_run_dir
 from engine.tasks import InferenceSettings, get_task
 from methods import METHODS, Batch, build_method
 from networks import build_network
-from utils.checkpoint import save_checkpoint
+from utils.atomic import write_text_atomic
+from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.ramps import step_learning_rate
 
 
@@ -31,15 +47,25 @@ class TrainResult:
     last_checkpoint: Path
     best_score: float | None  # selection metric (mean foreground Dice) of the best checkpoint; None for select=last
     best_iteration: int
-    losses: list[float]  # total loss per iteration (for determinism checks and plots)
-    seconds: float
+    losses: list[float]  # total loss per iteration since iteration 1 (kept across resumes)
+    seconds: float  # wall time of this session only
+    selections: dict = field(default_factory=dict)  # list name -> {"score", "iteration"} of every tracked list
+    resumed_from: int = 0  # iteration this session started from (0 = a fresh run)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """--deterministic 1: deterministic kernels where PyTorch has them (a warning names any op that has not)."""
+    if deterministic and device.type == "cuda":
+        # cuBLAS needs a fixed workspace for reproducible GEMMs; it must be set before the first cuBLAS call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 
@@ -66,42 +92,109 @@ def image_panel(image: torch.Tensor, label: torch.Tensor, logits: torch.Tensor) 
     return row.unsqueeze(0)
 
 
-def eval_ids_for(config: TrainConfig, split) -> list[str]:
-    """The cases that choose the checkpoint: val (honest), test (the paper's LA protocol) or none."""
-    return {"val": split.val, "test": split.test, "last": []}[config.select]
+def selection_lists(config: TrainConfig, split) -> dict[str, list[str]]:
+    """The lists that choose checkpoints: --select (best_model.pth) first, then --track ones."""
+    names = [n for n in [config.select, *config.track] if n != "last"]
+    available = {"val": split.val, "test": split.test}
+    return {name: available[name] for name in dict.fromkeys(names)}
 
 
-def _infinite(loader):
-    while True:
-        yield from loader
+def best_path(run_dir: Path, config: TrainConfig, list_name: str) -> Path:
+    return run_dir / ("best_model.pth" if list_name == config.select else f"best_model_{list_name}.pth")
 
 
 def train(config: TrainConfig) -> TrainResult:
+    """Train, or continue the run in the run folder from its newest resume checkpoint."""
     task = get_task(config.dataset)
     device = resolve_device(config.device)
-    seed_everything(config.seed, bool(config.deterministic))
+    configure_determinism(bool(config.deterministic), device)
     split = task.split(config.labelnum, config.select, config.lists_dir)
+    check_split(config, split)
     # labeled-only methods draw no unlabeled data at all
     unlabeled_ids = split.unlabeled if METHODS[config.method].uses_unlabeled else []
     train_ids = split.labeled + unlabeled_ids
-    task.check_data(config.root_path, train_ids, eval_ids_for(config, split))
+    eval_lists = selection_lists(config, split)
+    eval_ids = list(dict.fromkeys(i for ids in eval_lists.values() for i in ids))
+    task.check_data(config.root_path, train_ids, eval_ids)
     dataset = task.train_dataset(config.root_path, train_ids, tuple(config.patch_size))
-    dataset.preload()
+    dataset.preload()  # reads and checks every training case before anything is written
+    task.check_cases(config.root_path, eval_ids)
 
     run_dir = default_run_dir(config)
-    logger = prepare_run_dir(run_dir, config.to_json(), split, environment(device, config.seed))
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    resume = find_resume(run_dir, config)
+    seed_everything(config.seed)
+    logger = prepare_run_dir(run_dir, config.to_json(), split, environment(device, config.seed),
+                             resume_iteration=resume[1]["iteration"] if resume else None)
+    # purge_step hides events a crashed run wrote after its last checkpoint, so no iteration appears twice.
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+                           purge_step=resume[1]["iteration"] + 1 if resume else None)
     try:
-        return _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger, writer)
+        return _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_dir, logger, writer,
+                      resume)
     finally:
         writer.close()
         close_logger(logger)
 
 
-def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger, writer) -> TrainResult:
+def check_split(config: TrainConfig, split) -> None:
+    if "val" in config.track and config.select == "test" and set(split.val) & set(split.unlabeled):
+        raise ValueError("--track val needs --select val: with --select test (the paper's split) the validation "
+                         "cases are part of the unlabeled pool")
+    if config.select == "val" and not split.val:
+        raise ValueError(f"--select val but the validation list of {config.dataset} is empty; add val.list to "
+                         f"--lists_dir or use --select last")
+
+
+def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
+    """The checkpoint to continue from, after checking that the run folder holds the same experiment."""
+    if config.resume and Path(config.resume).resolve() != run_dir.resolve():
+        raise ValueError(f"--resume {config.resume} and --run_dir {run_dir} name different folders")
+    if not run_dir.exists():
+        if config.resume:
+            raise FileNotFoundError(f"--resume {config.resume}: no such run folder")
+        return None
+    remove_stale_temp_files(run_dir)
+    found = load_resume_checkpoint(run_dir, log=lambda m: print(f"warning: {m}", file=sys.stderr))
+    if found is None:
+        results = [p.name for p in (run_dir / "best_model.pth", run_dir / "last_model.pth", run_dir / "result.json")
+                   if p.exists()]
+        if results:
+            raise ValueError(f"run folder {run_dir} holds {', '.join(results)} but no resume checkpoint; "
+                             f"choose a new --run_dir (or --exp/--seed) so that result is not overwritten")
+        if config.resume:
+            raise FileNotFoundError(f"--resume {config.resume}: the run folder has no checkpoint to resume from "
+                                    f"(checkpoints/iter_*.pth); start it again without --resume")
+        return None  # a start that crashed before its first checkpoint: begin again
+    path, state = found
+    changed = config_differences(state.get("config", {}), asdict(config))
+    if changed:
+        raise ValueError(f"run folder {run_dir} holds a run with other settings ({'; '.join(changed[:4])}); "
+                         f"continue it with --resume {run_dir}, or start a new run with another --run_dir")
+    if state["iteration"] > config.max_iteration:
+        raise ValueError(f"--max_iteration {config.max_iteration} is below iteration {state['iteration']} of "
+                         f"{path}; raise --max_iteration or choose another --run_dir")
+    return path, state
+
+
+def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_dir, logger, writer,
+           resume) -> TrainResult:
     network = build_network(config.network, **config.network_kwargs).to(device)
     method = build_method(config.method, network, config.method_settings())
     optimizer = torch.optim.SGD(network.parameters(), lr=config.base_lr, momentum=0.9, weight_decay=1e-4)
+    bests = {name: Best(name, best_path(run_dir, config, name)) for name in eval_lists}
+    losses: list[float] = []
+    start_iteration = 0
+    if resume:
+        path, state = resume
+        network.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method_state"])
+        for name, record in state["best"].items():
+            if name in bests:
+                bests[name].score, bests[name].iteration = record["score"], record["iteration"]
+        losses = list(state["losses"])
+        start_iteration = state["iteration"]
+        logger.info("resumed from %s (iteration %d)", path, start_iteration)
 
     batch_size = config.batch_size if method.uses_unlabeled else config.labeled_bs
     n_labeled = len(split.labeled)
@@ -111,6 +204,7 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
         batch_size=batch_size,
         labeled_bs=config.labeled_bs,
         seed=config.seed,
+        start_iteration=start_iteration,  # batch t is a pure function of (seed, t): nothing else to restore
     )
     loader = DataLoader(
         dataset,
@@ -120,38 +214,55 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
         persistent_workers=config.num_workers > 0,
     )
 
-    eval_ids = eval_ids_for(config, split)
+    # Creating the loader iterator draws a base seed from the global generator: do it before restoring the
+    # generators, so that a resumed run continues with exactly the state the interrupted one saved.
+    batches = iter(loader)
+    if resume:
+        restore_rng(resume[1]["rng"])
+
     inference = InferenceSettings(
         patch_size=tuple(config.patch_size), stride=tuple(config.stride), batch_size=config.eval_batch_size, nms=False
     )
-    best_path, last_path = run_dir / "best_model.pth", run_dir / "last_model.pth"
-    best_score, best_iteration = -math.inf, 0
+    last_path = run_dir / "last_model.pth"
 
-    logger.info("run folder %s", run_dir)
-    logger.info("%s on %s: %d labeled, %d unlabeled, selection: %s", config.method, config.dataset, n_labeled,
-                len(unlabeled_ids), config.protocol)
-    logger.info("network %s, %s parameters, device %s", config.network,
-                f"{sum(p.numel() for p in network.parameters()):,}", device)
+    if not resume:
+        logger.info("run folder %s", run_dir)
+        logger.info("%s on %s: %d labeled, %d unlabeled, selection: %s", config.method, config.dataset, n_labeled,
+                    len(unlabeled_ids), config.protocol)
+        logger.info("network %s, %s parameters, device %s", config.network,
+                    f"{sum(p.numel() for p in network.parameters()):,}", device)
 
-    def checkpoint_metadata(iteration: int, score: float | None) -> dict:
+    def metadata(iteration: int, list_name: str, score: float | None) -> dict:
         return {
             "dataset": config.dataset,
             "num_classes": config.num_classes,
             "method": config.method,
             "iteration": iteration,
             "config": asdict(config),
-            "selection": {"select": config.select, "protocol": config.protocol, "metric": "mean foreground Dice",
-                          "list": config.select, "score": score, "iteration": iteration},
+            "selection": {"select": list_name, "protocol": PROTOCOLS[list_name], "metric": "mean foreground Dice",
+                          "list": list_name, "score": score, "iteration": iteration},
             "inference": {**inference.to_dict(), "nms": config.preset.nms},
             "method_state": method.state_dict(),
         }
 
-    losses: list[float] = []
+    def save_resume(iteration: int) -> Path:
+        writer.flush()  # events up to this iteration are on disk before the checkpoint that vouches for them
+        state = ResumeState(iteration, {}, optimizer.state_dict(), method.state_dict(), capture_rng(),
+                            {n: b.to_dict() for n, b in bests.items()}, losses)
+        path = save_resume_checkpoint(run_dir, network, state, {
+            "dataset": config.dataset, "num_classes": config.num_classes, "method": config.method,
+            "config": asdict(config)})
+        prune_checkpoints(run_dir, config.keep_checkpoints)
+        return path
+
+    if resume:
+        restore_best_files(bests, start_iteration, network, metadata, logger)
+
     start = time.perf_counter()
     network.train()
-    batches = _infinite(loader)
-    progress = tqdm(range(1, config.max_iteration + 1), desc=f"{config.method} {config.dataset}",
-                    disable=not config.progress, dynamic_ncols=True)
+    progress = tqdm(range(start_iteration + 1, config.max_iteration + 1), desc=f"{config.method} {config.dataset}",
+                    disable=not config.progress, dynamic_ncols=True, initial=start_iteration,
+                    total=config.max_iteration)
     for iteration in progress:
         batch = next(batches)
         images = batch["image"].to(device, non_blocking=True)
@@ -163,10 +274,9 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
 
         output = method.training_loss(labeled, unlabeled, iteration)
         loss_value = float(output.loss.detach())
+        terms = {k: float(v) for k, v in output.terms.items()}
         if not math.isfinite(loss_value):
-            bad = {k: float(v) for k, v in output.terms.items() if not math.isfinite(float(v))}
-            raise FloatingPointError(f"non-finite loss at iteration {iteration}: {bad or loss_value}; "
-                                     f"last good checkpoint: {last_path if last_path.exists() else 'none yet'}")
+            raise_non_finite(iteration, loss_value, terms, run_dir, logger)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
@@ -175,7 +285,6 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
             group["lr"] = lr
         losses.append(loss_value)
 
-        terms = {k: float(v) for k, v in output.terms.items()}
         for name, value in terms.items():
             writer.add_scalar(f"loss/{name}" if not name.startswith(("memory", "consistency")) else f"train/{name}",
                               value, iteration)
@@ -187,28 +296,89 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
             writer.add_image("train/image_label_prediction",
                              image_panel(labeled.image, labeled.label, output.labeled_logits), iteration)
 
-        if eval_ids and iteration >= config.eval_start and iteration % config.eval_every == 0:
-            result = evaluate_cases(network, task, config.root_path, eval_ids, inference, config.num_classes,
-                                    full_metrics=False, description=f"{config.select} @ {iteration}")
-            score = result.mean_dice()
-            writer.add_scalar(f"{config.select}/mean_dice", score, iteration)
-            improved = score > best_score
-            if improved:
-                best_score, best_iteration = score, iteration
-                save_checkpoint(best_path, network, **checkpoint_metadata(iteration, score))
-            logger.info("iteration %d: %s mean Dice %.4f (best %.4f @ %d)%s", iteration, config.select, score,
-                        best_score, best_iteration, " -> saved best" if improved else "")
+        improved: list[Best] = []
+        if eval_lists and iteration >= config.eval_start and iteration % config.eval_every == 0:
+            for name, ids in eval_lists.items():
+                result = evaluate_cases(network, task, config.root_path, ids, inference, config.num_classes,
+                                        full_metrics=False, description=f"{name} @ {iteration}")
+                score, best = result.mean_dice(), bests[name]
+                writer.add_scalar(f"{name}/mean_dice", score, iteration)
+                if score > best.score:
+                    best.score, best.iteration = score, iteration
+                    improved.append(best)
+                logger.info("iteration %d: %s mean Dice %.4f (best %.4f @ %d)%s", iteration, name, score,
+                            best.score, best.iteration, f" -> {best.path.name}" if best in improved else "")
 
-    save_checkpoint(last_path, network, optimizer=optimizer.state_dict(),
-                    **checkpoint_metadata(config.max_iteration, None))
-    if not best_path.exists():  # select=last, or no evaluation happened: the last weights are the result
-        if eval_ids:
+        # A resume checkpoint is written before any best file of the same iteration, so a best file is never
+        # newer than the newest resume checkpoint (see restore_best_files).
+        if improved or iteration % config.save_every == 0 or iteration == config.max_iteration:
+            save_resume(iteration)
+        for best in improved:
+            save_checkpoint(best.path, network, **metadata(iteration, best.list_name, best.score))
+
+    save_checkpoint(last_path, network, **metadata(config.max_iteration, "last", None))
+    primary = run_dir / "best_model.pth"
+    if config.select == "last" or not bests[config.select].found:  # no selection, or no evaluation happened
+        if config.select != "last":
             logger.info("no evaluation ran (eval_start %d > max_iteration %d): best = last", config.eval_start,
                         config.max_iteration)
-        save_checkpoint(best_path, network, **checkpoint_metadata(config.max_iteration, None))
-        best_iteration = config.max_iteration
+        save_checkpoint(primary, network, **metadata(config.max_iteration, "last", None))
     seconds = time.perf_counter() - start
-    logger.info("done in %.1f s; best checkpoint %s (iteration %d%s)", seconds, best_path, best_iteration,
-                f", {config.select} mean Dice {best_score:.4f}" if best_score > -math.inf else "")
-    return TrainResult(run_dir, best_path, last_path, best_score if best_score > -math.inf else None, best_iteration,
-                       losses, seconds)
+    chosen = bests.get(config.select)
+    best_score = chosen.score if chosen and chosen.found else None
+    best_iteration = chosen.iteration if chosen and chosen.found else config.max_iteration
+    write_result(run_dir, config, primary, last_path, bests, best_score, best_iteration, seconds)
+    logger.info("done in %.1f s; best checkpoint %s (iteration %d%s)", seconds, primary, best_iteration,
+                f", {config.select} mean Dice {best_score:.4f}" if best_score is not None else "")
+    return TrainResult(run_dir, primary, last_path, best_score, best_iteration, losses, seconds,
+                       {n: b.to_dict() for n, b in bests.items()}, start_iteration)
+
+
+def raise_non_finite(iteration: int, loss: float, terms: dict[str, float], run_dir: Path, logger) -> None:
+    """Stop before the bad step touches the weights; the newest resume checkpoint stays the last good state."""
+    bad = {k: v for k, v in terms.items() if not math.isfinite(v)} or {"total": loss}
+    saved = list_checkpoints(run_dir)
+    last_good = f"{saved[-1][1]} (iteration {saved[-1][0]})" if saved else "none yet"
+    message = (f"non-finite loss at iteration {iteration}: {', '.join(f'{k} = {v}' for k, v in bad.items())}; "
+               f"last good checkpoint: {last_good}. Lower --base_lr or check the data, then resume with "
+               f"--resume {run_dir}")
+    logger.error(message)
+    raise FloatingPointError(message)
+
+
+def restore_best_files(bests: dict[str, Best], iteration: int, network, metadata, logger) -> None:
+    """After a crash between a resume checkpoint and its best file, rebuild that best file from the weights."""
+    for best in bests.values():
+        if not best.found:
+            continue
+        stored = read_checkpoint(best.path).get("iteration") if best.path.exists() else None
+        if stored == best.iteration:
+            continue
+        if best.iteration == iteration:  # the resumed weights are exactly the best ones
+            save_checkpoint(best.path, network, **metadata(iteration, best.list_name, best.score))
+            logger.info("rewrote %s from the resume checkpoint (iteration %d)", best.path.name, iteration)
+        else:
+            logger.warning("%s holds iteration %s, the run state says %d", best.path.name, stored, best.iteration)
+
+
+def write_result(run_dir: Path, config: TrainConfig, primary: Path, last: Path, bests: dict[str, Best],
+                 best_score: float | None, best_iteration: int, seconds: float) -> None:
+    """result.json marks a finished run (tools such as reproduce.py look for it)."""
+    result = {
+        "finished": True,
+        "dataset": config.dataset,
+        "method": config.method,
+        "labelnum": config.labelnum,
+        "seed": config.seed,
+        "max_iteration": config.max_iteration,
+        "select": config.select,
+        "protocol": config.protocol,
+        "best_checkpoint": primary.name,
+        "best_score": best_score,
+        "best_iteration": best_iteration,
+        "last_checkpoint": last.name,
+        "selections": {n: {**b.to_dict(), "checkpoint": b.path.name, "protocol": PROTOCOLS[n]}
+                       for n, b in bests.items() if b.found},
+        "seconds_this_session": round(seconds, 1),
+    }
+    write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")

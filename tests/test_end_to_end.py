@@ -170,4 +170,4 @@ def test_a_non_checkpoint_file_is_refused(tmp_path):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("not a checkpoint")
     result = run_script("test_la.py", "--checkpoint", str(bogus), "--device", "cpu")
-    assert result.returncode == 2 and "not a readable PyTorch checkpoint" in result.stderr
+    assert result.returncode == 2 and "truncated or not a PyTorch checkpoint" in result.stderr

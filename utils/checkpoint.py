@@ -6,6 +6,8 @@ dicts; `load_network` accepts both (the official ones need the dataset's default
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,10 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,8 +57,19 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         # weights_only: nothing we read can execute code.
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if not found:
+            raise ValueError(f"{path} is truncated or not a PyTorch checkpoint (cannot unpickle it); copy it "
+                             f"again or point to another file") from None
+        what = f" (found {found.group(1)})"
+        raise ValueError(f"{path} was refused: it holds pickled Python objects{what}; checkpoints are read with "
+                         f"weights_only=True so that no file can execute code. Save a plain state dict "
+                         f"(tensors, numbers, strings) instead") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        detail = str(exc).split(". ")[0][:160]
+        raise ValueError(f"{path} is truncated or not a PyTorch checkpoint ({type(exc).__name__}: {detail}); "
+                         f"copy it again or point to another file") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a state dict or a checkpoint dict (found {type(obj).__name__})")
     return obj

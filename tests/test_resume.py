@@ -1,0 +1,153 @@
+"""Exact resume: a run SIGKILLed anywhere and resumed ends bitwise equal to an uninterrupted one (CPU)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train_la
+from dataloaders import make_synthetic_la
+from engine.resume import capture_rng, list_checkpoints, restore_rng
+
+REPO = Path(__file__).resolve().parents[1]
+ITERATIONS = 12
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic_la")
+    return make_synthetic_la(root, n_train=6, n_test=1, shape=(24, 24, 20), seed=3, n_val=1)
+
+
+def flags(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["--root_path", str(data), "--lists_dir", str(data), "--labelnum", "2", "--max_iteration",
+            str(ITERATIONS), "--patch_size", "16,16,16", "--base_filters", "4", "--stride", "8,8,8", "--batch_size",
+            "4", "--labeled_bs", "2", "--eval_every", "2", "--eval_start", "2", "--save_every", "3",
+            "--keep_checkpoints", "2", "--select", "val", "--track", "test", "--num_workers", "0", "--device", "cpu",
+            "--no_progress", "--image_every", "5", "--run_dir", str(run_dir), *extra]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def iteration_lines(run_dir: Path) -> list[int]:
+    log = (run_dir / "log.txt").read_text()
+    return [int(m.group(1)) for m in re.finditer(r"\] iteration (\d+): (?!val|test)", log)]
+
+
+def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert train_la.main(flags(synthetic, run_dir)) == 0
+    return run_dir
+
+
+def crash(point: str, n: int, synthetic: Path, run_dir: Path) -> None:
+    cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--", *flags(synthetic, run_dir)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    ("point", "n"),
+    [
+        ("step", 1),  # before the first checkpoint: starts again from scratch
+        ("step", 8),  # mid-run, two iterations after the checkpoint of iteration 6
+        ("save", 2),  # halfway through writing a resume checkpoint
+        ("best", 2),  # between a resume checkpoint and the best file it vouches for
+    ],
+)
+def test_sigkill_then_rerun_ends_bitwise_equal(point, n, synthetic, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    crash(point, n, synthetic, run_dir)
+    assert not (run_dir / "result.json").exists()
+    assert train_la.main(flags(synthetic, run_dir)) == 0  # the same command again resumes
+
+    for name in ("last_model.pth", "best_model.pth", "best_model_test.pth"):
+        assert_same_weights(reference / name, run_dir / name)
+    ours, theirs = (json.loads((d / "result.json").read_text()) for d in (run_dir, reference))
+    assert ours["selections"] == theirs["selections"] and ours["best_iteration"] == theirs["best_iteration"]
+    final = torch.load(list_checkpoints(run_dir)[-1][1], weights_only=True)
+    expected = torch.load(list_checkpoints(reference)[-1][1], weights_only=True)
+    assert final["losses"] == expected["losses"] and len(final["losses"]) == ITERATIONS
+    assert final["method_state"]["memory"] is not None
+    # every iteration exactly once in the log and in TensorBoard
+    assert iteration_lines(run_dir) == list(range(1, ITERATIONS + 1))
+    assert tensorboard_steps(run_dir, "loss/total") == list(range(1, ITERATIONS + 1))
+    assert tensorboard_steps(run_dir, "val/mean_dice") == list(range(2, ITERATIONS + 1, 2))
+    assert not list(run_dir.rglob("*.tmp"))
+    assert len(list_checkpoints(run_dir)) == 2  # --keep_checkpoints 2
+
+
+def test_resume_flag_continues_and_extends_a_finished_run(synthetic, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    short = flags(synthetic, run_dir)
+    short[short.index("--max_iteration") + 1] = "6"
+    assert train_la.main(short) == 0
+    assert json.loads((run_dir / "result.json").read_text())["max_iteration"] == 6
+    # --resume takes the saved settings; --max_iteration is a runtime flag and may grow
+    assert train_la.main(["--resume", str(run_dir), "--max_iteration", str(ITERATIONS), "--no_progress"]) == 0
+    assert_same_weights(reference / "last_model.pth", run_dir / "last_model.pth")
+    assert iteration_lines(run_dir) == list(range(1, ITERATIONS + 1))
+    # a finished run re-run with the same command does no work and changes nothing
+    before = weights(run_dir / "last_model.pth")
+    assert train_la.main(["--resume", str(run_dir), "--max_iteration", str(ITERATIONS), "--no_progress"]) == 0
+    assert all(torch.equal(v, weights(run_dir / "last_model.pth")[k]) for k, v in before.items())
+
+
+def test_resume_refuses_changed_settings(synthetic, reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    crash("step", 8, synthetic, run_dir)
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    assert train_la.main(flags(synthetic, run_dir, "--consistency", "0.5")) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "consistency" in err and "--resume" in err
+    assert train_la.main(["--resume", str(run_dir), "--seed", "7"]) == 2
+    assert "--seed cannot change when resuming" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+def test_a_result_without_checkpoints_is_never_overwritten(synthetic, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best_model.pth").write_bytes(b"precious")
+    assert train_la.main(flags(synthetic, run_dir)) == 2
+    assert "no resume checkpoint" in capsys.readouterr().err
+    assert (run_dir / "best_model.pth").read_bytes() == b"precious"
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    state = capture_rng()
+    torch.save(state, tmp_path / "rng.pth")
+    expected = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    restore_rng(torch.load(tmp_path / "rng.pth", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2:] == again[2:]
