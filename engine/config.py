@@ -58,6 +58,7 @@ class TrainConfig:
     memory_size: int = 32
     memory_keep: str = "lowest"
     ce_weight: float = 0.0
+    ema_decay: float = 0.99  # Mean Teacher / UA-MT teacher
     select: str = "val"
     eval_batch_size: int = 4
     device: str = "cpu"
@@ -92,6 +93,8 @@ class TrainConfig:
             separation_weight=self.separation_weight,
             memory_size=self.memory_size,
             memory_keep=self.memory_keep,
+            ema_decay=self.ema_decay,
+            max_iterations=self.max_iteration,
         )
 
     @property
@@ -135,7 +138,9 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--lr_step", type=int, default=preset.lr_step, help="x0.1 every N iterations; 0 = constant")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--deterministic", type=int, default=1, choices=(0, 1))
-    p.add_argument("--consistency", type=float, default=preset.consistency, help="max warm-up weight")
+    p.add_argument("--consistency", type=float, default=None,
+                   help=f"max warm-up weight (default: the method's recipe; ss_net {preset.consistency})")
+    p.add_argument("--ema_decay", type=float, default=0.99, help="teacher EMA decay (mean_teacher, ua_mt)")
     p.add_argument("--consistency_rampup", type=float, default=preset.consistency_rampup,
                    help="ramp length in 'epochs' of 150 iterations")
     p.add_argument("--magnitude", type=float, default=preset.magnitude, help="VAT perturbation norm epsilon")
@@ -229,6 +234,11 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
         if preset.network != "vnet":
             raise ValueError("--base_filters applies to the V-Net (LA) only")
         network_kwargs["base_filters"] = args.base_filters
+    # baselines: network options the method needs (an SDF head, pyramid outputs, a second decoder) and its
+    # recipe's consistency weight unless --consistency is given
+    method_cls, spatial_dims = METHODS[args.method], len(preset.patch_size)
+    network_kwargs.update(method_cls.network_options(spatial_dims))
+    consistency = args.consistency if args.consistency is not None else method_cls.recipe_consistency(spatial_dims)
     if len(args.patch_size) != len(preset.patch_size):
         raise ValueError(
             f"--patch_size needs {len(preset.patch_size)} values for {preset.dataset}, got {args.patch_size}"
@@ -246,7 +256,8 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
         lr_step=args.lr_step,
         seed=args.seed,
         deterministic=args.deterministic,
-        consistency=args.consistency,
+        consistency=preset.consistency if consistency is None else consistency,
+        ema_decay=args.ema_decay,
         consistency_rampup=args.consistency_rampup,
         magnitude=args.magnitude,
         lds_discrepancy=args.lds_discrepancy,

@@ -280,6 +280,7 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
+        method.after_optimizer_step(iteration)  # EMA teachers, SASSNet's discriminator
         lr = step_learning_rate(iteration, config.base_lr, config.lr_step)
         for group in optimizer.param_groups:
             group["lr"] = lr

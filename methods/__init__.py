@@ -4,11 +4,19 @@ from __future__ import annotations
 from torch import nn
 
 from methods.base import Batch, Method, MethodOutput, MethodSettings
+from methods.dtc import DTC
+from methods.mc_net import MCNet
+from methods.mean_teacher import MeanTeacher
+from methods.sassnet import SASSNet
 from methods.ss_net import SSNet
 from methods.supervised import Supervised
+from methods.ua_mt import UAMT
+from methods.urpc import URPC
 from utils.choices import unknown_choice
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SSNet, Supervised)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (SSNet, Supervised, MeanTeacher, UAMT, SASSNet, DTC, URPC, MCNet)
+}
 
 
 def check_method_name(name: str) -> str:

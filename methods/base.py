@@ -53,21 +53,73 @@ class MethodSettings:
     separation_weight: float = 0.1
     memory_size: int = 32
     memory_keep: str = "lowest"
+    # baselines: teacher EMA decay (Mean Teacher, UA-MT) and the run length (UA-MT's threshold ramp; 0 = none)
+    ema_decay: float = 0.99
+    max_iterations: int = 0
 
 
 class Method:
+    """One training algorithm. Subclasses implement `training_loss`; the rest are optional hooks.
+
+    Contract with the trainer and the config:
+    * `network_options(spatial_dims)`: constructor options the network needs (e.g. {"sdf_head": True}); the
+      config merges them into `network_kwargs`, so config.json and checkpoints rebuild the right network.
+    * `recipe_consistency(spatial_dims)`: the maximum unlabeled-loss weight of the method's public recipe
+      (3 = LA, 2 = ACDC), used when --consistency is not given; None = the dataset preset (SS-Net's).
+    * `after_optimizer_step(iteration)`: called by the trainer right after `optimizer.step()` (EMA teachers,
+      SASSNet's discriminator step).
+    * `state_dict()` / `load_state_dict()`: everything else needed to resume exactly (teacher weights and
+      buffers, extra modules and their optimisers, counters), tensors and plain Python only.
+    * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
+      check that the unlabeled term alone moves the student.
+    """
+
     name = "base"
     uses_unlabeled = True  # False: the trainer draws labeled-only batches
+    consistency_by_dims: dict[int, float] = {}  # recipe max weight per spatial dims; empty = dataset preset
+    supervised_weight: float = 1.0
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
         self.network = network
         self.settings = settings
+        if network is not None:
+            self._check_network_options(network)
+
+    @classmethod
+    def network_options(cls, spatial_dims: int) -> dict:
+        return {}
+
+    @classmethod
+    def recipe_consistency(cls, spatial_dims: int) -> float | None:
+        return cls.consistency_by_dims.get(spatial_dims)
+
+    def _check_network_options(self, network: nn.Module) -> None:
+        needed = self.network_options(network.spatial_dims)
+        built = network.network_kwargs()
+        wrong = {k: v for k, v in needed.items() if built.get(k) != v}
+        if wrong:
+            options = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+            raise ValueError(f"method {self.name} needs a network built with {options}; build it with "
+                             f"build_network(name, **kwargs, **{type(self).__name__}.network_options(dims)) "
+                             f"(train_la.py / train_acdc.py do this)")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
 
     def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
         raise NotImplementedError
 
-    def supervised_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Dice (+ ce_weight x cross-entropy) on the labeled part; CE is always logged."""
+    def after_optimizer_step(self, iteration: int) -> None:
+        """Called by the trainer right after optimizer.step() of `iteration` (1-based); no-op by default."""
+
+    def require_unlabeled(self, unlabeled: Batch | None) -> Batch:
+        if unlabeled is None or len(unlabeled) == 0:
+            raise ValueError(f"{self.name} needs unlabeled data in every batch (--batch_size > --labeled_bs)")
+        return unlabeled
+
+    def dice_and_ce(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The dataset's soft Dice (spec §3.4) and the cross-entropy, both with gradient."""
         s = self.settings
         dice = dice_loss(
             torch.softmax(logits, dim=1),
@@ -76,11 +128,16 @@ class Method:
             squared_denominator=s.dice_squared_denominator,
             smooth=s.dice_smooth,
         )
-        ce = F.cross_entropy(logits, labels)
+        return dice, F.cross_entropy(logits, labels)
+
+    def supervised_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Dice (+ ce_weight x cross-entropy) on the labeled part; CE is always logged."""
+        s = self.settings
+        dice, ce = self.dice_and_ce(logits, labels)
         loss = dice + s.ce_weight * ce if s.ce_weight else dice
         return loss, {"dice": dice.detach(), "ce": ce.detach()}
 
-    # Extra state that a checkpoint must carry to resume (e.g. SS-Net's prototype memory).
+    # Extra state that a checkpoint must carry to resume (e.g. SS-Net's prototype memory, a teacher).
     def state_dict(self) -> dict:
         return {}
 

@@ -71,7 +71,8 @@ class SSNet(Method):
         s = self.settings
         n_labeled = len(labeled)
         images = torch.cat([labeled.image, unlabeled.image])
-        logits, features = self.network(images)
+        out = self.network(images)
+        logits, features = out.logits, out.features
         probs = torch.softmax(logits, dim=1)
         labels = labeled.label
         pseudo_labels = probs[n_labeled:].detach().argmax(dim=1)  # no threshold, as the official code
@@ -85,7 +86,8 @@ class SSNet(Method):
             self.network, images, self.discrepancy, xi=s.xi, epsilon=s.epsilon, power_iterations=s.power_iterations
         )
         weight = consistency_weight(iteration, s.consistency, s.consistency_rampup)
-        loss = supervised + weight * (lds + s.separation_weight * (separation_l + separation_u))
+        regularisers = lds + s.separation_weight * (separation_l + separation_u)
+        loss = self.supervised_weight * supervised + weight * regularisers
         terms.update(
             total=loss.detach(),
             supervised=supervised.detach(),

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from .heads import SegmentationNetwork
-from .output import NetworkOutput
+from .output import DecoderOutput, NetworkOutput
 from .unet import UNet
 from .vnet import VNet
 
 __all__ = [
     "NETWORKS",
+    "DecoderOutput",
     "NetworkOutput",
     "SegmentationNetwork",
     "UNet",

@@ -7,6 +7,7 @@ top level under the official SS-Net state-dict names, so released checkpoints lo
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -28,8 +29,9 @@ class SegmentationNetwork(nn.Module):
     """Encoder–decoder backbone plus the SS-Net heads.
 
     Subclasses build `encoder` (input → list of feature maps, shallow to deep) and `decoder`
-    (feature list → (logits, embedding)) and pass them here; registering them before the heads keeps the
-    state-dict order of the official checkpoints (encoder, decoder, heads).
+    (feature list → DecoderOutput) and pass them here; registering them before the heads keeps the
+    state-dict order of the official checkpoints (encoder, decoder, heads). `extra_decoders` (MC-Net) are
+    registered after the heads as `decoder2`, `decoder3`, ..., so without them nothing changes.
     """
 
     name: ClassVar[str]  # registry name used by build_network
@@ -44,6 +46,7 @@ class SegmentationNetwork(nn.Module):
         num_classes: int,
         feature_channels: int,
         spatial_dims: int,
+        extra_decoders: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -60,13 +63,18 @@ class SegmentationNetwork(nn.Module):
         for prefix in ("contrastive_class_selector_", "contrastive_class_selector_memory"):
             for c in range(num_classes):
                 self.add_module(f"{prefix}{c}", mlp_head(HEAD_DIM, 1, nn.LeakyReLU(0.2)))
+        self.num_decoders = 1 + len(extra_decoders)
+        for index, extra in enumerate(extra_decoders, start=2):
+            self.add_module(f"decoder{index}", extra)
 
     # -- segmentation path ------------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> NetworkOutput:
         """image (B, in_channels, *spatial) with every spatial size divisible by 16 → NetworkOutput."""
         self.check_input(image)
-        logits, features = self.decoder(self.encoder(image))
-        return NetworkOutput(logits, features)
+        encoded = self.encoder(image)
+        main = self.decoder(encoded)
+        extra = tuple(getattr(self, f"decoder{i}")(encoded).logits for i in range(2, self.num_decoders + 1))
+        return NetworkOutput(main.logits, main.features, main.sdf, main.aux_logits, extra)
 
     def check_input(self, image: torch.Tensor) -> None:
         """Raise ValueError naming the shape and the rule when `image` cannot pass through the network."""

@@ -83,7 +83,7 @@ def test_ss_net_memory_holds_only_correct_labeled_foreground(case):
     network.forward = recording_forward
     projection_before_step = copy.deepcopy(network.projection_head).eval()  # the step moves its BN statistics
     m.training_loss(Batch(labeled.image, labels), unlabeled, iteration=1)
-    logits, features = main_forward["out"]
+    logits, features = main_forward["out"][:2]  # NetworkOutput: read by name or slice
     n = len(labeled)
     hard = logits[:n].argmax(1)
     correct_foreground = ((hard == labels) & (hard > 0)).reshape(-1)

@@ -302,3 +302,41 @@ def test_unknown_network_suggests_closest():
 def test_unet_rejects_wrong_number_of_levels():
     with pytest.raises(ValueError, match="5 levels"):
         UNet(channels=(16, 32, 64))
+
+
+# -- baseline options (sdf_head, deep_supervision, num_decoders) -----------------------------------------------
+@pytest.mark.parametrize("name, shape", [("vnet", (2, 1, 32, 32, 32)), ("unet", (2, 1, 32, 32))])
+def test_baseline_options_only_append_modules_and_fill_optional_outputs(name, shape):
+    kwargs = {"num_classes": 3, "base_filters": 4} if name == "vnet" else {"num_classes": 3}
+    plain_keys = list(build_network(name, **kwargs).state_dict())
+    net = build_network(name, **kwargs, sdf_head=True, deep_supervision=True, num_decoders=2)
+    keys = list(net.state_dict())
+    assert [k for k in keys if k in plain_keys] == plain_keys  # official keys keep their order
+    extra = {k.split(".")[0] + "." + k.split(".")[1] for k in keys if k not in plain_keys}
+    assert {"decoder.sdf_conv", "decoder.aux_conv1", "decoder.aux_conv2", "decoder.aux_conv3"} <= extra
+    assert all(k.startswith(("decoder.sdf_conv", "decoder.aux_conv", "decoder2.")) for k in keys if k not in plain_keys)
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        with torch.no_grad():
+            out = net(torch.randn(shape))
+        full = (shape[0], 3, *shape[2:])
+        assert out.logits.shape == full and out.sdf.shape == (shape[0], 2, *shape[2:])
+        assert out.sdf.abs().max() <= 1.0
+        assert [a.shape for a in out.aux_logits] == [full] * 3 and [d.shape for d in out.decoder_logits] == [full]
+    plain = build_network(name, **kwargs).eval()(torch.zeros(shape))
+    assert plain.sdf is None and plain.aux_logits == () and plain.decoder_logits == ()
+    config = net.network_config()
+    options = {k: config["kwargs"][k] for k in ("sdf_head", "deep_supervision", "num_decoders")}
+    assert options == {"sdf_head": True, "deep_supervision": True, "num_decoders": 2}
+    rebuilt = build_network(config["name"], **config["kwargs"])
+    rebuilt.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_second_decoder_upsamples_differently():
+    vnet = VNet(base_filters=4, num_decoders=2)
+    assert isinstance(vnet.decoder.block_five_up.conv[0], torch.nn.ConvTranspose3d)
+    assert isinstance(vnet.decoder2.block_five_up.conv[0], torch.nn.Upsample)
+    unet = UNet(num_decoders=2)
+    assert hasattr(unet.decoder.up1, "conv1x1") and isinstance(unet.decoder2.up1.up, torch.nn.ConvTranspose2d)
+    with pytest.raises(ValueError, match="num_decoders"):
+        UNet(num_decoders=4)

@@ -1,16 +1,21 @@
-"""Loss functions of SS-Net as pure functions of tensors (spec §3.4, §3.5, §3.7).
+"""Loss functions of SS-Net (spec §3.4, §3.5, §3.7) and of the baselines, as pure functions of tensors.
 
 Shapes: probabilities/logits (B, K, *spatial) with K classes including background, labels (B, *spatial) int64;
 per-voxel feature vectors (N, dim).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor, nn
+
+from utils.ramps import sigmoid_rampup
 
 
 def _pooled_dims(t: Tensor) -> tuple[int, ...]:
@@ -179,3 +184,110 @@ def class_separation_loss(
         weighted_memory = (beta.unsqueeze(1) * memory_unit).sum(0)
         total = total + 1.0 - weighted_features.dot(weighted_memory) / (count * memory.shape[0])
     return total / num_classes
+
+
+# -- baselines (methods/mean_teacher.py, ua_mt.py, sassnet.py, dtc.py, urpc.py, mc_net.py) -----------------
+def softmax_mse(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """Mean squared difference of the student's softmax and a target probability map (Mean Teacher)."""
+    return ((torch.softmax(student_logits, dim=1) - teacher_probs) ** 2).mean()
+
+
+def predictive_entropy(probs: Tensor, eps: float = 1e-6) -> Tensor:
+    """-sum_c p_c log(p_c + eps) per voxel: (B, C, *spatial) -> (B, 1, *spatial), UA-MT's uncertainty (nats)."""
+    return -(probs * torch.log(probs + eps)).sum(dim=1, keepdim=True)
+
+
+def uncertainty_threshold(iteration: int, max_iterations: int) -> float:
+    """UA-MT's schedule: (3/4 + 1/4 ramp(t, t_max)) ln 2 nats, rising from about 0.52 to ln 2 over training.
+
+    The ramp is Laine & Aila's sigmoid ramp on the raw iteration count (not t // 150); ln 2 is the public
+    recipe's constant in 3-D and in the 2-D (4-class) SSL4MIS script alike.
+    """
+    return (0.75 + 0.25 * sigmoid_rampup(iteration, max_iterations)) * math.log(2.0)
+
+
+def masked_mse(student_probs: Tensor, teacher_probs: Tensor, mask: Tensor, eps: float = 1e-16) -> Tensor:
+    """sum(mask (p_s - p_t)^2) / (C sum(mask) + eps): the squared error averaged over the certain voxels.
+
+    mask (B, 1, *spatial) in {0, 1}. The UA-MT scripts divide by 2 sum(mask) (their class count in 3-D; the
+    2-D SSL4MIS script keeps the 2 with 4 classes); we divide by the class count C in both.
+    """
+    squared = (student_probs - teacher_probs) ** 2
+    return (mask * squared).sum() / (student_probs.shape[1] * mask.sum() + eps)
+
+
+def signed_distance_map(labels: Tensor, num_classes: int) -> Tensor:
+    """Normalised signed distance map of each foreground class: (B, *spatial) int -> (B, C-1, *spatial) float.
+
+    As DTC / SASSNet's `compute_sdf`, per sample and class c with mask M = (label == c):
+    sdf = (d_out - min d_out) / (max d_out - min d_out) - (d_in - min d_in) / (max d_in - min d_in), where
+    d_out = Euclidean distance (in voxels) to M outside it and d_in = distance to the background inside it;
+    0 on M's inner boundary (voxels of M with a face neighbour outside M; image borders do not count).
+    Negative inside, 0 on the contour, positive outside, in [-1, 1]. A class absent from a sample gives zeros
+    (as the official code); a class filling the whole sample gives -(d_in normalised) only.
+    """
+    masks = labels.detach().cpu().numpy()
+    out = np.zeros((masks.shape[0], num_classes - 1, *masks.shape[1:]), dtype=np.float32)
+    cross = ndimage.generate_binary_structure(masks.ndim - 1, 1)
+    for b in range(masks.shape[0]):
+        for c in range(1, num_classes):
+            inside = masks[b] == c
+            if not inside.any():
+                continue
+            outside_distance = ndimage.distance_transform_edt(~inside)
+            inside_distance = ndimage.distance_transform_edt(inside)
+            boundary = inside & ~ndimage.binary_erosion(inside, structure=cross, border_value=1)
+            sdf = _rescaled(outside_distance) - _rescaled(inside_distance)
+            sdf[boundary] = 0.0
+            out[b, c - 1] = sdf
+    return torch.from_numpy(out).to(labels.device)
+
+
+def _rescaled(distance: np.ndarray) -> np.ndarray:
+    low, high = distance.min(), distance.max()
+    return (distance - low) / (high - low) if high > low else np.zeros_like(distance)
+
+
+def sdf_to_probability(sdf: Tensor, k: float = 1500.0) -> Tensor:
+    """DTC's transform of a level set to a soft mask: sigmoid(-k sdf), ~1 inside (sdf < 0), ~0 outside."""
+    return torch.sigmoid(-k * sdf)
+
+
+def sharpen(probs: Tensor, temperature: float) -> Tensor:
+    """MC-Net's sharpening p^(1/T) / (p^(1/T) + (1-p)^(1/T)), element-wise on every class channel.
+
+    T < 1 pushes each probability towards 0 or 1 (T = 0.1 in the recipe); 0.5 stays 0.5. Element-wise, as the
+    public recipe: with more than two classes the channels no longer sum to exactly 1.
+    """
+    power = 1.0 / temperature
+    high, low = probs.pow(power), (1.0 - probs).pow(power)
+    return high / (high + low)
+
+
+def mutual_consistency_loss(probs: Sequence[Tensor], temperature: float) -> Tensor:
+    """MC-Net: sum over ordered pairs i != j of mean((p_i - sharpen(p_j))^2); gradient flows into both sides."""
+    total = probs[0].new_zeros(())
+    for i, p_i in enumerate(probs):
+        for j, p_j in enumerate(probs):
+            if i != j:
+                total = total + ((p_i - sharpen(p_j, temperature)) ** 2).mean()
+    return total
+
+
+def uncertainty_rectified_consistency(logits: Sequence[Tensor], eps: float = 1e-8) -> Tensor:
+    """URPC's consistency of pyramid predictions with their mean, down-weighting uncertain voxels.
+
+    For each output s with probabilities p_s and the mean prediction p = mean_s p_s: uncertainty
+    u_s = KL(p || p_s) summed over classes (B, 1, *spatial), weight w_s = exp(-u_s), and
+    L_s = mean(w_s (p - p_s)^2) / (mean(w_s) + eps) + mean(u_s); the loss is mean_s L_s. The mean prediction is
+    not detached (as the public recipe), so gradient reaches every output through both sides.
+    """
+    log_probs = [torch.log_softmax(x, dim=1) for x in logits]
+    probs = [lp.exp() for lp in log_probs]
+    mean_probs = torch.stack(probs).mean(dim=0)
+    total = mean_probs.new_zeros(())
+    for p_s, log_p_s in zip(probs, log_probs, strict=True):
+        kl = (torch.xlogy(mean_probs, mean_probs) - mean_probs * log_p_s).sum(dim=1, keepdim=True)
+        weight = torch.exp(-kl)
+        total = total + ((mean_probs - p_s) ** 2 * weight).mean() / (weight.mean() + eps) + kl.mean()
+    return total / len(logits)
