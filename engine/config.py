@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from engine.precision import PRECISION_MODES
 from engine.presets import PRESETS, Preset
+from engine.speed import OPTIMIZER_IMPLS
 from methods import METHODS, MethodSettings, check_method_name
 from utils.losses import LDS_DISCREPANCIES
 from utils.prototype_memory import KEEP_CHOICES
@@ -60,6 +62,12 @@ class TrainConfig:
     lists_dir: str = ""
     image_every: int = 200
     progress: bool = True
+    # --- speed options (README "Speed"); the defaults are the paper's fp32 math ---
+    amp: str = "off"  # off | bf16 | fp16: autocast for training and in-training evaluation
+    channels_last: bool = False
+    compile: bool = False
+    optimizer_impl: str = "default"  # default | foreach | fused (same SGD update)
+    eval_stride: list[int] = field(default_factory=list)  # in-training sliding-window stride; empty = stride
 
     @property
     def preset(self) -> Preset:
@@ -161,7 +169,26 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--lists_dir", default="", help=f"folder with the split lists (default: data/{preset.dataset})")
     p.add_argument("--image_every", type=int, default=200, help="iterations between TensorBoard image panels")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    add_speed_arguments(p, train=True, has_stride=bool(preset.stride))
     return p
+
+
+def add_speed_arguments(p: argparse.ArgumentParser, *, train: bool, has_stride: bool) -> None:
+    """The opt-in speed flags shared by the train and test scripts (README "Speed")."""
+    g = p.add_argument_group("speed (opt-in; the defaults are the paper's fp32 math)")
+    g.add_argument("--amp", default="off", choices=PRECISION_MODES,
+                   help="mixed precision: bf16 (recommended on GPUs that have it), fp16 (with a grad scaler), off")
+    g.add_argument("--channels_last", type=int, default=0, choices=(0, 1),
+                   help="channels-last memory format for the convolutions (helps with --amp on GPUs)")
+    g.add_argument("--compile", type=int, default=0, choices=(0, 1),
+                   help="torch.compile the network (minutes of compilation first; pays off on long runs)")
+    if train:
+        g.add_argument("--optimizer_impl", default="default", choices=OPTIMIZER_IMPLS,
+                       help="SGD kernel: default (PyTorch's choice), foreach or fused; same update")
+        if has_stride:
+            g.add_argument("--eval_stride", type=int_list, default=[],
+                           help="sliding-window stride of the in-training evaluation only (default: --stride; "
+                                "e.g. 56,56,40: 4.6x fewer windows on LA); checkpoints keep --stride for testing")
 
 
 def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
@@ -213,6 +240,11 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
         lists_dir=args.lists_dir,
         image_every=args.image_every,
         progress=not args.no_progress,
+        amp=args.amp,
+        channels_last=bool(args.channels_last),
+        compile=bool(args.compile),
+        optimizer_impl=args.optimizer_impl,
+        eval_stride=list(getattr(args, "eval_stride", []) or []),
     )
     validate_config(config)
     return config
@@ -235,6 +267,14 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--select must be one of {', '.join(SELECT_CHOICES)}, got {config.select!r}")
     if config.eval_every < 1:
         raise ValueError(f"--eval_every must be >= 1, got {config.eval_every}")
+    if config.amp not in PRECISION_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(PRECISION_MODES)}, got {config.amp!r}")
+    if config.eval_stride and len(config.eval_stride) != len(config.patch_size):
+        raise ValueError(f"--eval_stride needs {len(config.patch_size)} values (one per axis), "
+                         f"got {config.eval_stride}")
+    if any(s > p for s, p in zip(config.eval_stride, config.patch_size, strict=False)):
+        raise ValueError(f"--eval_stride {config.eval_stride} exceeds --patch_size {config.patch_size}: voxels "
+                         "between windows would never be predicted")
     for size in config.patch_size:
         if size % 16:
             raise ValueError(f"--patch_size {config.patch_size}: every size must be divisible by 16 (network stride)")

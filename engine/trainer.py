@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,9 @@ from tqdm import tqdm
 from dataloaders import TwoStreamBatchSampler
 from engine.config import TrainConfig, default_run_dir
 from engine.evaluate import evaluate_cases
+from engine.precision import Precision
 from engine.run_dir import close_logger, environment, prepare_run_dir
+from engine.speed import build_sgd, prepare_network
 from engine.tasks import InferenceSettings, get_task
 from methods import METHODS, Batch, build_method
 from networks import build_network
@@ -100,8 +102,12 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger, writer) -> TrainResult:
     network = build_network(config.network, **config.network_kwargs).to(device)
+    # --- speed options (issue 6; all off by default = the paper's fp32 math) ---
+    prepare_network(network, channels_last=config.channels_last, compile=config.compile)
+    precision = Precision(config.amp, device, logger)
+    optimizer = build_sgd(network.parameters(), lr=config.base_lr, impl=config.optimizer_impl)
+    # ---
     method = build_method(config.method, network, config.method_settings())
-    optimizer = torch.optim.SGD(network.parameters(), lr=config.base_lr, momentum=0.9, weight_decay=1e-4)
 
     batch_size = config.batch_size if method.uses_unlabeled else config.labeled_bs
     n_labeled = len(split.labeled)
@@ -124,6 +130,8 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
     inference = InferenceSettings(
         patch_size=tuple(config.patch_size), stride=tuple(config.stride), batch_size=config.eval_batch_size, nms=False
     )
+    # in-training evaluation may be cheaper (coarser stride, autocast); checkpoints record `inference` for testing
+    eval_inference = replace(inference, stride=tuple(config.eval_stride or config.stride), amp=config.amp)
     best_path, last_path = run_dir / "best_model.pth", run_dir / "last_model.pth"
     best_score, best_iteration = -math.inf, 0
 
@@ -161,15 +169,15 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
         labeled = Batch(images[:nl], labels[:nl], cases[:nl])
         unlabeled = Batch(images[nl:], None, cases[nl:]) if method.uses_unlabeled else None
 
-        output = method.training_loss(labeled, unlabeled, iteration)
+        with precision.autocast():
+            output = method.training_loss(labeled, unlabeled, iteration)
         loss_value = float(output.loss.detach())
         if not math.isfinite(loss_value):
             bad = {k: float(v) for k, v in output.terms.items() if not math.isfinite(float(v))}
             raise FloatingPointError(f"non-finite loss at iteration {iteration}: {bad or loss_value}; "
                                      f"last good checkpoint: {last_path if last_path.exists() else 'none yet'}")
         optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        optimizer.step()
+        precision.backward_and_step(output.loss, optimizer, iteration)
         lr = step_learning_rate(iteration, config.base_lr, config.lr_step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -188,7 +196,7 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
                              image_panel(labeled.image, labeled.label, output.labeled_logits), iteration)
 
         if eval_ids and iteration >= config.eval_start and iteration % config.eval_every == 0:
-            result = evaluate_cases(network, task, config.root_path, eval_ids, inference, config.num_classes,
+            result = evaluate_cases(network, task, config.root_path, eval_ids, eval_inference, config.num_classes,
                                     full_metrics=False, description=f"{config.select} @ {iteration}")
             score = result.mean_dice()
             writer.add_scalar(f"{config.select}/mean_dice", score, iteration)
@@ -199,7 +207,7 @@ def _train(config, task, split, unlabeled_ids, dataset, device, run_dir, logger,
             logger.info("iteration %d: %s mean Dice %.4f (best %.4f @ %d)%s", iteration, config.select, score,
                         best_score, best_iteration, " -> saved best" if improved else "")
 
-    save_checkpoint(last_path, network, optimizer=optimizer.state_dict(),
+    save_checkpoint(last_path, network, optimizer=optimizer.state_dict(), precision=precision.state_dict(),
                     **checkpoint_metadata(config.max_iteration, None))
     if not best_path.exists():  # select=last, or no evaluation happened: the last weights are the result
         if eval_ids:
