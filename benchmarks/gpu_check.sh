@@ -10,7 +10,7 @@
 #
 # Preparation, on the development machine, once (the LA data is ~130 MB packed; the tree that travels is at
 # most 64 MiB, and ../shared does not travel):
-#     python ../shared/data/restore.py .device_data --dataset LA --limit 4   # 4 train + 4 test cases, ~35 MB
+#     python ../shared/data/restore.py .device_data --dataset LA --limit 4   # 4 train + 4 test cases, ~18 MB
 #     du -sh .device_data                                                   # must stay well under 64 MiB
 # .device_data/ is git-ignored, so name it in the call's carry:
 #     run(command="bash benchmarks/gpu_check.sh", carry=[".device_data"], timeout_s=480)
