@@ -292,7 +292,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     if "LA" in report["train"]:
         projection = {"iterations": LA_ITERATIONS, "evaluations": LA_EVALUATIONS,
-                      "windows_per_evaluation": LA_TEST_WINDOWS}
+                      "windows_per_evaluation": LA_TEST_WINDOWS,
+                      "note": "meaningful at the full LA shapes only (crop and patch 112,112,80, V-Net width 16)"}
         for mode in modes:
             projection[f"{mode}_s"] = projected_la_run_s(report["train"]["LA"][mode], test[mode], LA_TEST_WINDOWS)
             print(f"projected full LA run ({mode}): {projection[f'{mode}_s'] / 60:.1f} min", flush=True)
