@@ -11,13 +11,19 @@ import numpy as np
 from scipy import ndimage
 
 
-def random_rot_flip(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+def random_rot_flip(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, copy: bool = True
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate by k*90 degrees in the plane of the first two axes (k in 0..3), then always flip one of them."""
+    """Rotate by k*90 degrees in the plane of the first two axes (k in 0..3), then always flip one of them.
+
+    copy=False returns read-only strided views of the inputs (no copy of the volume): crop them afterwards
+    and only the crop is copied (LATrainTransform).
+    """
     k = int(rng.integers(0, 4))
     axis = int(rng.integers(0, 2))
     image = np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis)
     label = np.flip(np.rot90(label, k, axes=(0, 1)), axis=axis)
+    if not copy:
+        return image, label
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
@@ -90,7 +96,8 @@ class LATrainTransform:
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
-        image, label = random_rot_flip(image, label, rng)
+        # rotate/flip as views and copy only the crop: the same voxels as rotating the whole volume first
+        image, label = random_rot_flip(image, label, rng, copy=False)
         return random_crop(image, label, self.patch_size, rng)
 
     def __repr__(self) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from engine.precision import PRECISION_MODES
 from engine.presets import PRESETS, Preset
+from engine.speed import OPTIMIZER_IMPLS
 from methods import METHODS, MethodSettings, check_method_name
 from utils.losses import LDS_DISCREPANCIES
 from utils.prototype_memory import KEEP_CHOICES
@@ -71,6 +73,12 @@ class TrainConfig:
     save_every: int = 500  # iterations between resume checkpoints
     keep_checkpoints: int = 3  # newest resume checkpoints kept
     resume: str = ""  # run folder to continue (its config.json gives the settings)
+    # --- speed options (README "Speed"); the defaults are the paper's fp32 math ---
+    amp: str = "off"  # off | bf16 | fp16: autocast for training and in-training evaluation
+    channels_last: bool = False
+    compile: bool = False
+    optimizer_impl: str = "default"  # default | foreach | fused (same SGD update)
+    eval_stride: list[int] = field(default_factory=list)  # in-training sliding-window stride; empty = stride
 
     @property
     def preset(self) -> Preset:
@@ -182,7 +190,26 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
                         "also resumes); only runtime flags such as --device, --num_workers, --max_iteration "
                         "may change")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
+    add_speed_arguments(p, train=True, has_stride=bool(preset.stride))
     return p
+
+
+def add_speed_arguments(p: argparse.ArgumentParser, *, train: bool, has_stride: bool) -> None:
+    """The opt-in speed flags shared by the train and test scripts (README "Speed")."""
+    g = p.add_argument_group("speed (opt-in; the defaults are the paper's fp32 math)")
+    g.add_argument("--amp", default="off", choices=PRECISION_MODES,
+                   help="mixed precision: bf16 (recommended on GPUs that have it), fp16 (with a grad scaler), off")
+    g.add_argument("--channels_last", type=int, default=0, choices=(0, 1),
+                   help="channels-last memory format for the convolutions (helps with --amp on GPUs)")
+    g.add_argument("--compile", type=int, default=0, choices=(0, 1),
+                   help="torch.compile the network (minutes of compilation first; pays off on long runs)")
+    if train:
+        g.add_argument("--optimizer_impl", default="default", choices=OPTIMIZER_IMPLS,
+                       help="SGD kernel: default (PyTorch's choice), foreach or fused; same update")
+        if has_stride:
+            g.add_argument("--eval_stride", type=int_list, default=[],
+                           help="sliding-window stride of the in-training evaluation only (default: --stride; "
+                                "e.g. 56,56,40: 4.6x fewer windows on LA); checkpoints keep --stride for testing")
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -285,6 +312,11 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
         track=list(args.track),
         save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints,
+        amp=args.amp,
+        channels_last=bool(args.channels_last),
+        compile=bool(args.compile),
+        optimizer_impl=args.optimizer_impl,
+        eval_stride=list(getattr(args, "eval_stride", []) or []),
     )
     validate_config(config)
     return config

@@ -108,7 +108,6 @@ class Best:
 @dataclass
 class ResumeState:
     iteration: int
-    network_state: dict
     optimizer_state: dict
     method_state: dict
     rng: dict

@@ -27,6 +27,7 @@ from dataloaders import (
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
 from dataloaders.la import la_case_path
 from dataloaders.splits import DATA_DIR
+from engine.precision import Precision
 from engine.presets import ACDC, LA, Preset
 from utils.choices import unknown_choice
 from utils.postprocess import keep_largest_component_per_class
@@ -39,10 +40,11 @@ class InferenceSettings:
     stride: tuple[int, ...] = ()
     batch_size: int = 4
     nms: bool = False  # keep the largest connected component of each foreground class
+    amp: str = "off"  # autocast dtype of the network's forward: off (fp32) | bf16 | fp16
 
     def to_dict(self) -> dict:
         return {"patch_size": list(self.patch_size), "stride": list(self.stride), "batch_size": self.batch_size,
-                "nms": self.nms}
+                "nms": self.nms, "amp": self.amp}
 
 
 def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str) -> None:
@@ -55,10 +57,16 @@ def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: st
                                 f"e.g. {missing[0]} (see README 'Data')")
 
 
-def _logits_fn(network: nn.Module):
-    """(B, C_in, *patch) on any device -> logits (B, K, *patch) computed on the network's device."""
+def _logits_fn(network: nn.Module, amp: str = "off"):
+    """(B, C_in, *patch) on any device -> logits (B, K, *patch) computed on the network's device, under
+    autocast when `amp` is bf16/fp16 (the callers softmax the logits in float32)."""
     device = next(network.parameters()).device
-    return lambda x: network(x.to(device, non_blocking=True))[0]
+    precision = Precision(amp, device)
+
+    def predict_logits(x: torch.Tensor) -> torch.Tensor:
+        with precision.autocast():
+            return network(x.to(device, non_blocking=True))[0]
+    return predict_logits
 
 
 class Task:
@@ -125,9 +133,11 @@ class LATask(Task):
         device = next(network.parameters()).device
         volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
         probs = sliding_window_predict(
-            _logits_fn(network), volume, settings.patch_size, settings.stride, num_classes, settings.batch_size
+            _logits_fn(network, settings.amp), volume, settings.patch_size, settings.stride, num_classes,
+            settings.batch_size,
         )
-        return probs.argmax(0).cpu().numpy()
+        # argmax on the device; only the uint8 label map crosses to the host
+        return probs.argmax(0).to(torch.uint8).cpu().numpy()
 
 
 class ACDCTask(Task):
@@ -149,7 +159,8 @@ class ACDCTask(Task):
 
     def predict_labels(self, network: nn.Module, image: np.ndarray, settings: InferenceSettings,
                        num_classes: int) -> np.ndarray:
-        return predict_slices_2d(_logits_fn(network), image, tuple(settings.patch_size), settings.batch_size)
+        return predict_slices_2d(_logits_fn(network, settings.amp), image, tuple(settings.patch_size),
+                                 settings.batch_size)
 
 
 TASKS: dict[str, Task] = {"LA": LATask(), "ACDC": ACDCTask()}

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from dataloaders import read_list
-from engine.config import default_device, int_list
+from engine.config import add_speed_arguments, default_device, int_list
 from engine.evaluate import evaluate_cases
+from engine.precision import PRECISION_MODES
 from engine.presets import Preset
 from engine.report import format_table, summarize_rows, write_csv, write_json
+from engine.speed import prepare_network
 from engine.tasks import InferenceSettings, get_task
 from engine.trainer import resolve_device
 from utils.checkpoint import load_network
@@ -41,6 +43,10 @@ class TestOptions:
     json: str = ""
     save_predictions: bool = False
     progress: bool = True
+    # speed options (README "Speed"): off/False = the official fp32 path
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
 
 
 def resolve_spacing(option: str, task, ndim: int) -> tuple[tuple[float, ...] | None, str]:
@@ -75,6 +81,8 @@ def run_test(options: TestOptions) -> dict:
     preset: Preset = task.preset
     if options.empty_policy not in EMPTY_POLICIES:
         raise ValueError(f"--empty_policy must be one of {', '.join(EMPTY_POLICIES)}, got {options.empty_policy!r}")
+    if options.amp not in PRECISION_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(PRECISION_MODES)}, got {options.amp!r}")
     device = resolve_device(options.device)
     list_path = Path(options.list_path) if options.list_path else task.lists_dir() / "test.list"
     case_ids = read_list(list_path)
@@ -83,6 +91,7 @@ def run_test(options: TestOptions) -> dict:
 
     loaded = load_network(options.checkpoint, preset.network, preset.network_kwargs, device)
     network, meta = loaded.network, loaded.metadata
+    prepare_network(network, channels_last=options.channels_last, compile=options.compile)
     if not loaded.official and meta.get("dataset") not in (None, preset.dataset):
         raise ValueError(f"{options.checkpoint} was trained on {meta['dataset']}, not {preset.dataset}; "
                          f"use test_{meta['dataset'].lower()}.py")
@@ -98,6 +107,7 @@ def run_test(options: TestOptions) -> dict:
         stride=tuple(options.stride or stored.get("stride") or preset.stride),
         batch_size=options.batch_size,
         nms=preset.nms if options.nms is None else options.nms,
+        amp=options.amp,
     )
     spacing, units = resolve_spacing(options.spacing, task, 3)  # LA (W, H, D) and ACDC (S, H, W) are both 3-D
     num_classes = network.num_classes
@@ -193,6 +203,7 @@ def build_test_parser(preset: Preset, description: str) -> argparse.ArgumentPars
     p.add_argument("--save_predictions", action="store_true", help="write predicted label maps as NIfTI")
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
+    add_speed_arguments(p, train=False, has_stride=bool(preset.stride))
     return p
 
 
@@ -203,4 +214,5 @@ def options_from_args(args: argparse.Namespace, preset: Preset) -> TestOptions:
         stride=list(getattr(args, "stride", []) or []), spacing=args.spacing, empty_policy=args.empty_policy,
         output_dir=args.output_dir, csv=args.csv, json=args.json, save_predictions=args.save_predictions,
         progress=not args.no_progress and sys.stderr.isatty(),
+        amp=args.amp, channels_last=bool(args.channels_last), compile=bool(args.compile),
     )

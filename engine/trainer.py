@@ -7,7 +7,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from dataloaders import TwoStreamBatchSampler
 from engine.config import PROTOCOLS, TrainConfig, default_run_dir
 from engine.evaluate import evaluate_cases
+from engine.precision import Precision
 from engine.resume import (
     Best,
     ResumeState,
@@ -32,6 +33,7 @@ from engine.resume import (
     save_resume_checkpoint,
 )
 from engine.run_dir import close_logger, environment, prepare_run_dir
+from engine.speed import build_sgd, prepare_network
 from engine.tasks import InferenceSettings, get_task
 from methods import METHODS, Batch, build_method
 from networks import build_network
@@ -126,6 +128,7 @@ def train(config: TrainConfig) -> TrainResult:
     logger = prepare_run_dir(run_dir, config.to_json(), split, environment(device, config.seed),
                              resume_iteration=resume[1]["iteration"] if resume else None)
     # purge_step hides events a crashed run wrote after its last checkpoint, so no iteration appears twice.
+    wait_for_a_later_event_file_name(run_dir / "tensorboard")
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
                            purge_step=resume[1]["iteration"] + 1 if resume else None)
     try:
@@ -134,6 +137,15 @@ def train(config: TrainConfig) -> TrainResult:
     finally:
         writer.close()
         close_logger(logger)
+
+
+def wait_for_a_later_event_file_name(folder: Path) -> None:
+    """TensorBoard reads event files in name order and names carry the start second: a run resumed within the
+    same second as the crash could be read before the old file, and its purge would then be lost."""
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
 
 
 def check_split(config: TrainConfig, split) -> None:
@@ -179,8 +191,12 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
 def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_dir, logger, writer,
            resume) -> TrainResult:
     network = build_network(config.network, **config.network_kwargs).to(device)
+    # --- speed options (issue 6; all off by default = the paper's fp32 math) ---
+    prepare_network(network, channels_last=config.channels_last, compile=config.compile)
+    precision = Precision(config.amp, device, logger)
+    optimizer = build_sgd(network.parameters(), lr=config.base_lr, impl=config.optimizer_impl)
+    # ---
     method = build_method(config.method, network, config.method_settings())
-    optimizer = torch.optim.SGD(network.parameters(), lr=config.base_lr, momentum=0.9, weight_decay=1e-4)
     bests = {name: Best(name, best_path(run_dir, config, name)) for name in eval_lists}
     losses: list[float] = []
     start_iteration = 0
@@ -189,6 +205,8 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         network.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method_state"])
+        if "precision" in state["extra"]:
+            precision.load_state_dict(state["extra"]["precision"])
         for name, record in state["best"].items():
             if name in bests:
                 bests[name].score, bests[name].iteration = record["score"], record["iteration"]
@@ -223,6 +241,8 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
     inference = InferenceSettings(
         patch_size=tuple(config.patch_size), stride=tuple(config.stride), batch_size=config.eval_batch_size, nms=False
     )
+    # in-training evaluation may be cheaper (coarser stride, autocast); checkpoints record `inference` for testing
+    eval_inference = replace(inference, stride=tuple(config.eval_stride or config.stride), amp=config.amp)
     last_path = run_dir / "last_model.pth"
 
     if not resume:
@@ -247,8 +267,9 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
 
     def save_resume(iteration: int) -> Path:
         writer.flush()  # events up to this iteration are on disk before the checkpoint that vouches for them
-        state = ResumeState(iteration, {}, optimizer.state_dict(), method.state_dict(), capture_rng(),
-                            {n: b.to_dict() for n, b in bests.items()}, losses)
+        state = ResumeState(iteration, optimizer.state_dict(), method.state_dict(), capture_rng(),
+                            {n: b.to_dict() for n, b in bests.items()}, losses,
+                            extra={"precision": precision.state_dict()})
         path = save_resume_checkpoint(run_dir, network, state, {
             "dataset": config.dataset, "num_classes": config.num_classes, "method": config.method,
             "config": asdict(config)})
@@ -272,14 +293,14 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         labeled = Batch(images[:nl], labels[:nl], cases[:nl])
         unlabeled = Batch(images[nl:], None, cases[nl:]) if method.uses_unlabeled else None
 
-        output = method.training_loss(labeled, unlabeled, iteration)
+        with precision.autocast():
+            output = method.training_loss(labeled, unlabeled, iteration)
         loss_value = float(output.loss.detach())
         terms = {k: float(v) for k, v in output.terms.items()}
         if not math.isfinite(loss_value):
             raise_non_finite(iteration, loss_value, terms, run_dir, logger)
         optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        optimizer.step()
+        precision.backward_and_step(output.loss, optimizer, iteration)
         method.after_optimizer_step(iteration)  # EMA teachers, SASSNet's discriminator
         lr = step_learning_rate(iteration, config.base_lr, config.lr_step)
         for group in optimizer.param_groups:
@@ -300,7 +321,7 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         improved: list[Best] = []
         if eval_lists and iteration >= config.eval_start and iteration % config.eval_every == 0:
             for name, ids in eval_lists.items():
-                result = evaluate_cases(network, task, config.root_path, ids, inference, config.num_classes,
+                result = evaluate_cases(network, task, config.root_path, ids, eval_inference, config.num_classes,
                                         full_metrics=False, description=f"{name} @ {iteration}")
                 score, best = result.mean_dice(), bests[name]
                 writer.add_scalar(f"{name}/mean_dice", score, iteration)

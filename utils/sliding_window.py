@@ -58,6 +58,25 @@ def count_windows(
     )
 
 
+def window_counts(
+    shape: Sequence[int], patch_size: Sequence[int], axis_starts: Sequence[Sequence[int]],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Per-voxel number of windows (float32, `shape`) for windows at every combination of `axis_starts`.
+
+    The windows tile a product grid, so the count is the outer product of the per-axis coverage counts:
+    one small tensor per axis instead of one scatter per window. The values are small integers, exact in
+    float32, so dividing by them gives the same bits as counting window by window.
+    """
+    total = torch.ones((), dtype=torch.float32, device=device)
+    for axis, (size, patch, starts) in enumerate(zip(shape, patch_size, axis_starts, strict=True)):
+        per_axis = torch.zeros(size, dtype=torch.float32, device=device)
+        for start in starts:
+            per_axis[start:start + patch] += 1.0
+        total = total.unsqueeze(-1) * per_axis.view(*([1] * axis), size)
+    return total
+
+
 def sliding_window_predict(
     predict_logits: PredictLogits,
     image: torch.Tensor,
@@ -72,6 +91,11 @@ def sliding_window_predict(
     to exactly the patch (left = floor(pad / 2)) and cropped back at the end. Each window's logits are
     softmaxed over K, summed into a probability map and divided by the per-voxel window count (uniform
     weights, no Gaussian). `count_windows(image.shape[1:], patch_size, stride)` gives the number of windows.
+
+    Everything stays on `image`'s device (volume, patch batches, accumulators): put the volume on the
+    network's device and nothing crosses to the host until the caller reads the result. `batch_size`
+    windows go through `predict_logits` at once (1 = the official one-at-a-time loop; same result in eval
+    mode); a coarser `stride` trades a little accuracy for fewer windows (the in-training `--eval_stride`).
     """
     if image.ndim < 2:
         raise ValueError(f"image must be (C_in, *spatial), got shape {tuple(image.shape)}")
@@ -95,11 +119,11 @@ def sliding_window_predict(
     padded = tuple(image.shape[1:])
 
     probs_sum = torch.zeros((num_classes, *padded), dtype=torch.float32, device=image.device)
-    counts = torch.zeros(padded, dtype=torch.float32, device=image.device)
     axis_starts = [
         window_starts(size, patch, step)
         for size, patch, step in zip(padded, patch_size, strides, strict=True)
     ]
+    counts = window_counts(padded, patch_size, axis_starts, image.device)
     windows = [
         tuple(slice(start, start + patch) for start, patch in zip(starts, patch_size, strict=True))
         for starts in itertools.product(*axis_starts)
@@ -116,7 +140,6 @@ def sliding_window_predict(
             probs = torch.softmax(logits.float(), dim=1).to(image.device)
             for window, window_probs in zip(batch_windows, probs, strict=True):
                 probs_sum[(slice(None), *window)] += window_probs
-                counts[window] += 1.0
 
     probs_mean = probs_sum / counts
     crop = tuple(slice(before, before + size) for before, size in zip(pad_before, spatial, strict=True))

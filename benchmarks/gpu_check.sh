@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# GPU check for the speed work (issue 6): fits one device call of under 8 minutes on one H100.
+#   1. bench.py on the GPU: SS-Net training it/s (LA, ACDC shapes) and LA test-volume throughput, official vs
+#      fast mode, ratios and the projected full LA run; JSON to $OUT/bench_gpu.json.
+#   2. bench.py --compile 1, fast mode only (torch.compile cost and gain), JSON to $OUT/bench_gpu_compile.json.
+#   3. a short real LA SS-Net training with periodic evaluation (fast options), then test_la.py on its best
+#      checkpoint in fp32 and in bf16 (same metrics within the README tolerance).
+# Checkpoints and TensorBoard files stay in $WORK (they exceed what a device call returns); $OUT gets at most
+# 8 flat files: the two bench JSONs, bench/train logs and both test summaries. The figures are also printed.
+#
+# Preparation, on the development machine, once (the LA data is ~130 MB packed; the tree that travels is at
+# most 64 MiB, and ../shared does not travel):
+#     python ../shared/data/restore.py .device_data --dataset LA --limit 4   # 4 train + 4 test cases, ~18 MB
+#     du -sh .device_data                                                   # must stay well under 64 MiB
+# .device_data/ is git-ignored, so name it in the call's carry:
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".device_data"], timeout_s=480)
+# The GPU machine has torch 2.11 + CUDA, h5py, scipy, tensorboard and tqdm, but no medpy/nibabel: this path
+# imports neither (utils/metrics.py is written on scipy; nibabel is imported only for --save_predictions).
+#
+# Reduced CPU form (what the tests and a CPU session can run; minutes on 2 cores):
+#     DEVICE=cpu TINY=1 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check_out}
+WORK=${WORK:-/tmp/gpu_check_work}
+DEVICE=${DEVICE:-cuda}
+TINY=${TINY:-0}
+DATA=${DATA:-.device_data/LA}
+mkdir -p "$OUT" "$WORK"
+PY=${PYTHON:-python3}
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+
+stamp "environment"
+if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; fi
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
+torch.version.cuda, 'available', torch.cuda.is_available())"
+
+if [ "$TINY" = 1 ]; then
+    BENCH=(--tiny --threads 1)
+    TRAIN=(--patch_size 32,32,32 --base_filters 4 --stride 16,16,16 --eval_stride 32,32,32 --max_iteration 4
+           --eval_every 2 --eval_start 2 --num_workers 0)
+    TEST=(--batch_size 4)
+else
+    BENCH=(--iterations 10 --warmup 3 --volumes 3 --eval_batch_size 8)
+    # 300 iterations, evaluation on the 4 restored test cases every 100 from 100 (the paper protocol's
+    # procedure on fewer cases), coarse evaluation stride, fast options
+    TRAIN=(--max_iteration 300 --eval_every 100 --eval_start 100 --eval_stride 56,56,40 --num_workers 6
+           --eval_batch_size 8 --deterministic 0)
+    TEST=(--batch_size 8)
+fi
+
+stamp "1. bench: official vs fast (bf16, channels-last, fused SGD, autotuning)"
+$PY benchmarks/bench.py --device "$DEVICE" "${BENCH[@]}" --eval_stride 56,56,40 --output "$OUT/bench_gpu.json" \
+    2>&1 | tee "$OUT/bench_gpu.log"
+
+stamp "2. bench: fast mode with torch.compile"
+if [ "$TINY" = 1 ]; then
+    stamp "   (skipped in the reduced CPU form: inductor needs minutes on a CPU)"
+else
+    timeout 150 $PY benchmarks/bench.py --device "$DEVICE" "${BENCH[@]}" --modes fast --compile 1 \
+        --eval_stride 56,56,40 --output "$OUT/bench_gpu_compile.json" 2>&1 | tee "$OUT/bench_gpu_compile.log" \
+        || stamp "   compile bench did not finish (timeout or error); see bench_gpu_compile.log"
+fi
+
+stamp "3. short real LA training with periodic evaluation"
+if [ ! -d "$DATA/2018LA_Seg_Training Set" ]; then
+    stamp "no LA data at $DATA: restore it first (see the header); skipping the training run"
+    exit 0
+fi
+LISTS="$WORK/lists"
+mkdir -p "$LISTS"
+# the restored subset holds the first N train and N test cases; train: 2 labeled + the rest unlabeled
+$PY - "$DATA" "$LISTS" <<'EOF'
+import sys
+from pathlib import Path
+data, lists = Path(sys.argv[1]), Path(sys.argv[2])
+present = {p.name for p in (data / "2018LA_Seg_Training Set").iterdir()}
+for name in ("train", "test"):
+    ids = [i for i in (data / f"{name}.list").read_text().split() if i in present]
+    (lists / f"{name}.list").write_text("\n".join(ids) + "\n")
+    print(name, len(ids), "cases")
+(lists / "val.list").write_text("")
+EOF
+$PY train_la.py --root_path "$DATA" --lists_dir "$LISTS" --labelnum 2 --select test --device "$DEVICE" \
+    --run_dir "$WORK/run" --amp bf16 --channels_last 1 --optimizer_impl fused --no_progress "${TRAIN[@]}" \
+    2>&1 | tail -n 40
+cp "$WORK/run/log.txt" "$OUT/train_log.txt"
+grep -E "mean Dice|done in" "$WORK/run/log.txt" || true
+
+stamp "4. test the best checkpoint: fp32 (official path) vs bf16 (fast path)"
+for amp in off bf16; do
+    channels_last=$([ "$amp" = off ] && echo 0 || echo 1)
+    stamp "   test_la.py --amp $amp"
+    $PY test_la.py --checkpoint "$WORK/run/best_model.pth" \
+        --root_path "$DATA" --list "$LISTS/test.list" --device "$DEVICE" --output_dir "$WORK/test_$amp" \
+        --amp "$amp" --channels_last "$channels_last" --no_progress "${TEST[@]}"
+    cp "$WORK/test_$amp/summary.json" "$OUT/test_${amp}_summary.json"
+done
+$PY - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+means = {amp: json.loads((out / f"test_{amp}_summary.json").read_text())["mean"] for amp in ("off", "bf16")}
+print("mean metrics fp32:", means["off"])
+print("mean metrics bf16:", means["bf16"])
+EOF
+stamp "done"

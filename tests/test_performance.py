@@ -1,0 +1,318 @@
+"""Speed options: precision, channels-last, compile, optimizer kernels, fast sliding window, crop without copies,
+the bench script; and that none of them changes results beyond the stated tolerance (fp32 vs bf16)."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import test_la
+import train_la
+from dataloaders import LAVolumes, make_synthetic_la, read_list
+from dataloaders.transforms import LATrainTransform, random_crop, random_rot_flip
+from engine.evaluate import evaluate_cases
+from engine.precision import Precision
+from engine.speed import build_sgd, prepare_network
+from engine.tasks import InferenceSettings, get_task
+from methods import Batch, MethodSettings, build_method
+from networks import build_network
+from utils.sliding_window import sliding_window_predict, window_counts, window_starts
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VNET = {"in_channels": 1, "num_classes": 2, "base_filters": 4, "dropout": True}
+TINY_UNET = {"in_channels": 1, "num_classes": 4, "channels": [4, 8, 8, 16, 16]}
+
+# Stated tolerance of fp32 vs bf16 inference on a fixed checkpoint: mean Dice within 1 point (0.01), and at
+# least 99 % of the voxels get the same label.
+BF16_DICE_TOLERANCE = 0.01
+BF16_MIN_LABEL_AGREEMENT = 0.99
+
+
+# --- precision -------------------------------------------------------------------------------------------
+
+def test_precision_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="choose from: bf16, fp16, off"):
+        Precision("fp8")
+
+
+def test_precision_off_is_plain_fp32_backward_and_step():
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(3, 2) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(5, 3)
+    opt_plain = torch.optim.SGD(nets[0].parameters(), lr=0.1, momentum=0.9)
+    nets[0](x).square().sum().backward()
+    opt_plain.step()
+    precision = Precision("off")
+    opt = torch.optim.SGD(nets[1].parameters(), lr=0.1, momentum=0.9)
+    with precision.autocast():
+        loss = nets[1](x).square().sum()
+    assert loss.dtype == torch.float32
+    assert precision.backward_and_step(loss, opt) is True
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_precision_bf16_autocasts_convolutions():
+    precision = Precision("bf16", "cpu")
+    conv = torch.nn.Conv3d(1, 2, 3)
+    with precision.autocast():
+        assert conv(torch.randn(1, 1, 5, 5, 5)).dtype == torch.bfloat16
+    assert not precision.scaler.is_enabled()
+
+
+def test_fp16_skips_overflowing_step_logs_it_and_round_trips_its_state(caplog):
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    precision = Precision("fp16", "cpu")
+    assert precision.backward_and_step((param * 2.0).sum(), optimizer, iteration=1) is True
+    assert torch.allclose(param.detach(), torch.full((3,), 0.8))
+    optimizer.zero_grad()
+    scale = precision.scaler.get_scale()
+    with caplog.at_level(logging.WARNING, logger="engine.precision"):
+        stepped = precision.backward_and_step((param * float("inf")).sum(), optimizer, iteration=2)
+    assert stepped is False and precision.skipped_steps == 1
+    assert torch.allclose(param.detach(), torch.full((3,), 0.8))  # unchanged
+    assert precision.scaler.get_scale() == scale / 2
+    assert "iteration 2" in caplog.text and "skipped" in caplog.text
+
+    state = precision.state_dict()
+    restored = Precision("fp16", "cpu")
+    restored.load_state_dict(state)
+    assert restored.scaler.get_scale() == scale / 2 and restored.skipped_steps == 1
+    Precision("bf16").load_state_dict(state)  # another mode ignores the scaler state
+
+
+# --- memory format, compile, optimizer kernels -----------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "kwargs", "shape"), [("vnet", TINY_VNET, (2, 1, 16, 16, 16)),
+                                                        ("unet", TINY_UNET, (2, 1, 32, 32))])
+def test_channels_last_network_gives_the_same_outputs(name, kwargs, shape):
+    torch.manual_seed(0)
+    plain = build_network(name, **kwargs).eval()
+    fast = build_network(name, **kwargs).eval()
+    fast.load_state_dict(plain.state_dict())
+    prepare_network(fast, channels_last=True)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected, got = plain(x), fast(x)
+    memory_format = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+    conv_weights = [p for p in fast.parameters() if p.ndim == len(shape)]
+    assert conv_weights and all(w.is_contiguous(memory_format=memory_format) for w in conv_weights)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+def test_compiled_network_keeps_names_and_outputs():
+    torch.manual_seed(0)
+    net = build_network("unet", **TINY_UNET).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = net(x).logits
+    keys = list(net.state_dict())
+    prepare_network(net, compile=True, compile_backend="eager")  # eager: tests the wiring, no C++ toolchain
+    with torch.no_grad():
+        torch.testing.assert_close(net(x).logits, expected)
+    assert list(net.state_dict()) == keys and callable(net.project)
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_optimizer_kernels_give_the_official_update(impl):
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(4, 3)
+    other = torch.nn.Linear(4, 3)
+    other.load_state_dict(reference.state_dict())
+    optimizers = [build_sgd(reference.parameters(), 0.01), build_sgd(other.parameters(), 0.01, impl=impl)]
+    for _ in range(3):
+        x = torch.randn(6, 4)
+        for net, optimizer in zip((reference, other), optimizers, strict=True):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(reference.parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="choose from"):
+        build_sgd(reference.parameters(), 0.01, impl="apex")
+
+
+def test_ss_net_step_under_bf16_channels_last_is_finite_and_close():
+    """One SS-Net loss under bf16 + channels-last vs fp32: same terms to bf16 accuracy, gradients everywhere."""
+    settings = MethodSettings(num_classes=2)
+    losses = []
+    for amp, channels_last in (("off", False), ("bf16", True)):
+        torch.manual_seed(0)
+        net = build_network("vnet", **TINY_VNET)
+        prepare_network(net, channels_last=channels_last)
+        method = build_method("ss_net", net, settings)
+        torch.manual_seed(1)
+        images = torch.randn(4, 1, 16, 16, 16)
+        labels = (images[:2, 0] > 0).long()
+        precision = Precision(amp)
+        with precision.autocast():
+            output = method.training_loss(Batch(images[:2], labels), Batch(images[2:], None), iteration=6000)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+        precision.backward_and_step(output.loss, optimizer)
+        assert torch.isfinite(output.loss)
+        assert all(p.grad is not None for p in net.encoder.parameters())
+        losses.append(float(output.terms["supervised"]))
+    assert losses[1] == pytest.approx(losses[0], abs=0.02)
+
+
+# --- sliding window ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("shape", "patch", "stride"), [((13, 11, 9), (6, 6, 5), (3, 2, 2)),
+                                                         ((148, 132, 88), (112, 112, 80), (18, 18, 4)),
+                                                         ((10, 7), (4, 3), (3, 2))])
+def test_window_counts_equal_counting_window_by_window(shape, patch, stride):
+    starts = [window_starts(s, p, st) for s, p, st in zip(shape, patch, stride, strict=True)]
+    brute = np.zeros(shape, dtype=np.float32)
+    for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape)):
+        brute[tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))] += 1
+    assert np.array_equal(window_counts(shape, patch, starts).numpy(), brute)
+
+
+def test_sliding_window_bf16_is_close_to_fp32():
+    torch.manual_seed(0)
+    net = build_network("vnet", **{**TINY_VNET, "dropout": False}).eval()
+    image = torch.randn(1, 24, 20, 18)
+
+    def logits(amp):
+        precision = Precision(amp)
+
+        def predict(x):
+            with precision.autocast():
+                return net(x).logits
+        return predict
+
+    fp32 = sliding_window_predict(logits("off"), image, (16, 16, 16), (4, 4, 2), 2, batch_size=1)
+    bf16 = sliding_window_predict(logits("bf16"), image, (16, 16, 16), (4, 4, 2), 2, batch_size=8)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.02)
+
+
+# --- data pipeline -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(40, 36, 30), (20, 40, 16)])  # the second needs padding
+def test_la_crop_from_views_equals_rotating_the_whole_volume_first(shape):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=shape).astype(np.float32)
+    label = (image > 0.5).astype(np.uint8)
+    image_before, label_before = image.copy(), label.copy()
+    transform = LATrainTransform((24, 24, 16))
+    for seed in range(12):
+        got_image, got_label = transform(image, label, np.random.default_rng(seed))
+        generator = np.random.default_rng(seed)
+        rotated = random_rot_flip(image, label, generator)  # copies, as before
+        want_image, want_label = random_crop(*rotated, (24, 24, 16), generator)
+        assert np.array_equal(got_image, want_image) and np.array_equal(got_label, want_label)
+        assert got_image.flags.c_contiguous and got_image.shape == (24, 24, 16)
+    assert np.array_equal(image, image_before) and np.array_equal(label, label_before)  # cached arrays untouched
+
+
+# --- fp32 vs bf16 on a fixed checkpoint --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_synthetic(tmp_path_factory):
+    """A small V-Net trained (supervised, 80 iterations) on synthetic LA-like cases, and their root."""
+    root = make_synthetic_la(tmp_path_factory.mktemp("synthetic_la"), n_train=3, n_test=2, shape=(40, 40, 32),
+                             n_val=1)
+    torch.manual_seed(0)
+    net = build_network("vnet", **TINY_VNET)
+    method = build_method("supervised", net, MethodSettings(num_classes=2))
+    optimizer = build_sgd(net.parameters(), lr=0.05)
+    dataset = LAVolumes(root, read_list(root / "train.list"), transform=LATrainTransform((32, 32, 32)))
+    for iteration in range(1, 81):
+        samples = [dataset[(i % 3, iteration * 3 + i)] for i in range(2)]
+        images = torch.stack([s["image"] for s in samples])
+        labels = torch.stack([s["label"] for s in samples])
+        output = method.training_loss(Batch(images, labels), None, iteration)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+    return net.eval(), root
+
+
+def test_fp32_and_bf16_test_metrics_agree_on_a_fixed_checkpoint(trained_synthetic):
+    net, root = trained_synthetic
+    task = get_task("LA")
+    cases = read_list(root / "test.list")
+    evaluations = {}
+    for amp in ("off", "bf16"):
+        settings = InferenceSettings((32, 32, 32), (8, 8, 4), batch_size=4 if amp == "off" else 8, nms=True, amp=amp)
+        evaluations[amp] = evaluate_cases(net, task, root, cases, settings, 2, keep_predictions=True)
+    fp32, bf16 = evaluations["off"], evaluations["bf16"]
+    assert fp32.mean_dice() > 0.6, "the fixture network should have learned the synthetic task"
+    assert abs(bf16.mean_dice() - fp32.mean_dice()) <= BF16_DICE_TOLERANCE
+    for a, b in zip(fp32.cases, bf16.cases, strict=True):
+        assert (a.prediction == b.prediction).mean() >= BF16_MIN_LABEL_AGREEMENT
+        assert abs(a.rows[0]["jaccard"] - b.rows[0]["jaccard"]) <= BF16_DICE_TOLERANCE
+
+
+# --- flags end to end, bench, GPU script ----------------------------------------------------------------
+
+def test_speed_flags_train_and_test_on_real_la(la_root, tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    train_ids = read_list(la_root / "train.list")[:4]  # 2 labeled, 1 unlabeled, 1 validation
+    (lists / "train.list").write_text("\n".join(train_ids) + "\n")
+    (lists / "val.list").write_text(train_ids[-1] + "\n")
+    (lists / "test.list").write_text(read_list(la_root / "test.list")[0] + "\n")
+    run = tmp_path / "run"
+    code = train_la.main(["--root_path", str(la_root), "--lists_dir", str(lists), "--labelnum", "2",
+                          "--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--run_dir", str(run),
+                          "--patch_size", "32,32,32", "--base_filters", "4", "--stride", "16,16,16",
+                          "--eval_stride", "32,32,32", "--amp", "bf16", "--channels_last", "1",
+                          "--optimizer_impl", "foreach", "--num_workers", "0", "--device", "cpu", "--no_progress"])
+    assert code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["amp"] == "bf16" and config["channels_last"] and config["eval_stride"] == [32, 32, 32]
+    last = torch.load(run / "last_model.pth", weights_only=True)
+    newest = torch.load(sorted((run / "checkpoints").glob("iter_*.pth"))[-1], weights_only=True)
+    assert newest["extra"]["precision"]["mode"] == "bf16"  # resume checkpoints carry the precision state
+    assert last["inference"]["stride"] == [16, 16, 16]  # testing uses --stride, not the eval stride
+    out = tmp_path / "eval"
+    code = test_la.main(["--checkpoint", str(run / "best_model.pth"), "--root_path", str(la_root),
+                         "--list", str(lists / "test.list"), "--output_dir", str(out), "--device", "cpu",
+                         "--no_progress", "--amp", "bf16", "--channels_last", "1", "--batch_size", "8"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inference"]["amp"] == "bf16" and summary["inference"]["stride"] == [16, 16, 16]
+
+
+def test_eval_stride_is_validated():
+    code = train_la.main(["--eval_stride", "200,18,4", "--device", "cpu", "--root_path", "/nonexistent"])
+    assert code == 2
+
+
+def test_bench_tiny_writes_json(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = tmp_path / "bench.json"
+    args = bench.build_parser().parse_args(["--tiny", "--device", "cpu", "--output", str(out),
+                                            "--eval_stride", "16,16,16"])
+    bench.run_benchmark(args)
+    report = json.loads(out.read_text())
+    assert {"device", "device_name", "torch", "settings", "train", "test", "projection_LA_full_run"} <= set(report)
+    for dataset in ("LA", "ACDC"):
+        entry = report["train"][dataset]
+        assert {"official", "fast", "speedup"} <= set(entry)
+        assert {"iterations_per_s", "seconds_per_iteration"} <= set(entry["official"])
+    test = report["test"]["LA"]
+    assert {"official", "fast", "speedup", "label_agreement_fast_vs_official"} <= set(test)
+    assert {"volumes_per_s", "windows_per_s", "windows_per_volume"} <= set(test["fast"])
+    assert {"official_s", "fast_s", "fast_eval_stride_s", "speedup"} <= set(report["projection_LA_full_run"])
+
+
+def test_gpu_check_script_parses():
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
