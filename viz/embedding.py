@@ -33,8 +33,8 @@ def scatter_by_class(ax: Axes, points: np.ndarray, labels: np.ndarray, class_nam
     for c in np.unique(labels):
         chosen = labels == c
         name = (class_names or {}).get(int(c), f"class {int(c)}")
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=size, c=(colors or {}).get(int(c), class_color(int(c))), label=name,
-                   linewidths=0, alpha=0.8)
+        color = (colors or {}).get(int(c), class_color(int(c)))
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=size, c=color, label=name, linewidths=0, alpha=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
     if legend:
