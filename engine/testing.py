@@ -42,6 +42,7 @@ class TestOptions:
     csv: str = ""
     json: str = ""
     save_predictions: bool = False
+    save_png: bool = False  # per case: image with truth and prediction on representative slices (viz.overlay)
     progress: bool = True
     # speed options (README "Speed"): off/False = the official fp32 path
     amp: str = "off"
@@ -74,6 +75,19 @@ def write_nifti(path: Path, labels: np.ndarray, spacing: tuple[float, ...] | Non
     tmp = path.with_name(f".{path.name}.tmp.nii.gz")
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), str(tmp))
     os.replace(tmp, path)
+
+
+def write_case_pngs(task, root: str, cases, png_dir: Path) -> None:
+    """--save_png: <png_dir>/<case>.png, truth and prediction overlaid (three orthogonal views for LA)."""
+    from viz.io import save_png
+    from viz.overlay import DATASET_LAYOUTS, case_overlay_figure, mean_foreground_dice
+
+    for case in cases:
+        image, label = task.load_case(root, case.case)
+        title = f"{case.case}: mean foreground Dice {100 * mean_foreground_dice(case.prediction, label):.1f}%"
+        figure = case_overlay_figure(image, label, case.prediction, layout=DATASET_LAYOUTS[task.preset.dataset],
+                                     title=title)
+        save_png(figure, png_dir / f"{case.case}.png")
 
 
 def run_test(options: TestOptions) -> dict:
@@ -127,7 +141,7 @@ def run_test(options: TestOptions) -> dict:
 
     result = evaluate_cases(network, task, options.root_path, case_ids, settings, num_classes, full_metrics=True,
                             spacing=spacing, empty_policy=options.empty_policy,
-                            keep_predictions=options.save_predictions, progress=options.progress,
+                            keep_predictions=options.save_predictions or options.save_png, progress=options.progress,
                             description=f"testing {preset.dataset}")
     rows = [{**r, "class_name": class_names[r["class"]]} for r in result.rows()]
     summary = summarize_rows(rows, class_names)
@@ -141,6 +155,8 @@ def run_test(options: TestOptions) -> dict:
         prediction_dir.mkdir(parents=True, exist_ok=True)
         for case in result.cases:  # LA: the 0.625 mm grid; ACDC: identity (the h5 files carry no spacing)
             write_nifti(prediction_dir / f"{case.case}.nii.gz", case.prediction, task.spacing_mm)
+    if options.save_png:
+        write_case_pngs(task, options.root_path, result.cases, output_dir / "png")
     payload = {
         "dataset": preset.dataset,
         "checkpoint": str(Path(options.checkpoint).resolve()),
@@ -201,6 +217,8 @@ def build_test_parser(preset: Preset, description: str) -> argparse.ArgumentPars
     p.add_argument("--csv", default="", help="per-case CSV path (default: <output_dir>/metrics.csv)")
     p.add_argument("--json", default="", help="summary JSON path (default: <output_dir>/summary.json)")
     p.add_argument("--save_predictions", action="store_true", help="write predicted label maps as NIfTI")
+    p.add_argument("--save_png", action="store_true",
+                   help="per case <output_dir>/png/<case>.png: truth and prediction on representative slices")
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     add_speed_arguments(p, train=False, has_stride=bool(preset.stride))
@@ -213,6 +231,7 @@ def options_from_args(args: argparse.Namespace, preset: Preset) -> TestOptions:
         nms=bool(args.nms), device=args.device, batch_size=args.batch_size, patch_size=list(args.patch_size),
         stride=list(getattr(args, "stride", []) or []), spacing=args.spacing, empty_policy=args.empty_policy,
         output_dir=args.output_dir, csv=args.csv, json=args.json, save_predictions=args.save_predictions,
+        save_png=args.save_png,
         progress=not args.no_progress and sys.stderr.isatty(),
         amp=args.amp, channels_last=bool(args.channels_last), compile=bool(args.compile),
     )
