@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,6 +60,7 @@ class TrainConfig:
     lists_dir: str = ""
     image_every: int = 200
     progress: bool = True
+    nifti: dict = field(default_factory=dict)  # train.py --data: mode, preprocessing, labels (empty for LA/ACDC)
 
     @property
     def preset(self) -> Preset:
@@ -117,7 +118,7 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     root_help = {
         "LA": "folder holding '2018LA_Seg_Training Set/' (see README 'Data')",
         "ACDC": "folder holding 'data/' with the ACDC h5 volumes and 'data/slices/' (see README 'Data')",
-    }[preset.dataset]
+    }.get(preset.dataset, "dataset folder")
     p.add_argument("--root_path", default=f"./data/{preset.dataset}", help=root_help)
     p.add_argument("--exp", default=f"{preset.dataset}_SSNet", help="experiment name (run folder prefix)")
     p.add_argument("--method", default="ss_net", help=f"one of: {', '.join(sorted(METHODS))}")

@@ -77,7 +77,7 @@ def _infinite(loader):
 
 
 def train(config: TrainConfig) -> TrainResult:
-    task = get_task(config.dataset)
+    task = get_task(config.dataset, config)
     device = resolve_device(config.device)
     seed_everything(config.seed, bool(config.deterministic))
     split = task.split(config.labelnum, config.select, config.lists_dir)
