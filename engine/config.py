@@ -79,6 +79,7 @@ class TrainConfig:
     compile: bool = False
     optimizer_impl: str = "default"  # default | foreach | fused (same SGD update)
     eval_stride: list[int] = field(default_factory=list)  # in-training sliding-window stride; empty = stride
+    nifti: dict = field(default_factory=dict)  # train.py --data: mode, preprocessing, labels (empty for LA/ACDC)
 
     @property
     def preset(self) -> Preset:
@@ -134,7 +135,7 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     root_help = {
         "LA": "folder holding '2018LA_Seg_Training Set/' (see README 'Data')",
         "ACDC": "folder holding 'data/' with the ACDC h5 volumes and 'data/slices/' (see README 'Data')",
-    }[preset.dataset]
+    }.get(preset.dataset, "dataset folder")
     p.add_argument("--root_path", default=f"./data/{preset.dataset}", help=root_help)
     p.add_argument("--exp", default=f"{preset.dataset}_SSNet", help="experiment name (run folder prefix)")
     p.add_argument("--method", default="ss_net", help=f"one of: {', '.join(sorted(METHODS))}")
@@ -342,8 +343,6 @@ def validate_config(config: TrainConfig) -> None:
     if config.save_every < 1 or config.keep_checkpoints < 1:
         raise ValueError(f"--save_every ({config.save_every}) and --keep_checkpoints ({config.keep_checkpoints}) "
                          f"must be >= 1")
-    if config.labelnum < 1:
-        raise ValueError(f"--labelnum must be >= 1, got {config.labelnum}")
     if config.base_lr <= 0 or not math.isfinite(config.base_lr):
         raise ValueError(f"--base_lr must be a positive number, got {config.base_lr}")
     for name in config.track:

@@ -91,3 +91,33 @@ ACDC = Preset(
 )
 
 PRESETS = {"LA": LA, "ACDC": ACDC}
+
+# --- user datasets in the nnU-Net raw layout (train.py --data; engine/nifti_task.py) ---
+# Schedules and loss settings of the benchmark each mode mirrors (3-D as LA, 2-D as ACDC); the number of classes
+# and input channels come from the folder's dataset.json; labelnum 0 = every labeled training case.
+NIFTI_3D = Preset(
+    dataset="NIfTI-3d",
+    network="vnet",
+    network_kwargs={"in_channels": 1, "num_classes": 2, "base_filters": 16, "dropout": True},
+    labelnum=0,
+    labelnum_meaning="labeled training cases to use (the first N labeled cases left after validation; 0 = all)",
+    patch_size=(96, 96, 96),
+    max_iteration=15000, batch_size=4, labeled_bs=2, lr_step=2500,
+    consistency=1.0, consistency_rampup=40.0, magnitude=10.0, lds_discrepancy="pooled_dice",
+    dice_include_background=False, dice_squared_denominator=False, dice_smooth=1e-8,
+    eval_every=200, eval_start=2000, nms=False,
+)
+NIFTI_2D = Preset(
+    dataset="NIfTI-2d",
+    network="unet",
+    network_kwargs={"in_channels": 1, "num_classes": 2},
+    labelnum=0,
+    labelnum_meaning="labeled training cases to use (the first N labeled cases left after validation; 0 = all)",
+    patch_size=(256, 256),
+    max_iteration=30000, batch_size=24, labeled_bs=12, lr_step=0,
+    consistency=0.1, consistency_rampup=200.0, magnitude=6.0, lds_discrepancy="class_mean_dice",
+    dice_include_background=True, dice_squared_denominator=True, dice_smooth=1e-10,
+    eval_every=200, eval_start=200, nms=False,
+)
+NIFTI_PRESETS = {"3d": NIFTI_3D, "2d": NIFTI_2D}
+PRESETS.update({p.dataset: p for p in NIFTI_PRESETS.values()})

@@ -166,7 +166,11 @@ class ACDCTask(Task):
 TASKS: dict[str, Task] = {"LA": LATask(), "ACDC": ACDCTask()}
 
 
-def get_task(dataset: str) -> Task:
+def get_task(dataset: str, config=None) -> Task:
+    if dataset.startswith("NIfTI"):  # a user's nnU-Net-layout folder: the task is built from config.nifti
+        from engine.nifti_task import task_from_config
+
+        return task_from_config(config)
     if dataset not in TASKS:
         raise unknown_choice("dataset", dataset, TASKS)
     return TASKS[dataset]

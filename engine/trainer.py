@@ -107,7 +107,7 @@ def best_path(run_dir: Path, config: TrainConfig, list_name: str) -> Path:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train, or continue the run in the run folder from its newest resume checkpoint."""
-    task = get_task(config.dataset)
+    task = get_task(config.dataset, config)
     device = resolve_device(config.device)
     configure_determinism(bool(config.deterministic), device)
     split = task.split(config.labelnum, config.select, config.lists_dir)

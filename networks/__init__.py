@@ -2,7 +2,7 @@
 
     net = build_network("vnet", num_classes=2)          # or build_network(**checkpoint["network"]) style:
     net = build_network(cfg["name"], **cfg["kwargs"])   # cfg = net.network_config()
-    logits, features = net(image)                       # NetworkOutput; image (B, 1, D, H, W) or (B, 1, H, W)
+    out = net(image); out.logits, out.features          # NetworkOutput; image (B, 1, D, H, W) or (B, 1, H, W)
 """
 from __future__ import annotations
 

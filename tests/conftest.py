@@ -42,3 +42,13 @@ def la_root() -> Path:
 def acdc_root() -> Path:
     """Folder holding `data/` with 4 val, 4 test and 4 training ACDC volumes (2 patients; their slices)."""
     return _restore("ACDC", 4)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Some scripts set torch's thread count; results (and bitwise resume checks) depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

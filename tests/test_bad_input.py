@@ -115,7 +115,7 @@ def test_bad_data_is_refused_before_anything_is_written(how, data, tmp_path, cap
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
-        (["--labelnum", "0"], ("--labelnum must be >= 1",)),
+        (["--labelnum", "0"], ("--labelnum 0 out of range",)),
         (["--labelnum", "99"], ("--labelnum 99 out of range",)),
         (["--labeled_bs", "4", "--batch_size", "4"], ("--batch_size (4) must exceed --labeled_bs (4)",)),
         (["--labeled_bs", "5", "--batch_size", "4"], ("--labeled_bs must be between 1 and --batch_size",)),
@@ -248,5 +248,5 @@ def test_a_non_finite_loss_stops_with_iteration_term_and_last_good_checkpoint(da
 
 
 def test_debug_shows_the_traceback(data, tmp_path):
-    with pytest.raises(ValueError, match="--labelnum must be >= 1"):
+    with pytest.raises(ValueError, match="--labelnum 0 out of range"):
         train_la.main(train_flags(data, tmp_path / "run", "--labelnum", "0", "--debug"))

@@ -57,7 +57,8 @@ def sample_features(network: nn.Module, image: np.ndarray, labels: np.ndarray, p
     device = next(network.parameters()).device
     network.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    logits, features = network(x)
+    output = network(x)
+    logits, features = output.logits, output.features
     features = features[0].flatten(1).T[torch.from_numpy(positions).to(device)]
     predicted = logits[0].argmax(0).reshape(-1)[torch.from_numpy(positions).to(device)]
     return FeatureSample(features.cpu().numpy(), labels.reshape(-1)[positions].astype(np.int64),

@@ -1,0 +1,62 @@
+"""Check an LA or ACDC data folder against data/MANIFEST.sha256 (hash of the image then label arrays).
+
+    python data/verify.py /data/LA            # the folder holding '2018LA_Seg_Training Set/'
+    python data/verify.py /data/ACDC          # the folder holding 'data/'
+    python data/verify.py /data/LA --complete # also fail when cases are missing
+
+Exit code 0 when every present case matches (and, with --complete, none is missing), 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder  # noqa: E402
+from engine.cli import run_cli  # noqa: E402
+
+
+def detect_dataset(root: Path) -> str:
+    if (root / LA_FOLDER).is_dir():
+        return "LA"
+    if (root / "data").is_dir():
+        return "ACDC"
+    raise FileNotFoundError(f"{root} holds neither '{LA_FOLDER}/' (LA) nor 'data/' (ACDC); pass the dataset root")
+
+
+def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST, complete: bool = False) -> bool:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    dataset = dataset.upper() if dataset else detect_dataset(root)
+    report = verify_folder(root, dataset, read_manifest(manifest))
+    total = sum(len(v) for v in report.values())
+    print(f"{dataset} at {root}: {len(report['ok'])} ok, {len(report['bad'])} corrupt, "
+          f"{len(report['missing'])} missing of {total} cases in the manifest")
+    for key in report["bad"]:
+        print(f"corrupt: {key} (re-download it: python data/download.py {dataset.lower()} {root})")
+    if report["bad"] or (complete and report["missing"]):
+        return False
+    if not report["ok"]:
+        raise FileNotFoundError(f"no {dataset} case found under {root}; is this the dataset root?")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="dataset root")
+    p.add_argument("--dataset", choices=("la", "acdc", "LA", "ACDC"), default="", help="default: detected")
+    p.add_argument("--manifest", default=str(MANIFEST))
+    p.add_argument("--complete", action="store_true", help="fail when manifest cases are missing")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    result = {}
+    code = run_cli(lambda: result.setdefault("ok", verify(args.root, args.dataset, args.manifest, args.complete)),
+                   debug=args.debug)
+    return code if code else (0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A tiny synthetic dataset in the nnU-Net raw layout, for the NIfTI / predict tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def rotated_affine(spacing, degrees: float = 30.0, origin=(-10.0, 5.0, 20.0)) -> np.ndarray:
+    """A voxel-to-world affine with an oblique rotation (about z, then x) and anisotropic voxels."""
+    a, b = np.deg2rad(degrees), np.deg2rad(degrees / 2)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rx @ rz @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def synthetic_case(rng: np.random.Generator, shape=(28, 24, 12), channels: int = 1):
+    """(images per channel, label 0..2): a bright ball (1) and a dark box (2) in a noisy body, zero outside."""
+    grid = np.indices(shape).astype(float)
+    centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+    body = ((grid[0] - shape[0] / 2) / (shape[0] * 0.45)) ** 2 + ((grid[1] - shape[1] / 2) / (shape[1] * 0.45)) ** 2
+    body = body <= 1
+    ball = sum(((grid[i] - centre[i]) / r) ** 2 for i, r in enumerate((5, 5, 3))) <= 1
+    box = (np.abs(grid[0] - centre[0] + 8) < 3) & (np.abs(grid[1] - centre[1]) < 3) & (np.abs(grid[2] - centre[2]) < 3)
+    label = np.zeros(shape, np.uint8)
+    label[ball] = 1
+    label[box & body] = 2
+    label[~body] = 0
+    images = []
+    for c in range(channels):
+        image = 100.0 + 10 * c + rng.normal(0, 5, shape)
+        image[label == 1] += 60
+        image[label == 2] -= 50
+        image[~body] = 0
+        images.append(image.astype(np.float32))
+    return images, label
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def make_nifti_dataset(root: Path, n_labeled: int = 3, n_unlabeled: int = 3, n_test: int = 2, channels: int = 1,
+                       spacing=(1.0, 1.0, 2.5), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    affine = rotated_affine(spacing)
+    cases = [("Tr", f"case{i:03d}", i < n_labeled) for i in range(n_labeled + n_unlabeled)]
+    cases += [("Ts", f"test{i:03d}", True) for i in range(n_test)]
+    for subset, case, labeled in cases:
+        images, label = synthetic_case(rng, channels=channels)
+        for c, image in enumerate(images):
+            write_nifti(root / f"images{subset}" / f"{case}_{c:04d}.nii.gz", image, affine)
+        if labeled:
+            write_nifti(root / f"labels{subset}" / f"{case}.nii.gz", label, affine)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(c): f"MRI{c}" for c in range(channels)},
+        "labels": {"background": 0, "ball": 1, "box": 2},
+        "numTraining": n_labeled + n_unlabeled,
+        "file_ending": ".nii.gz",
+    }))
+    return root

@@ -1,0 +1,185 @@
+"""data/download.py and data/verify.py against a local HTTP server (127.0.0.1) serving restored LA cases."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import h5py
+import pytest
+
+from dataloaders import read_list
+from dataloaders.manifest import LA_FOLDER
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"data_{name}", REPO / "data" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+download = load_script("download")
+verify = load_script("verify")
+
+
+class Handler(SimpleHTTPRequestHandler):
+    """Static files with Range support; `faults[path]` = 'interrupt' cuts the first response in half."""
+
+    faults: dict[str, str] = {}
+    ranges: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        if (header := self.headers.get("Range")) is not None:
+            self.ranges.append(header)
+            start = int(header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.faults.pop(self.path, None) == "interrupt":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(la_root, tmp_path):
+    """Serves a copy of two restored LA cases; yields (base_url, served folder, case ids)."""
+    served = tmp_path / "served"
+    cases = read_list(la_root / "train.list")[:2]
+    for case in cases:
+        source = la_root / LA_FOLDER / case / "mri_norm2.h5"
+        (served / LA_FOLDER / case).mkdir(parents=True)
+        shutil.copy(source, served / LA_FOLDER / case / "mri_norm2.h5")
+    handler = type("H", (Handler,), {"faults": {}, "ranges": [],
+                                     "__init__": lambda self, *a, **k: Handler.__init__(self, *a, directory=str(served),
+                                                                                        **k)})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", served, cases, handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_correct_files_download_and_verify(server, tmp_path):
+    url, served, cases, _ = server
+    dest = tmp_path / "LA"
+    written = download.download("la", dest, url, cases, progress=False)
+    assert len(written) == 2 and files_in(dest) == files_in(served)
+    assert verify.verify(dest) is True
+    assert download.main(["la", str(dest), "--base_url", url, "--cases", ",".join(cases), "--no_progress"]) == 0
+
+
+def test_corrupt_file_is_refused_and_deleted(server, tmp_path, capsys):
+    url, served, cases, _ = server
+    with h5py.File(served / LA_FOLDER / cases[0] / "mri_norm2.h5", "r+") as f:
+        f["image"][0, 0, 0] += 1.0  # a valid h5 file with one changed voxel
+    dest = tmp_path / "LA"
+    assert download.main(["la", str(dest), "--base_url", url, "--cases", cases[0], "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert "content hash mismatch" in err and cases[0] in err and "Traceback" not in err
+    assert files_in(dest) == []
+
+
+def test_truncated_file_is_refused_and_deleted(server, tmp_path):
+    url, served, cases, _ = server
+    path = served / LA_FOLDER / cases[0] / "mri_norm2.h5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        download.download("la", tmp_path / "LA", url, cases[:1], progress=False)
+    assert files_in(tmp_path / "LA") == []
+
+
+def test_missing_file_is_a_clear_error(server, tmp_path):
+    url, served, cases, _ = server
+    shutil.rmtree(served / LA_FOLDER / cases[0])
+    with pytest.raises(FileNotFoundError, match="HTTP 404"):
+        download.download("la", tmp_path / "LA", url, cases[:1], progress=False)
+    assert files_in(tmp_path / "LA") == []
+
+
+def test_interrupted_download_resumes(server, tmp_path):
+    url, served, cases, handler = server
+    relative = f"/{LA_FOLDER}/{cases[0]}/mri_norm2.h5".replace(" ", "%20")
+    handler.faults[relative] = "interrupt"
+    dest = tmp_path / "LA"
+    with pytest.raises(ConnectionError, match="rerun the same command to resume"):
+        download.download("la", dest, url, cases[:1], retries=0, progress=False)
+    assert files_in(dest / LA_FOLDER) == []  # nothing under the dataset layout yet
+    partial = files_in(dest / ".partial")
+    assert len(partial) == 1
+    download.download("la", dest, url, cases[:1], progress=False)  # the second run resumes with Range
+    assert handler.ranges and handler.ranges[-1].startswith("bytes=") and handler.ranges[-1] != "bytes=0-"
+    assert files_in(dest) == [f"{LA_FOLDER}/{cases[0]}/mri_norm2.h5"]
+    assert verify.verify(dest) is True
+
+
+def test_verify_reports_a_corrupt_case(la_root, tmp_path, capsys):
+    case = read_list(la_root / "train.list")[0]
+    copy = tmp_path / "LA" / LA_FOLDER / case
+    copy.mkdir(parents=True)
+    shutil.copy(la_root / LA_FOLDER / case / "mri_norm2.h5", copy / "mri_norm2.h5")
+    assert verify.main([str(tmp_path / "LA")]) == 0
+    with h5py.File(copy / "mri_norm2.h5", "r+") as f:
+        f["label"][0, 0, 0] = 1 - f["label"][0, 0, 0]
+    assert verify.main([str(tmp_path / "LA")]) == 1
+    assert f"corrupt: LA/{case}" in capsys.readouterr().out
+
+
+def test_acdc_without_a_mirror_prints_the_manual_steps(tmp_path, capsys):
+    assert download.main(["acdc", str(tmp_path / "ACDC")]) == 2
+    captured = capsys.readouterr()
+    assert "SSL4MIS" in captured.out and "prepare_acdc.py" in captured.out and "error:" in captured.err
+
+
+def test_prepare_acdc_converts_a_fake_raw_release(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    prepare = load_script("prepare_acdc")
+    rng = np.random.default_rng(0)
+    patient = tmp_path / "raw" / "training" / "patient001"
+    patient.mkdir(parents=True)
+    image = rng.uniform(20, 400, (12, 10, 3)).astype(np.float32)  # NIfTI (x, y, z)
+    label = rng.integers(0, 4, (12, 10, 3)).astype(np.uint8)
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), str(patient / "patient001_frame01.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(patient / "patient001_frame01_gt.nii.gz"))
+    nib.save(nib.Nifti1Image(image, affine), str(patient / "patient001_frame12.nii.gz"))  # no _gt: skipped
+    nib.save(nib.Nifti1Image(image[..., None], affine), str(patient / "patient001_4d.nii.gz"))
+    dest = tmp_path / "ACDC"
+    assert prepare.main([str(tmp_path / "raw"), str(dest)]) == 0
+    with h5py.File(dest / "data" / "patient001_frame01.h5") as f:
+        volume, volume_label = f["image"][()], f["label"][()]
+    assert volume.shape == (3, 10, 12) and volume.dtype == np.float32 and volume_label.dtype == np.uint8
+    assert volume.min() == 0.0 and volume.max() == 1.0
+    assert np.array_equal(volume_label, label.transpose(2, 1, 0))
+    assert sorted(p.name for p in (dest / "data" / "slices").iterdir()) == [
+        f"patient001_frame01_slice_{k}.h5" for k in (1, 2, 3)]
+    with h5py.File(dest / "data" / "slices" / "patient001_frame01_slice_2.h5") as f:
+        assert np.array_equal(f["image"][()], volume[1]) and np.array_equal(f["label"][()], volume_label[1])
+    assert not (dest / "data" / "patient001_frame12.h5").exists()
