@@ -267,6 +267,9 @@ def run_grid(options: GridOptions) -> GridResult:
             (result.trained if trained else result.skipped).append(run.run_dir)
             if trained:
                 print(f"{label}: trained {iterations} iterations in {seconds:.0f} s", flush=True)
+            note = selection_note(run)
+            if note and note not in plan.notes:
+                plan.notes.append(note)
             for evaluation in (e for e in plan.evaluations if e.run == run):
                 if test_evaluation(evaluation, options, lists_dir):
                     result.tested.append(evaluation.output_dir)
@@ -277,15 +280,24 @@ def run_grid(options: GridOptions) -> GridResult:
             result.failed[str(run.run_dir)] = str(exc)
             print(f"{label}: FAILED ({exc}); continuing (--keep_going)", file=sys.stderr, flush=True)
 
-    header = header_lines(options, plan, mode, max_iteration, extra, banner)
+    header = header_lines(options, plan, mode, max_iteration, extra, banner, runs_dir)
     result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header)
     print(result.outputs["md"].read_text())
     print(format_summary(result, banner))
     return result
 
 
+def selection_note(run: Run) -> str:
+    """A run whose schedule ended before the first evaluation has best = last: say so beside its numbers."""
+    path = run.run_dir / "result.json"
+    if not path.is_file() or json.loads(path.read_text()).get("selections"):
+        return ""
+    return (f"{run.method} {run.budget} labeled, --select {run.select}: no evaluation ran before iteration "
+            f"{run.max_iteration} (evaluations start later), so its best checkpoint is the last one")
+
+
 def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int, extra: list[str],
-                 banner: str) -> list[str]:
+                 banner: str, runs_dir: Path) -> list[str]:
     preset = PRESETS[options.dataset]
     lines = []
     if banner:
@@ -295,7 +307,7 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
     seeds = sorted({r.seed for r in plan.runs})
     lines += [f"Mode: **{mode}**. Schedule: {max_iteration:,} iterations per run (paper: "
               f"{preset.max_iteration:,}){'; extra train flags: ' + shlex.join(extra) if extra else ''}.",
-              f"Seeds: {', '.join(map(str, seeds))}. Runs: `{Path(plan.runs[0].run_dir).parents[3]}`. "
+              f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. "
               f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` (source of each "
               f"row in the CSV).",
               f"Files: `{options.dataset}.csv` (this table), `{options.dataset}_cases.csv` (every case, class, "
