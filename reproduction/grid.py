@@ -1,6 +1,7 @@
 """Run a reproduction grid: train (or resume, or reuse) every run, test its checkpoints, write the results."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -138,6 +139,27 @@ def quick_data(dataset: str, root_path: str, work: Path) -> tuple[str, str, list
 # ---- one run, one evaluation ---------------------------------------------------------------------------------
 
 
+GRID_FLAGS = ("--method", "--labelnum", "--seed", "--select", "--run_dir", "--max_iteration", "--device",
+              "--num_workers", "--exp", "--root_path", "--lists_dir", "--resume", "--track", "--no_progress")
+
+
+def check_train_args(dataset: str, extra: list[str]) -> None:
+    """--train_args: only flags of the train script that the grid does not set itself, with valid values."""
+    reserved = [f for f in extra if f.split("=")[0] in GRID_FLAGS]
+    if reserved:
+        raise ValueError(f"--train_args: {', '.join(reserved)} is set by reproduce.py for every cell; use "
+                         f"reproduce.py's own flags (--methods, --labelnum, --seeds, --protocol, ...)")
+    parser = build_train_parser(PRESETS[dataset], "")
+    parser.exit_on_error = False
+    try:
+        _, unknown = parser.parse_known_args(extra)
+    except argparse.ArgumentError as exc:
+        raise ValueError(f"--train_args: {exc}") from None
+    if unknown:
+        raise ValueError(f"--train_args: {' '.join(unknown)} is not a flag of train_{dataset.lower()}.py "
+                         f"(python train_{dataset.lower()}.py -h lists them)")
+
+
 def train_config(run: Run, options: GridOptions, extra_flags: list[str]) -> TrainConfig:
     preset = PRESETS[run.dataset]
     flags = ["--method", run.method, "--labelnum", str(run.labelnum), "--seed", str(run.seed), "--select", run.select,
@@ -149,13 +171,7 @@ def train_config(run: Run, options: GridOptions, extra_flags: list[str]) -> Trai
         flags += ["--lists_dir", options.lists_dir]
     if not options.progress:
         flags.append("--no_progress")
-    parser = build_train_parser(preset, "")
-    try:
-        args = parser.parse_args(flags)
-    except SystemExit:
-        raise ValueError(f"--train_args: the train script refused {shlex.join(extra_flags)} (see the message "
-                         f"above; python train_{run.dataset.lower()}.py -h lists its flags)") from None
-    return config_from_args(args, preset)
+    return config_from_args(build_train_parser(preset, "").parse_args(flags), preset)
 
 
 def train_run(run: Run, options: GridOptions, extra_flags: list[str]) -> tuple[bool, float, int]:
@@ -243,8 +259,11 @@ def run_grid(options: GridOptions) -> GridResult:
         extra = quick_train_flags(dataset, synthetic) + extra
     budgets = budgets or DEFAULT_BUDGETS[dataset]
     methods = list(dict.fromkeys(options.methods or all_methods()))
+    check_train_args(dataset, list(options.train_args))
     plan = plan_grid(dataset, budgets, methods, options.seeds, options.protocols, runs_dir, max_iteration,
                      options.lists_dir)
+    for run in plan.runs:  # every cell's settings are checked before the first hour of training
+        train_config(run, options, extra)
     banner = QUICK_BANNER if options.quick else (f"*** {SHORTENED_MODE} ({max_iteration:,} iterations; the paper: "
                                                  f"{preset.max_iteration:,}) ***" if mode == SHORTENED_MODE else "")
     timings = load_timings(runs_dir, options.timing)

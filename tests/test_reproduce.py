@@ -212,6 +212,8 @@ def test_grid_resumes_a_half_finished_run(tmp_path, capsys):
     assert (run_dir / "log.txt").read_text().count("resumed from") == 2
     assert grid(4).trained == []
     capsys.readouterr()
+    timing = load_timings(tmp_path / "runs")[("LA", "supervised")]  # measured here, used by --dry-run
+    assert timing["iterations"] == 2 and timing["seconds_per_iteration"] > 0
 
 
 @pytest.mark.slow
@@ -227,3 +229,9 @@ def test_quick_grid_on_real_acdc_cases(acdc_root, tmp_path):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     code = reproduce.main(["--methods", "ssnet", "--dry-run", "--runs_dir", str(tmp_path)])
     assert code == 2 and "did you mean 'ss_net'" in capsys.readouterr().err
+    code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--nonsense 1"])
+    assert code == 2 and "--nonsense 1 is not a flag of train_la.py" in capsys.readouterr().err
+    code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--seed 3"])
+    assert code == 2 and "set by reproduce.py" in capsys.readouterr().err
+    code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--base_lr -1"])
+    assert code == 2 and "--base_lr must be a positive number" in capsys.readouterr().err  # before any training
