@@ -1,0 +1,212 @@
+"""From per-case test metrics of every cell to the result tables: mean ± sd over seeds, paper numbers beside
+them, paired per-case comparisons against SS-Net, written as Markdown and CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from reproduction.paper import paper_entry
+from reproduction.plan import describe_protocol
+from reproduction.stats import mean_sd, paired_comparison
+from utils.atomic import write_text_atomic
+
+METRICS = ("dice", "jaccard", "hd95", "asd")
+PERCENT = ("dice", "jaccard")  # fractions in the test CSVs, percent in the tables (as the paper)
+CASE_COLUMNS = ("mode", "protocol", "budget", "labelnum", "method", "role", "seed", "checkpoint", "case", "class",
+                "class_name", "dice", "jaccard", "hd95", "asd", "assd", "empty_pred", "empty_ref")
+REFERENCE_METHOD = "ss_net"
+
+
+def budget_order(budget: str) -> tuple[int, int]:
+    return (1, 0) if budget == "all" else (0, int(budget))
+
+
+def scale(metric: str) -> float:
+    return 100.0 if metric in PERCENT else 1.0
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def case_means(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{case: {metric: mean over the case's classes}} (LA: the one class; ACDC: RV, Myo, LV)."""
+    by_case: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_case[r["case"]].append(r)
+    out = {}
+    for case, rs in by_case.items():
+        out[case] = {}
+        for m in METRICS:
+            values = [_float(r[m]) for r in rs if math.isfinite(_float(r[m]))]
+            out[case][m] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+def seed_means(rows: list[dict]) -> dict[str, float]:
+    """One seed's test-set numbers as the test scripts print them: per class the mean over cases, then the mean
+    of the classes (Dice/Jaccard in %)."""
+    by_class: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_class[int(r["class"])].append(r)
+    out = {}
+    for m in METRICS:
+        class_means = [mean_sd([_float(r[m]) for r in rs])[0] for rs in by_class.values()]
+        finite = [v for v in class_means if math.isfinite(v)]
+        out[m] = float(np.mean(finite)) * scale(m) if finite else math.nan
+    return out
+
+
+def group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        grouped[tuple(r[k] for k in keys)].append(r)
+    return grouped
+
+
+def summary_table(case_rows: list[dict], published: dict, dataset: str) -> list[dict]:
+    """One row per (protocol, budget, method): mean ± sd over seeds, the paper's number and ours - paper."""
+    table = []
+    for (protocol, budget, method), rows in group(case_rows, "protocol", "budget", "method").items():
+        per_seed = {seed: seed_means(rs) for (seed,), rs in group(rows, "seed").items()}
+        paper = paper_entry(published, dataset, method, budget)
+        row = {"mode": rows[0]["mode"], "protocol": protocol, "budget": budget,
+               "labelnum": rows[0]["labelnum"], "method": method, "role": rows[0]["role"],
+               "n_seeds": len(per_seed), "seeds": " ".join(str(s) for s in sorted(per_seed)),
+               "n_cases": len({r["case"] for r in rows})}
+        for m in METRICS:
+            mean, sd, _ = mean_sd([v[m] for v in per_seed.values()])
+            published_value = paper[m] if paper else math.nan
+            row.update({f"{m}_mean": mean, f"{m}_sd": sd, f"{m}_paper": published_value,
+                        f"{m}_diff": mean - published_value if paper else math.nan})
+        row["n_empty_pred"] = sum(str(r["empty_pred"]) == "True" for r in rows)
+        row["paper_source"] = paper["source"] if paper else ""
+        row["paper_verified"] = paper.get("verified", "") if paper else ""
+        table.append(row)
+    protocols = {p: i for i, p in enumerate(("paper", "honest-val", "honest-last"))}
+    table.sort(key=lambda r: (protocols.get(r["protocol"], 9), budget_order(r["budget"]),
+                              r["method"] != REFERENCE_METHOD, r["role"] != "lower_bound", r["method"]))
+    return table
+
+
+def paired_table(case_rows: list[dict], reference: str = REFERENCE_METHOD) -> list[dict]:
+    """SS-Net against every other method of the same protocol and budget, on per-case Dice (%)."""
+    out = []
+    for (protocol, budget), rows in group(case_rows, "protocol", "budget").items():
+        per_method: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+        for (method, seed), rs in group(rows, "method", "seed").items():
+            per_method[method][seed] = {c: v["dice"] * 100.0 for c, v in case_means(rs).items()}
+        if reference not in per_method:
+            continue
+        for method in sorted(m for m in per_method if m != reference):
+            result = paired_comparison(per_method[reference], per_method[method])
+            out.append({"mode": rows[0]["mode"], "protocol": protocol, "budget": budget, "reference": reference,
+                        "method": method, "metric": "dice_percent", "n_cases": result.n_cases,
+                        "seeds": " ".join(map(str, result.seeds)), "mean_difference": result.mean_difference,
+                        "ci95_low": result.ci_low, "ci95_high": result.ci_high, "wilcoxon_p": result.p_value})
+    out.sort(key=lambda r: (r["protocol"], budget_order(r["budget"]), r["method"]))
+    return out
+
+
+def to_csv(rows: list[dict], columns: list[str] | tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def _cell(value: float, sd: float | None = None) -> str:
+    if not math.isfinite(value):
+        return "—"
+    return f"{value:.2f} ± {sd:.2f}" if sd is not None and math.isfinite(sd) else f"{value:.2f}"
+
+
+def _diff(value: float) -> str:
+    return f"{value:+.2f}" if math.isfinite(value) else "—"
+
+
+def _p(value: float) -> str:
+    if not math.isfinite(value):
+        return "—"
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: list[str],
+             chart_name: str = "") -> str:
+    lines = [f"# {dataset}: SS-Net reproduction", ""] + header_lines + [""]
+    units = "Dice / Jaccard in %, 95HD / ASD in voxels"
+    for protocol in dict.fromkeys(r["protocol"] for r in table):
+        lines += [f"## protocol {protocol}", "", f"*{describe_protocol(protocol, dataset)}*", "",
+                  f"{units}; ours = mean ± sd over seeds (each seed: the test-set mean) under protocol "
+                  f"{protocol}; paper = published number (data/paper_results.json); Δ = ours − paper; empty pred. "
+                  "= (case, class, seed) pairs with an empty prediction, which score 0 on every metric (official "
+                  "rule; flatters 95HD / ASD).", ""]
+        head = "| budget | labeled | method | seeds |"
+        rule = "|---|---|---|---|"
+        for name in ("Dice (%)", "Jaccard (%)", "95HD", "ASD"):
+            head += f" {name} | paper | Δ |"
+            rule += "---|---|---|"
+        head += " empty pred. |"
+        rule += "---|"
+        lines += [head, rule]
+        for r in (r for r in table if r["protocol"] == protocol):
+            role = {"lower_bound": " (labeled only)", "upper_bound": " (all labels)"}.get(r["role"], "")
+            cells = f"| {r['budget']} | {r['labelnum']} | {r['method']}{role} | {r['n_seeds']} |"
+            for m in METRICS:
+                cells += (f" {_cell(r[m + '_mean'], r[m + '_sd'])} | {_cell(r[m + '_paper'])} |"
+                          f" {_diff(r[m + '_diff'])} |")
+            lines.append(cells + f" {r['n_empty_pred']} |")
+        rows = [r for r in paired if r["protocol"] == protocol]
+        if rows:
+            lines += ["", f"Paired per-case Dice (%), {rows[0]['reference']} − method, protocol {protocol}: "
+                      "each case averaged over the seeds both finished; 95 % CI by case bootstrap (10,000 "
+                      "resamples, seed 0); two-sided Wilcoxon signed-rank p.", "",
+                      "| budget | method | cases | seeds | mean difference | 95 % CI | Wilcoxon p |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in rows:
+                lines.append(f"| {r['budget']} | {r['method']} | {r['n_cases']} | {r['seeds']} | "
+                             f"{_diff(r['mean_difference'])} | [{_diff(r['ci95_low'])}, {_diff(r['ci95_high'])}] | "
+                             f"{_p(r['wilcoxon_p'])} |")
+        lines.append("")
+    if chart_name:
+        lines += [f"![per-case Dice]({chart_name})", ""]
+    return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = ["mode", "protocol", "budget", "labelnum", "method", "role", "n_seeds", "seeds", "n_cases",
+                   *[f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "paper", "diff")],
+                   "n_empty_pred", "paper_source", "paper_verified"]
+PAIRED_COLUMNS = ["mode", "protocol", "budget", "reference", "method", "metric", "n_cases", "seeds",
+                  "mean_difference", "ci95_low", "ci95_high", "wilcoxon_p"]
+
+
+def write_results(results_dir: Path, dataset: str, case_rows: list[dict], published: dict,
+                  header_lines: list[str], chart: bool = True) -> dict[str, Path]:
+    """results/<dataset>.md, .csv, _cases.csv, _paired.csv and .png; returns the paths written."""
+    results_dir = Path(results_dir)
+    table = summary_table(case_rows, published, dataset)
+    paired = paired_table(case_rows)
+    paths = {"md": results_dir / f"{dataset}.md", "csv": results_dir / f"{dataset}.csv",
+             "cases": results_dir / f"{dataset}_cases.csv", "paired": results_dir / f"{dataset}_paired.csv"}
+    chart_name = ""
+    if chart and case_rows:
+        from reproduction.chart import draw_chart
+
+        paths["png"] = results_dir / f"{dataset}.png"
+        draw_chart(paths["png"], dataset, case_rows, published, title_note=case_rows[0]["mode"])
+        chart_name = paths["png"].name
+    write_text_atomic(paths["csv"], to_csv(table, SUMMARY_COLUMNS))
+    write_text_atomic(paths["cases"], to_csv(case_rows, CASE_COLUMNS))
+    write_text_atomic(paths["paired"], to_csv(paired, PAIRED_COLUMNS))
+    write_text_atomic(paths["md"], markdown(dataset, table, paired, header_lines, chart_name))
+    return paths

@@ -1,0 +1,265 @@
+"""The grid of a reproduction: which training runs, which checkpoints are tested under which protocol.
+
+Protocols (every number written says which one produced it):
+
+* ``paper``: the published selection. LA: the checkpoint with the best Dice on the **test** set, scored every
+  200 iterations from 2,000, with the validation cases in the unlabeled pool (a run with ``--select test``).
+  ACDC: the best mean Dice on the validation set (``--select val``).
+* ``honest-val``: the best checkpoint on the validation list only; on LA the validation cases (last 8 ids of
+  train.list) are held out of training (a run with ``--select val``). The test set is touched once, at the end.
+* ``honest-last``: the final weights of that same run, no selection.
+
+So LA trains two runs per cell (``select_test`` for paper, ``select_val`` for honest) and ACDC one, whose best
+checkpoint is both the paper's and the honest-val number (tested once, reported under both names).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataloaders import read_list
+from dataloaders.splits import patient_of
+from engine.resume import list_checkpoints
+from engine.tasks import get_task
+
+PROTOCOL_CHOICES = ("paper", "honest")
+REPORTS = {  # protocol asked on the command line -> reported protocols
+    "paper": ("paper",),
+    "honest": ("honest-val", "honest-last"),
+}
+PAPER_SELECTION = {"LA": "test", "ACDC": "val"}  # which list chose the published checkpoints
+CHECKPOINTS = {"paper": "best_model.pth", "honest-val": "best_model.pth", "honest-last": "last_model.pth"}
+DEFAULT_BUDGETS = {"LA": ["4", "8", "all"], "ACDC": ["3", "7", "all"]}
+ALL = "all"
+TIMING_FILE = "reproduce_timing.json"
+
+
+def describe_protocol(protocol: str, dataset: str) -> str:
+    if protocol == "paper":
+        if PAPER_SELECTION[dataset] == "test":
+            return ("paper: best Dice on the TEST set (the published protocol; validation cases in the unlabeled "
+                    "pool) -- test-set selection, optimistic by construction")
+        return "paper: best mean Dice on the validation set (the published protocol; same checkpoint as honest-val)"
+    if protocol == "honest-val":
+        held = " (held out of training)" if dataset == "LA" else ""
+        return f"honest-val: best Dice on the validation list{held}; test set used once"
+    if protocol == "honest-last":
+        return "honest-last: final weights, no selection; test set used once"
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the grid."""
+
+    dataset: str
+    budget: str  # "4", "8", ... or "all" (the fully supervised upper bound)
+    labelnum: int  # cases (LA) / patients (ACDC) labeled
+    method: str
+    seed: int
+    select: str  # "test" or "val": the --select of the run
+    max_iteration: int
+    run_dir: Path
+
+    @property
+    def role(self) -> str:
+        if self.budget == ALL:
+            return "upper_bound"
+        return "lower_bound" if self.method == "supervised" else "method"
+
+    def status(self) -> str:
+        """finished | partial (resume checkpoints or a shorter finished run) | new."""
+        result = self.run_dir / "result.json"
+        if result.is_file():
+            try:
+                done = json.loads(result.read_text())
+            except json.JSONDecodeError:
+                done = {}
+            finished_at = done.get("max_iteration")
+            if done.get("finished") and finished_at == self.max_iteration:
+                return "finished"
+            if isinstance(finished_at, int) and finished_at > self.max_iteration:
+                raise ValueError(f"{self.run_dir} holds a finished run of {finished_at} iterations, longer than the "
+                                 f"{self.max_iteration} asked; raise --max_iteration or use another --runs_dir")
+        return "partial" if list_checkpoints(self.run_dir) else "new"
+
+    def done_iterations(self) -> int:
+        if self.status() == "finished":
+            return self.max_iteration
+        saved = list_checkpoints(self.run_dir)
+        return saved[-1][0] if saved else 0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A checkpoint of a run, tested on the test list and reported under one or more protocols."""
+
+    run: Run
+    checkpoint: str  # best_model.pth | last_model.pth
+    protocols: tuple[str, ...]
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.run_dir / f"test_{Path(self.checkpoint).stem}"
+
+
+@dataclass
+class Plan:
+    dataset: str
+    runs: list[Run]
+    evaluations: list[Evaluation]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_budget(text: str) -> str:
+    text = str(text).strip().lower()
+    if text == ALL:
+        return ALL
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--labelnum takes positive integers or 'all', got {text!r}")
+    return str(int(text))
+
+
+def all_labels(dataset: str, select: str, lists_dir: Path) -> int:
+    """Labeled cases of the upper bound: every training case the split allows (LA honest: minus val.list)."""
+    if dataset == "LA":
+        train = read_list(lists_dir / "train.list")
+        if select == "val":
+            val = set(read_list(lists_dir / "val.list"))
+            return len([c for c in train if c not in val])
+        return len(train)
+    slices = read_list(lists_dir / "train_slices.list")
+    return len(dict.fromkeys(patient_of(s) for s in slices))
+
+
+def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[int], protocols: list[str],
+              runs_dir: str | Path, max_iteration: int, lists_dir: str | Path = "") -> Plan:
+    """Runs and evaluations, in a fixed order (budget, method, seed, selection)."""
+    from methods import check_method_name
+
+    task = get_task(dataset)
+    lists = task.lists_dir(lists_dir)
+    for name in methods:
+        check_method_name(name)
+    for protocol in protocols:
+        if protocol not in PROTOCOL_CHOICES:
+            raise ValueError(f"unknown --protocol {protocol!r}; choose from: {', '.join(PROTOCOL_CHOICES)}")
+    if not seeds or not methods or not budgets or not protocols:
+        raise ValueError("the grid is empty: give at least one --labelnum, --methods, --seeds and --protocol")
+    budgets = list(dict.fromkeys(parse_budget(b) for b in budgets))
+
+    # selection of each run -> the reported protocols it serves, and which checkpoint each one tests
+    serves: dict[str, list[str]] = {}
+    for protocol in dict.fromkeys(protocols):
+        for report in REPORTS[protocol]:
+            select = PAPER_SELECTION[dataset] if report == "paper" else "val"
+            serves.setdefault(select, []).append(report)
+
+    notes = []
+    runs, evaluations = [], []
+    for budget in budgets:
+        budget_methods = methods if budget != ALL else ["supervised"]
+        if budget == ALL and "supervised" not in methods:
+            notes.append("budget 'all' is the fully supervised upper bound: it runs the supervised method only")
+        for method in dict.fromkeys(budget_methods):
+            for seed in dict.fromkeys(seeds):
+                for select, reports in serves.items():
+                    labelnum = all_labels(dataset, select, lists) if budget == ALL else int(budget)
+                    run_dir = Path(runs_dir) / dataset / f"{budget}_labeled" / method / f"seed{seed}_select_{select}"
+                    run = Run(dataset, budget, labelnum, method, seed, select, max_iteration, run_dir)
+                    runs.append(run)
+                    by_checkpoint: dict[str, list[str]] = {}
+                    for report in reports:
+                        by_checkpoint.setdefault(CHECKPOINTS[report], []).append(report)
+                    evaluations += [Evaluation(run, ckpt, tuple(r)) for ckpt, r in by_checkpoint.items()]
+    if dataset == "LA" and ALL in budgets and "honest" in protocols:
+        notes.append(f"LA upper bound under the honest protocols: {all_labels(dataset, 'val', lists)} labeled "
+                     f"(train.list minus the held-out val.list)")
+    return Plan(dataset, runs, evaluations, notes)
+
+
+# ---- measured iteration times and the GPU-hour estimate ----------------------------------------------------
+
+
+def timing_record(run: Run, iterations: int, seconds: float, device: str, device_name: str) -> dict:
+    return {"dataset": run.dataset, "method": run.method, "select": run.select, "iterations": iterations,
+            "seconds": round(seconds, 2), "seconds_per_iteration": seconds / max(iterations, 1),
+            "device": device, "device_name": device_name, "run_dir": str(run.run_dir)}
+
+
+def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tuple[str, str], dict]:
+    """{(dataset, method): {"seconds_per_iteration", "device_name", "source"}} from a --timing file, else from
+    the timing records earlier grid sessions wrote in their run folders (longest measurement wins)."""
+    found: dict[tuple[str, str], dict] = {}
+    if timing_file:
+        path = Path(timing_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--timing {path} not found; write a JSON like "
+                                    '{"device_name": "NVIDIA H100", "LA/ss_net": 0.45} (seconds per iteration)')
+        data = json.loads(path.read_text())
+        device_name = data.get("device_name", "unknown device")
+        for key, value in data.items():
+            if "/" in key:
+                dataset, method = key.split("/", 1)
+                found[(dataset, method)] = {"seconds_per_iteration": float(value), "device_name": device_name,
+                                            "source": str(path), "iterations": None}
+        return found
+    root = Path(runs_dir)
+    for path in sorted(root.glob(f"*/*/*/*/{TIMING_FILE}")) if root.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        key = (record["dataset"], record["method"])
+        if key not in found or record["iterations"] > (found[key]["iterations"] or 0):
+            found[key] = {**record, "source": str(path)}
+    return found
+
+
+def estimate_hours(plan: Plan, timings: dict[tuple[str, str], dict]) -> tuple[float, list[str], list[str]]:
+    """(hours for the remaining iterations of the measured methods, unmeasured methods, measurement sources)."""
+    seconds, unknown, sources = 0.0, [], []
+    for run in plan.runs:
+        remaining = run.max_iteration - run.done_iterations()
+        timing = timings.get((run.dataset, run.method))
+        if timing is None:
+            if remaining and run.method not in unknown:
+                unknown.append(run.method)
+            continue
+        seconds += remaining * timing["seconds_per_iteration"]
+        line = (f"{run.method}: {timing['seconds_per_iteration']:.3f} s/iteration on {timing['device_name']} "
+                f"({timing['source']})")
+        if line not in sources:
+            sources.append(line)
+    return seconds / 3600.0, unknown, sources
+
+
+def format_plan(plan: Plan, timings: dict[tuple[str, str], dict], banner: str = "") -> str:
+    lines = [banner] if banner else []
+    lines.append(f"{plan.dataset}: {len(plan.runs)} training runs, {len(plan.evaluations)} test evaluations")
+    lines.append(f"{'budget':>7s} {'labeled':>7s}  {'method':14s}{'seed':>6s}  {'select':7s}{'iterations':>11s}"
+                 f"{'done':>8s}  status    reported as")
+    reports = {}
+    for e in plan.evaluations:
+        reports.setdefault(e.run.run_dir, []).extend(f"{p} ({e.checkpoint})" for p in e.protocols)
+    total = remaining = 0
+    for run in plan.runs:
+        done = run.done_iterations()
+        total += run.max_iteration
+        remaining += run.max_iteration - done
+        lines.append(f"{run.budget:>7s} {run.labelnum:>7d}  {run.method:14s}{run.seed:>6d}  {run.select:7s}"
+                     f"{run.max_iteration:>11,d}{done:>8,d}  {run.status():9s} {', '.join(reports[run.run_dir])}")
+    lines.append(f"iterations: {total:,} in all, {remaining:,} still to train")
+    hours, unknown, sources = estimate_hours(plan, timings)
+    if sources:
+        lines.append(f"estimated time for the remaining iterations: {hours:.2f} h "
+                     f"({'lower bound: ' + ', '.join(unknown) + ' unmeasured; ' if unknown else ''}"
+                     f"measured iteration times incl. evaluations):")
+        lines += [f"  {s}" for s in sources]
+    else:
+        lines.append("estimated GPU hours: unknown -- no measured iteration time yet (run one cell, or pass "
+                     "--timing FILE with seconds per iteration)")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+

@@ -1,0 +1,237 @@
+"""reproduce.py: grid planning, resume, statistics and aggregation on hand-made tables, the quick grid."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import reproduce
+from methods import METHODS
+from reproduction.aggregate import paired_table, seed_means, summary_table
+from reproduction.grid import QUICK_MODE, GridOptions, run_grid
+from reproduction.paper import load_paper_results, paper_entry
+from reproduction.plan import Run, estimate_hours, format_plan, load_timings, plan_grid
+from reproduction.stats import bootstrap_mean_ci, mean_sd, paired_comparison, wilcoxon_p
+
+# ---- statistics on hand-made numbers ---------------------------------------------------------------------------
+
+
+def test_mean_sd_over_seeds():
+    mean, sd, n = mean_sd([0.8, 0.9])
+    assert (mean, n) == (pytest.approx(0.85), 2) and sd == pytest.approx(math.sqrt(0.005))
+    assert mean_sd([0.7]) == (0.7, 0.0, 1)
+    assert mean_sd([1.0, float("nan"), 3.0])[:2] == (2.0, pytest.approx(math.sqrt(2)))
+    assert math.isnan(mean_sd([])[0])
+
+
+def test_wilcoxon_exact_known_answers():
+    # n = 5, all positive: T- = 0, the most extreme of 2^5 sign patterns on each side -> p = 2/32
+    assert wilcoxon_p([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)
+    # one negative with the smallest rank: T- = 1 -> P(T <= 1) = 2/32, two-sided 4/32
+    assert wilcoxon_p([-1, 2, 3, 4, 5]) == pytest.approx(4 / 32)
+    assert wilcoxon_p([0, 0, 0]) == 1.0  # no difference at all
+    assert math.isnan(wilcoxon_p([]))
+
+
+def test_bootstrap_ci_known_answers():
+    assert bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    low, high = bootstrap_mean_ci([0.0, 1.0])  # resampled means are 0, 0.5 or 1 with probability 1/4, 1/2, 1/4
+    assert (low, high) == (0.0, 1.0)
+    assert bootstrap_mean_ci([0.1, 0.5, 0.9, 0.3], seed=3) == bootstrap_mean_ci([0.1, 0.5, 0.9, 0.3], seed=3)
+    low, high = bootstrap_mean_ci(np.random.default_rng(0).normal(1.0, 0.1, 200))
+    assert low < 1.0 < high and high - low < 0.05
+
+
+def test_paired_comparison_averages_shared_seeds_per_case():
+    reference = {1: {"a": 90.0, "b": 80.0, "c": 70.0}, 2: {"a": 92.0, "b": 82.0, "c": 72.0}, 3: {"a": 0.0}}
+    other = {1: {"a": 85.0, "b": 78.0, "c": 71.0}, 2: {"a": 87.0, "b": 80.0, "c": 73.0}}
+    result = paired_comparison(reference, other)
+    assert result.seeds == [1, 2]  # seed 3 is unfinished for the other method: left out of both
+    assert result.n_cases == 3
+    assert result.mean_difference == pytest.approx((5 + 2 - 1) / 3)  # per case: 91-86, 81-79, 71-72
+    assert result.p_value == pytest.approx(wilcoxon_p([5, 2, -1]))
+    assert result.ci_low <= result.mean_difference <= result.ci_high
+
+
+# ---- aggregation -----------------------------------------------------------------------------------------------
+
+
+def case_row(method, seed, case, dice, protocol="paper", budget="8", cls=1, hd95=2.0):
+    return {"mode": "full", "protocol": protocol, "budget": budget, "labelnum": int(budget) if budget != "all" else 80,
+            "method": method, "role": "lower_bound" if method == "supervised" else "method", "seed": seed,
+            "case": case, "class": cls, "dice": dice, "jaccard": dice / (2 - dice), "hd95": hd95, "asd": 1.0,
+            "assd": 1.0, "empty_pred": "False", "empty_ref": "False"}
+
+
+def test_summary_table_mean_sd_over_seeds_with_paper_numbers():
+    rows = [case_row("ss_net", 1, "a", 0.90), case_row("ss_net", 1, "b", 0.80),  # seed 1 mean 85 %
+            case_row("ss_net", 2, "a", 0.95), case_row("ss_net", 2, "b", 0.85),  # seed 2 mean 90 %
+            case_row("supervised", 1, "a", 0.70), case_row("supervised", 1, "b", 0.60)]
+    table = summary_table(rows, load_paper_results(), "LA")
+    ss = next(r for r in table if r["method"] == "ss_net")
+    assert ss["dice_mean"] == pytest.approx(87.5) and ss["dice_sd"] == pytest.approx(math.sqrt(12.5))
+    assert ss["n_seeds"] == 2 and ss["dice_paper"] == 88.55 and ss["dice_diff"] == pytest.approx(87.5 - 88.55)
+    assert ss["hd95_mean"] == 2.0 and ss["hd95_sd"] == 0.0
+    lower = next(r for r in table if r["method"] == "supervised")
+    assert lower["dice_paper"] == 82.74 and lower["dice_sd"] == 0.0  # the V-Net lower-bound row
+
+
+def test_seed_means_average_classes_like_the_test_scripts():
+    rows = [case_row("ss_net", 1, "a", 0.9, cls=1), case_row("ss_net", 1, "a", 0.7, cls=2),
+            case_row("ss_net", 1, "b", 0.5, cls=1), case_row("ss_net", 1, "b", 0.3, cls=2)]
+    assert seed_means(rows)["dice"] == pytest.approx(60.0)
+
+
+def test_paired_table_against_ss_net():
+    rows = []
+    for seed in (1, 2):
+        for case, ss, sup in (("a", 0.9, 0.8), ("b", 0.8, 0.75), ("c", 0.7, 0.72), ("d", 0.6, 0.5)):
+            rows += [case_row("ss_net", seed, case, ss), case_row("supervised", seed, case, sup)]
+    (paired,) = paired_table(rows)
+    assert paired["method"] == "supervised" and paired["n_cases"] == 4 and paired["seeds"] == "1 2"
+    assert paired["mean_difference"] == pytest.approx((10 + 5 - 2 + 10) / 4)
+    assert paired["wilcoxon_p"] == pytest.approx(wilcoxon_p([10, 5, -2, 10]))
+
+
+def test_paper_lookup_by_registry_name():
+    published = load_paper_results()
+    assert "source" in published["LA"]["8"]["SS-Net"]
+    assert paper_entry(published, "LA", "ss_net", "4")["dice"] == 86.33
+    assert paper_entry(published, "ACDC", "supervised", "all")["role"] == "upper_bound"
+    assert paper_entry(published, "ACDC", "supervised", "3")["dice"] == 47.83
+    assert paper_entry(published, "LA", "ss_net", "2") is None
+
+
+# ---- planning -------------------------------------------------------------------------------------------------
+
+
+def test_plan_la_paper_and_honest_are_separate_runs(tmp_path):
+    plan = plan_grid("LA", ["4", "all"], ["ss_net", "supervised"], [1337, 1338], ["paper", "honest"], tmp_path,
+                     15000)
+    # budget 4: 2 methods x 2 seeds x (select test, select val); all: supervised only x 2 seeds x 2
+    assert len(plan.runs) == 8 + 4
+    assert {r.select for r in plan.runs} == {"test", "val"}
+    upper = {r.select: r.labelnum for r in plan.runs if r.budget == "all"}
+    assert upper == {"test": 80, "val": 72}  # honest: train.list minus the 8 held-out val cases
+    reports = {(e.run.select, e.checkpoint): e.protocols for e in plan.evaluations}
+    assert reports == {("test", "best_model.pth"): ("paper",), ("val", "best_model.pth"): ("honest-val",),
+                       ("val", "last_model.pth"): ("honest-last",)}
+    assert len({r.run_dir for r in plan.runs}) == len(plan.runs)
+
+
+def test_plan_acdc_shares_one_run_between_protocols(tmp_path):
+    plan = plan_grid("ACDC", ["3", "7", "all"], ["ss_net"], [1], ["paper", "honest"], tmp_path, 30000)
+    assert [r.select for r in plan.runs] == ["val", "val", "val"]
+    assert [r.method for r in plan.runs][-1] == "supervised" and plan.runs[-1].labelnum == 70
+    best = next(e for e in plan.evaluations if e.checkpoint == "best_model.pth")
+    assert best.protocols == ("paper", "honest-val")  # tested once, reported under both names
+
+
+def test_plan_checks_methods_against_the_registry(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'ssnet'.*ss_net"):
+        plan_grid("LA", ["4"], ["ssnet"], [1], ["paper"], tmp_path, 100)
+    plan = plan_grid("LA", ["8"], sorted(METHODS), [1], ["paper"], tmp_path, 100)
+    assert {r.method for r in plan.runs} == set(METHODS)
+    with pytest.raises(ValueError, match="--labelnum"):
+        plan_grid("LA", ["five"], ["ss_net"], [1], ["paper"], tmp_path, 100)
+
+
+def fake_run(tmp_path, max_iteration=100) -> Run:
+    return Run("LA", "4", 4, "ss_net", 1, "val", max_iteration, tmp_path / "run")
+
+
+def test_run_status_finished_partial_new(tmp_path):
+    run = fake_run(tmp_path)
+    assert run.status() == "new" and run.done_iterations() == 0
+    (run.run_dir / "checkpoints").mkdir(parents=True)
+    (run.run_dir / "checkpoints" / "iter_0000040.pth").write_bytes(b"")
+    assert run.status() == "partial" and run.done_iterations() == 40
+    (run.run_dir / "result.json").write_text(json.dumps({"finished": True, "max_iteration": 100}))
+    assert run.status() == "finished" and run.done_iterations() == 100
+    assert fake_run(tmp_path, 200).status() == "partial"  # a longer schedule continues the finished run
+    with pytest.raises(ValueError, match="longer"):
+        fake_run(tmp_path, 50).status()
+
+
+def test_dry_run_estimate_needs_a_measurement(tmp_path):
+    plan = plan_grid("LA", ["8"], ["ss_net", "supervised"], [1], ["honest"], tmp_path, 1000)
+    assert "unknown -- no measured iteration time" in format_plan(plan, {})
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps({"device_name": "NVIDIA H100", "LA/ss_net": 0.36, "LA/supervised": 0.18}))
+    timings = load_timings(tmp_path, timing)
+    hours, unknown, sources = estimate_hours(plan, timings)
+    assert hours == pytest.approx(1000 * (0.36 + 0.18) / 3600) and not unknown
+    text = format_plan(plan, timings)
+    assert "NVIDIA H100" in text and "0.15 h" in text and "2,000 still to train" in text
+
+
+# ---- the grid end to end (quick mode) ------------------------------------------------------------------------
+
+
+def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
+    args = ["--quick", "--methods", "ss_net", "supervised", "--max_iteration", "4", "--device", "cpu",
+            "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "NOT a reproduction" in out and "honest-val" in out
+    results = tmp_path / "results"
+    for name in ("LA.md", "LA.csv", "LA_cases.csv", "LA_paired.csv", "LA.png"):
+        assert (results / name).is_file(), name
+    assert QUICK_MODE in (results / "LA.md").read_text()
+    for name in ("LA.csv", "LA_cases.csv", "LA_paired.csv"):
+        lines = (results / name).read_text().splitlines()
+        assert lines[0].startswith("mode,protocol") and all(line.startswith(QUICK_MODE) for line in lines[1:])
+    summary = (results / "LA.csv").read_text()
+    assert {"paper", "honest-val", "honest-last"} <= {line.split(",")[1] for line in summary.splitlines()[1:]}
+    # 2 seeds by default in quick mode; budget 2 + the upper bound
+    assert "2,1337 1338" in summary and ",all," in summary
+
+    assert reproduce.main(args) == 0  # the same command again: nothing is trained or tested again
+    out = capsys.readouterr().out
+    assert "trained or resumed: 0 run(s); reused finished: 12; tested now: 0" in out
+
+
+def test_grid_resumes_a_half_finished_run(tmp_path, capsys):
+    def grid(max_iteration):
+        return run_grid(GridOptions(dataset="LA", budgets=["2"], methods=["supervised"], seeds=[1337],
+                                    protocols=["honest"], quick=True, max_iteration=max_iteration,
+                                    runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results")))
+
+    first = grid(2)
+    (run_dir,) = first.trained
+    second = grid(4)  # the cell was finished at 2 iterations: the longer grid continues the same folder
+    assert second.trained == [run_dir]
+    assert "resumed from" in (run_dir / "log.txt").read_text()
+    assert json.loads((run_dir / "result.json").read_text())["max_iteration"] == 4
+    # a crash after the iteration-2 checkpoint: newest checkpoint and the finished marker gone
+    for name in ("result.json", "checkpoints/iter_0000004.pth"):
+        (run_dir / name).unlink()
+    assert grid(4).trained == [run_dir]
+    assert (run_dir / "log.txt").read_text().count("resumed from") == 2
+    assert grid(4).trained == []
+    capsys.readouterr()
+    timing = load_timings(tmp_path / "runs")[("LA", "supervised")]  # measured here, used by --dry-run
+    assert timing["iterations"] == 2 and timing["seconds_per_iteration"] > 0
+
+
+@pytest.mark.slow
+def test_quick_grid_on_real_acdc_cases(acdc_root, tmp_path):
+    result = run_grid(GridOptions(dataset="ACDC", methods=["ss_net", "supervised"], quick=True, max_iteration=2,
+                                  seeds=[1, 2], root_path=str(acdc_root), runs_dir=str(tmp_path / "runs"),
+                                  results_dir=str(tmp_path / "results")))
+    assert result.outputs["md"].is_file() and not result.failed
+    text = result.outputs["md"].read_text()
+    assert "protocol paper" in text and "same checkpoint as honest-val" in text
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code = reproduce.main(["--methods", "ssnet", "--dry-run", "--runs_dir", str(tmp_path)])
+    assert code == 2 and "did you mean 'ss_net'" in capsys.readouterr().err
+    code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--nonsense 1"])
+    assert code == 2 and "--nonsense 1 is not a flag of train_la.py" in capsys.readouterr().err
+    code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--seed 3"])
+    assert code == 2 and "set by reproduce.py" in capsys.readouterr().err
+    code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--base_lr -1"])
+    assert code == 2 and "--base_lr must be a positive number" in capsys.readouterr().err  # before any training
