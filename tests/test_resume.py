@@ -62,8 +62,9 @@ def reference(synthetic, tmp_path_factory) -> Path:
     return run_dir
 
 
-def crash(point: str, n: int, synthetic: Path, run_dir: Path) -> None:
-    cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--", *flags(synthetic, run_dir)]
+def crash(point: str, n: int, synthetic: Path, run_dir: Path, *extra: str) -> None:
+    cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--",
+           *flags(synthetic, run_dir, *extra)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
 
@@ -97,6 +98,31 @@ def test_sigkill_then_rerun_ends_bitwise_equal(point, n, synthetic, reference, t
     assert tensorboard_steps(run_dir, "val/mean_dice") == list(range(2, ITERATIONS + 1, 2))
     assert not list(run_dir.rglob("*.tmp"))
     assert len(list_checkpoints(run_dir)) == 2  # --keep_checkpoints 2
+
+
+@pytest.mark.parametrize("method", ["mean_teacher", "sassnet"])
+def test_methods_with_a_teacher_or_discriminator_resume_exactly(method, synthetic, tmp_path):
+    """The EMA teacher / the discriminator and its Adam state travel in the resume checkpoint."""
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert train_la.main(flags(synthetic, reference, "--method", method)) == 0
+    crash("step", 8, synthetic, run_dir, "--method", method)
+    assert train_la.main(flags(synthetic, run_dir, "--method", method)) == 0
+    assert_same_weights(reference / "last_model.pth", run_dir / "last_model.pth")
+    ours = torch.load(list_checkpoints(run_dir)[-1][1], weights_only=True)["method_state"]
+    theirs = torch.load(list_checkpoints(reference)[-1][1], weights_only=True)["method_state"]
+    assert ours.keys() == theirs.keys() and ours
+    flat_ours, flat_theirs = flatten(ours), flatten(theirs)
+    assert flat_ours.keys() == flat_theirs.keys()
+    for key, value in flat_ours.items():
+        assert torch.equal(value, flat_theirs[key]) if isinstance(value, torch.Tensor) else value == flat_theirs[key]
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, list | tuple):
+        return {k: v for i, sub in enumerate(tree) for k, v in flatten(sub, f"{prefix}{i}/").items()}
+    return {prefix: tree}
 
 
 def test_resume_flag_continues_and_extends_a_finished_run(synthetic, reference, tmp_path):
@@ -151,3 +177,18 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     again = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2:] == again[2:]
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    from engine.resume import ResumeState, load_resume_checkpoint, save_resume_checkpoint
+    from networks import build_network
+
+    network = build_network("vnet", num_classes=2, base_filters=4)
+    for iteration in (3, 6):
+        save_resume_checkpoint(tmp_path, network, ResumeState(iteration, {}, {}, capture_rng()), {})
+    newest = list_checkpoints(tmp_path)[-1][1]
+    newest.write_bytes(newest.read_bytes()[:500])  # e.g. a disk that filled up during a copy
+    messages = []
+    path, state = load_resume_checkpoint(tmp_path, log=messages.append)
+    assert state["iteration"] == 3 and path.name == "iter_0000003.pth"
+    assert len(messages) == 1 and "iter_0000006.pth" in messages[0]
