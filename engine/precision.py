@@ -9,7 +9,7 @@
 "off" (the default) is plain fp32, the paper's math: no autocast region, no scaler, backward() + step().
 "bf16" keeps fp32's exponent range, so it needs no loss scaling. "fp16" multiplies the loss by a dynamic scale
 before backward so small gradients do not underflow; a step whose gradients overflowed is skipped (the scale
-is halved) and logged.
+is halved) and logged. Under bf16 a step with non-finite gradients is skipped and logged too.
 """
 from __future__ import annotations
 
@@ -47,9 +47,23 @@ class Precision:
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                           iteration: int | None = None) -> bool:
-        """Backward + optimizer step (gradients must be zeroed before); False when fp16 skipped the step."""
-        if not self.scaler.is_enabled():
+        """Backward + optimizer step (gradients must be zeroed before); False when the step was skipped."""
+        if self.mode == "off":
             loss.backward()
+            optimizer.step()
+            return True
+        if self.mode == "bf16":
+            loss.backward()
+            # Reduced-precision kernels can return a non-finite gradient with a finite loss (seen with CPU
+            # bf16 3-D convolutions on tiny maps); skip such a step, as the fp16 scaler does, instead of
+            # writing NaN into the weights.
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if grads and not bool(torch.stack([g.detach().float().abs().amax() for g in grads]).isfinite().all()):
+                self.skipped_steps += 1
+                where = f"iteration {iteration}: " if iteration is not None else ""
+                self.logger.warning("%sbf16 gradients are not finite; optimizer step skipped (%d skipped so far)",
+                                    where, self.skipped_steps)
+                return False
             optimizer.step()
             return True
         scale_before = self.scaler.get_scale()
