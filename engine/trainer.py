@@ -271,6 +271,10 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
                     len(unlabeled_ids), config.protocol)
         logger.info("network %s, %s parameters, device %s", config.network,
                     f"{sum(p.numel() for p in network.parameters()):,}", device)
+    if ddp.active:
+        logger.info("torchrun: %d processes, each %d labeled + %d unlabeled of every global batch%s", ddp.world_size,
+                    sampler.labeled_bs, batch_size // ddp.world_size - sampler.labeled_bs,
+                    ", SyncBatchNorm" if config.sync_bn else "")
 
     def metadata(iteration: int, list_name: str, score: float | None) -> dict:
         return {

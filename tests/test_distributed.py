@@ -152,6 +152,7 @@ def test_two_process_run_writes_once_and_resumes_exactly(synthetic, tmp_path, ca
     assert result["finished"] and result["best_iteration"] in (3, 6)
     log = (reference / "log.txt").read_text()
     assert log.count("iteration 3: val mean Dice") == 1  # evaluated once per evaluation point
+    assert "torchrun: 2 processes, each 1 labeled + 1 unlabeled" in log
 
     # stop at 4, then extend to 8 with --resume: the same weights as the uninterrupted run
     short = torchrun("train_la.py", *flags(synthetic, run_dir, 4))
