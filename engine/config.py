@@ -80,6 +80,9 @@ class TrainConfig:
     optimizer_impl: str = "default"  # default | foreach | fused (same SGD update)
     eval_stride: list[int] = field(default_factory=list)  # in-training sliding-window stride; empty = stride
     nifti: dict = field(default_factory=dict)  # train.py --data: mode, preprocessing, labels (empty for LA/ACDC)
+    # --- multi-process training under torchrun (README "Multi-GPU (torchrun)", engine/distributed.py) ---
+    sync_bn: bool = False  # SyncBatchNorm in the backbone (GPUs only)
+    allow_world_size_change: bool = False  # resume with another number of processes (not bitwise exact)
 
     @property
     def preset(self) -> Preset:
@@ -192,7 +195,17 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
                         "may change")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     add_speed_arguments(p, train=True, has_stride=bool(preset.stride))
+    add_distributed_arguments(p)
     return p
+
+
+def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of multi-process runs; the launch itself (processes, nodes, rendezvous) is torchrun's."""
+    g = p.add_argument_group("multi-GPU (launch with torchrun; --batch_size and --labeled_bs are the global batch)")
+    g.add_argument("--sync_bn", type=int, default=0, choices=(0, 1),
+                   help="synchronise the backbone's BatchNorm statistics across processes (GPUs only)")
+    g.add_argument("--allow_world_size_change", type=int, default=0, choices=(0, 1),
+                   help="resume a run with another number of processes (continues, but not bitwise exact)")
 
 
 def add_speed_arguments(p: argparse.ArgumentParser, *, train: bool, has_stride: bool) -> None:
@@ -318,6 +331,8 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
         compile=bool(args.compile),
         optimizer_impl=args.optimizer_impl,
         eval_stride=list(getattr(args, "eval_stride", []) or []),
+        sync_bn=bool(getattr(args, "sync_bn", 0)),
+        allow_world_size_change=bool(getattr(args, "allow_world_size_change", 0)),
     )
     validate_config(config)
     return config

@@ -24,7 +24,7 @@ _NAME = re.compile(r"^iter_(\d+)\.pth$")
 # another machine or extend it, but do not change the math of the iterations already done.
 RUNTIME_FIELDS = frozenset({
     "root_path", "device", "num_workers", "progress", "max_iteration", "save_every", "keep_checkpoints",
-    "eval_batch_size", "image_every", "resume", "run_dir",
+    "eval_batch_size", "image_every", "resume", "run_dir", "allow_world_size_change",
 })
 
 

@@ -18,12 +18,14 @@ from tqdm import tqdm
 
 from dataloaders import TwoStreamBatchSampler
 from engine.config import PROTOCOLS, TrainConfig, default_run_dir
+from engine.distributed import Distributed, NullWriter, distributed_session
 from engine.evaluate import evaluate_cases
 from engine.precision import Precision
 from engine.resume import (
     Best,
     ResumeState,
     capture_rng,
+    checkpoint_path,
     config_differences,
     list_checkpoints,
     load_resume_checkpoint,
@@ -106,14 +108,24 @@ def best_path(run_dir: Path, config: TrainConfig, list_name: str) -> Path:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train, or continue the run in the run folder from its newest resume checkpoint."""
+    """Train, or continue the run in the run folder from its newest resume checkpoint.
+
+    Under torchrun every process runs this; they share the work of each global batch (engine/distributed.py).
+    """
+    with distributed_session(config.device) as ddp:
+        return _train_process(config, ddp)
+
+
+def _train_process(config: TrainConfig, ddp: Distributed) -> TrainResult:
     task = get_task(config.dataset, config)
-    device = resolve_device(config.device)
+    device = ddp.device or resolve_device(config.device)
     configure_determinism(bool(config.deterministic), device)
     split = task.split(config.labelnum, config.select, config.lists_dir)
     check_split(config, split)
     # labeled-only methods draw no unlabeled data at all
     unlabeled_ids = split.unlabeled if METHODS[config.method].uses_unlabeled else []
+    ddp.check_job(config.batch_size if METHODS[config.method].uses_unlabeled else config.labeled_bs,
+                  config.labeled_bs, config.sync_bn)
     train_ids = split.labeled + unlabeled_ids
     eval_lists = selection_lists(config, split)
     eval_ids = list(dict.fromkeys(i for ids in eval_lists.values() for i in ids))
@@ -123,8 +135,13 @@ def train(config: TrainConfig) -> TrainResult:
     task.check_cases(config.root_path, eval_ids)
 
     run_dir = default_run_dir(config)
-    resume = find_resume(run_dir, config)
+    resume = ddp.on_main(lambda: find_resume(run_dir, config))  # only rank 0 reads the run folder
+    if resume:
+        ddp.check_resume(resume[1], config.allow_world_size_change)
     seed_everything(config.seed)
+    if not ddp.is_main:  # torchrun: only rank 0 writes files
+        return _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_dir, ddp.quiet_logger(),
+                      NullWriter(), resume, ddp)
     logger = prepare_run_dir(run_dir, config.to_json(), split, environment(device, config.seed),
                              resume_iteration=resume[1]["iteration"] if resume else None)
     # purge_step hides events a crashed run wrote after its last checkpoint, so no iteration appears twice.
@@ -133,7 +150,7 @@ def train(config: TrainConfig) -> TrainResult:
                            purge_step=resume[1]["iteration"] + 1 if resume else None)
     try:
         return _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_dir, logger, writer,
-                      resume)
+                      resume, ddp)
     finally:
         writer.close()
         close_logger(logger)
@@ -189,14 +206,16 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
 
 
 def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_dir, logger, writer,
-           resume) -> TrainResult:
+           resume, ddp: Distributed) -> TrainResult:
     network = build_network(config.network, **config.network_kwargs).to(device)
+    ddp.prepare_network(network, sync_bn=config.sync_bn)  # torchrun --sync_bn: SyncBatchNorm backbone
     # --- speed options (issue 6; all off by default = the paper's fp32 math) ---
     prepare_network(network, channels_last=config.channels_last, compile=config.compile)
     precision = Precision(config.amp, device, logger)
     optimizer = build_sgd(network.parameters(), lr=config.base_lr, impl=config.optimizer_impl)
     # ---
     method = build_method(config.method, network, config.method_settings())
+    training_loss = ddp.training_step(method)  # torchrun: through DistributedDataParallel; else the method's own
     bests = {name: Best(name, best_path(run_dir, config, name)) for name in eval_lists}
     losses: list[float] = []
     start_iteration = 0
@@ -216,14 +235,14 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
 
     batch_size = config.batch_size if method.uses_unlabeled else config.labeled_bs
     n_labeled = len(split.labeled)
-    sampler = TwoStreamBatchSampler(
+    sampler = ddp.shard(TwoStreamBatchSampler(
         list(range(n_labeled)),
         list(range(n_labeled, n_labeled + len(unlabeled_ids))),
         batch_size=batch_size,
         labeled_bs=config.labeled_bs,
         seed=config.seed,
         start_iteration=start_iteration,  # batch t is a pure function of (seed, t): nothing else to restore
-    )
+    ))  # torchrun: this rank's labeled and unlabeled slices of every global batch
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -234,9 +253,10 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
 
     # Creating the loader iterator draws a base seed from the global generator: do it before restoring the
     # generators, so that a resumed run continues with exactly the state the interrupted one saved.
+    ddp.seed_rank(config.seed)  # torchrun: a random stream per rank from here on (weights already identical)
     batches = iter(loader)
-    if resume:
-        restore_rng(resume[1]["rng"])
+    if resume and ddp.rank_rng(resume[1]) is not None:
+        restore_rng(ddp.rank_rng(resume[1]))
 
     inference = InferenceSettings(
         patch_size=tuple(config.patch_size), stride=tuple(config.stride), batch_size=config.eval_batch_size, nms=False
@@ -251,6 +271,10 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
                     len(unlabeled_ids), config.protocol)
         logger.info("network %s, %s parameters, device %s", config.network,
                     f"{sum(p.numel() for p in network.parameters()):,}", device)
+    if ddp.active:
+        logger.info("torchrun: %d processes, each %d labeled + %d unlabeled of every global batch%s", ddp.world_size,
+                    sampler.labeled_bs, batch_size // ddp.world_size - sampler.labeled_bs,
+                    ", SyncBatchNorm" if config.sync_bn else "")
 
     def metadata(iteration: int, list_name: str, score: float | None) -> dict:
         return {
@@ -269,38 +293,42 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         writer.flush()  # events up to this iteration are on disk before the checkpoint that vouches for them
         state = ResumeState(iteration, optimizer.state_dict(), method.state_dict(), capture_rng(),
                             {n: b.to_dict() for n, b in bests.items()}, losses,
-                            extra={"precision": precision.state_dict()})
+                            extra={"precision": precision.state_dict(), **ddp.resume_extra()})
+        if not ddp.is_main:
+            return checkpoint_path(run_dir, iteration)
         path = save_resume_checkpoint(run_dir, network, state, {
             "dataset": config.dataset, "num_classes": config.num_classes, "method": config.method,
             "config": asdict(config)})
         prune_checkpoints(run_dir, config.keep_checkpoints)
         return path
 
-    if resume:
+    if resume and ddp.is_main:
         restore_best_files(bests, start_iteration, network, metadata, logger)
 
     start = time.perf_counter()
     network.train()
     progress = tqdm(range(start_iteration + 1, config.max_iteration + 1), desc=f"{config.method} {config.dataset}",
-                    disable=not config.progress, dynamic_ncols=True, initial=start_iteration,
+                    disable=not config.progress or not ddp.is_main, dynamic_ncols=True, initial=start_iteration,
                     total=config.max_iteration)
     for iteration in progress:
         batch = next(batches)
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         cases = list(batch["case"])
-        nl = config.labeled_bs
+        nl = sampler.labeled_bs  # this rank's share under torchrun
         labeled = Batch(images[:nl], labels[:nl], cases[:nl])
         unlabeled = Batch(images[nl:], None, cases[nl:]) if method.uses_unlabeled else None
 
         with precision.autocast():
-            output = method.training_loss(labeled, unlabeled, iteration)
+            output = training_loss(labeled, unlabeled, iteration)
         loss_value = float(output.loss.detach())
         terms = {k: float(v) for k, v in output.terms.items()}
+        loss_value, terms = ddp.mean_over_ranks(loss_value, terms)  # torchrun: logged values of the global batch
         if not math.isfinite(loss_value):
             raise_non_finite(iteration, loss_value, terms, run_dir, logger)
         optimizer.zero_grad(set_to_none=True)
         precision.backward_and_step(output.loss, optimizer, iteration)
+        ddp.sync_buffers(network)  # torchrun: rank 0's BatchNorm statistics everywhere, so one model
         method.after_optimizer_step(iteration)  # EMA teachers, SASSNet's discriminator
         lr = step_learning_rate(iteration, config.base_lr, config.lr_step)
         for group in optimizer.param_groups:
@@ -321,8 +349,11 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         improved: list[Best] = []
         if eval_lists and iteration >= config.eval_start and iteration % config.eval_every == 0:
             for name, ids in eval_lists.items():
-                result = evaluate_cases(network, task, config.root_path, ids, eval_inference, config.num_classes,
-                                        full_metrics=False, description=f"{name} @ {iteration}")
+                description = f"{name} @ {iteration}"
+                result = ddp.evaluate(  # torchrun: each rank a share of the cases
+                    lambda shard, d=description: evaluate_cases(network, task, config.root_path, shard, eval_inference,
+                                                                config.num_classes, full_metrics=False, description=d),
+                    ids)
                 score, best = result.mean_dice(), bests[name]
                 writer.add_scalar(f"{name}/mean_dice", score, iteration)
                 if score > best.score:
@@ -335,9 +366,13 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         # newer than the newest resume checkpoint (see restore_best_files).
         if improved or iteration % config.save_every == 0 or iteration == config.max_iteration:
             save_resume(iteration)
-        for best in improved:
+        for best in improved if ddp.is_main else []:
             save_checkpoint(best.path, network, **metadata(iteration, best.list_name, best.score))
 
+    if not ddp.is_main:  # torchrun: rank 0 writes the final files; the others wait for them, then return
+        ddp.barrier()
+        return TrainResult(run_dir, run_dir / "best_model.pth", last_path, None, 0, losses,
+                           time.perf_counter() - start, {}, start_iteration)
     save_checkpoint(last_path, network, **metadata(config.max_iteration, "last", None))
     primary = run_dir / "best_model.pth"
     if config.select == "last" or not bests[config.select].found:  # no selection, or no evaluation happened
@@ -352,6 +387,7 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
     write_result(run_dir, config, primary, last_path, bests, best_score, best_iteration, seconds)
     logger.info("done in %.1f s; best checkpoint %s (iteration %d%s)", seconds, primary, best_iteration,
                 f", {config.select} mean Dice {best_score:.4f}" if best_score is not None else "")
+    ddp.barrier()
     return TrainResult(run_dir, primary, last_path, best_score, best_iteration, losses, seconds,
                        {n: b.to_dict() for n, b in bests.items()}, start_iteration)
 

@@ -70,6 +70,8 @@ class Method:
       SASSNet's discriminator step).
     * `state_dict()` / `load_state_dict()`: everything else needed to resume exactly (teacher weights and
       buffers, extra modules and their optimisers, counters), tensors and plain Python only.
+    * `gather_across_ranks` / `average_gradients`: identity / no-op in one process; under torchrun the trainer
+      sets the collective versions (engine/distributed.py) for state that must agree on every rank.
     * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
       check that the unlabeled term alone moves the student.
     """
@@ -136,6 +138,16 @@ class Method:
         dice, ce = self.dice_and_ce(logits, labels)
         loss = dice + s.ce_weight * ce if s.ce_weight else dice
         return loss, {"dice": dice.detach(), "ce": ce.detach()}
+
+    # Cross-process hooks: engine/distributed.py replaces them under torchrun; in one process they do nothing.
+    @staticmethod
+    def gather_across_ranks(rows: Tensor) -> Tensor:
+        """Rows (N, ...) of every rank concatenated in rank order; in one process `rows` itself."""
+        return rows
+
+    @staticmethod
+    def average_gradients(parameters) -> None:
+        """Average .grad of modules the method trains outside the network's step (own optimiser) over ranks."""
 
     # Extra state that a checkpoint must carry to resume (e.g. SS-Net's prototype memory, a teacher).
     def state_dict(self) -> dict:

@@ -113,6 +113,7 @@ class SASSNet(Method):
         loss = F.cross_entropy(self.discriminator(sdf, images), target)
         self.discriminator_optimizer.zero_grad(set_to_none=True)  # also drops the grads of the generator step
         loss.backward()
+        self.average_gradients(self.discriminator.parameters())  # one discriminator on every rank (torchrun)
         self.discriminator_optimizer.step()
         self._last_discriminator_loss = loss.detach().cpu()
 

@@ -52,11 +52,15 @@ class SSNet(Method):
         """Candidates are correctly predicted labeled FOREGROUND voxels, projected with eval-mode heads."""
         predicted = probs_l.argmax(dim=1)
         candidate = ((predicted == labels) & (predicted > 0)).reshape(-1)
-        if not bool(candidate.any()):
+        # Under torchrun every rank takes the candidates of all ranks (rank order = the global batch order), so
+        # the memory is the same everywhere; gathered before the empty check, which every rank must agree on.
+        vectors = self.gather_across_ranks(voxel_vectors(features_l.detach())[candidate])
+        vector_labels = self.gather_across_ranks(labels.reshape(-1)[candidate])
+        if vectors.shape[0] == 0:
             return
         with torch.no_grad(), eval_mode(self.network.projection_head):
-            projected = self.network.project(voxel_vectors(features_l.detach())[candidate])
-        self.memory.update(projected, labels.reshape(-1)[candidate], self._rank_candidates)
+            projected = self.network.project(vectors)
+        self.memory.update(projected, vector_labels, self._rank_candidates)
 
     def _separation(self, features: Tensor, labels: Tensor) -> Tensor:
         net = self.network

@@ -1,0 +1,160 @@
+"""Checks that need a process group, run by tests/test_distributed.py under torchrun with 2 gloo processes.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed_checks.py
+
+Every rank runs every check; a failed assertion exits non-zero and torchrun reports it.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engine.distributed import distributed_session  # noqa: E402
+from methods import Batch, Method, MethodOutput, MethodSettings, build_method  # noqa: E402
+from networks import build_network  # noqa: E402
+
+SHAPE = (16, 16, 16)
+
+
+class CrossEntropyOnly(Method):
+    """A loss that is a mean over samples, so the average of the two half-batch losses is the global loss."""
+
+    name = "ce_only"
+    uses_unlabeled = False
+
+    def training_loss(self, labeled, unlabeled, iteration):
+        logits = self.network(labeled.image).logits
+        loss = F.cross_entropy(logits, labeled.label)
+        return MethodOutput(loss, {"total": loss.detach()}, logits.detach())
+
+
+def global_batch(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn((n, 1, *SHAPE), generator=g)
+    labels = (images[:, 0] > 0.3).long()  # learnable and with foreground everywhere
+    return images, labels
+
+
+def same_on_every_rank(obj) -> bool:
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    first = objects[0]
+    if isinstance(first, torch.Tensor):
+        return all(torch.equal(first, o) for o in objects)
+    return all(o == first for o in objects)
+
+
+def check_gather_and_gradient_average(ddp) -> None:
+    rows = torch.full((ddp.rank * 3, 2), float(ddp.rank))  # rank 0 has no rows
+    gathered = ddp.gather_rows(rows)
+    assert gathered.shape == (3, 2) and torch.equal(gathered, torch.ones(3, 2)), gathered
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.full((2,), 2.0 * (ddp.rank + 1))  # 2 and 4 -> mean 3
+    b.grad = torch.ones(2) if ddp.rank == 1 else None  # missing on rank 0 counts as zero
+    unused = torch.nn.Parameter(torch.zeros(1))  # missing everywhere stays missing
+    ddp.average_gradients([a, b, unused])
+    assert torch.equal(a.grad, torch.full((2,), 3.0)) and torch.equal(b.grad, torch.full((2,), 0.5))
+    assert unused.grad is None
+
+
+def check_one_step_matches_one_process(ddp) -> None:
+    """A DDP step on the global batch == a single-process step on the whole batch (BN in eval mode)."""
+    torch.manual_seed(0)
+    network = build_network("vnet", num_classes=2, base_filters=4).eval()  # eval: batch-independent BN
+    reference = copy.deepcopy(network)
+    method = CrossEntropyOnly(network, MethodSettings(num_classes=2))
+    step = ddp.training_step(method)
+    images, labels = global_batch(4, seed=1)
+    mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    step(Batch(images[mine], labels[mine]), None, 1).loss.backward()
+    optimizer.step()
+
+    ref_method = CrossEntropyOnly(reference, MethodSettings(num_classes=2))
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ref_method.training_loss(Batch(images, labels), None, 1).loss.backward()
+    ref_optimizer.step()
+    moved = 0
+    for (name, p), q in zip(network.named_parameters(), reference.parameters(), strict=True):
+        if name.startswith(("encoder", "decoder")):
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (name, (p - q).abs().max())
+            moved += int(p.grad is not None and bool(p.grad.abs().sum() > 0))
+        else:  # heads unused by this loss: no gradient on any rank, so no update (as in one process)
+            assert p.grad is None and q.grad is None, name
+    assert moved > 10
+    assert same_on_every_rank(torch.cat([p.detach().flatten() for p in network.parameters()]))
+
+
+def check_ss_net_memory_and_parameters(ddp) -> None:
+    """Several SS-Net steps on different data per rank: identical prototype memory and parameters."""
+    torch.manual_seed(0)
+    network = build_network("vnet", num_classes=2, base_filters=4).train()
+    method = build_method("ss_net", network, MethodSettings(num_classes=2, memory_size=8))
+    step = ddp.training_step(method)
+    ddp.seed_rank(0)  # dropout / VAT probe directions differ per rank from here on
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    counts = []
+    for iteration in range(1, 5):
+        images, labels = global_batch(4, seed=100 + iteration)
+        mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)  # each rank: 1 labeled + 1 unlabeled of its own
+        local_images, local_labels = images[mine], labels[mine]
+        labeled = Batch(local_images[:1], local_labels[:1])
+        unlabeled = Batch(local_images[1:], None)
+        output = step(labeled, unlabeled, 3000 + iteration)  # past the warm-up: every term weighs
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+        ddp.sync_buffers(network)
+        counts.append(method.memory.counts())
+        memory = method.memory.state_dict()["prototypes"]
+        assert same_on_every_rank([None if p is None else p.tolist() for p in memory]), f"memory @ {iteration}"
+    assert counts[-1][1] > 0, counts  # the memory was filled
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    for key, value in state.items():
+        assert same_on_every_rank(value), key
+
+
+def check_sassnet_discriminator_agrees(ddp) -> None:
+    """SASSNet trains its discriminator outside the DDP step (own optimiser): averaged explicitly."""
+    torch.manual_seed(0)
+    network = build_network("vnet", num_classes=2, base_filters=4, sdf_head=True).train()
+    method = build_method("sassnet", network, MethodSettings(num_classes=2))
+    step = ddp.training_step(method)
+    ddp.seed_rank(0)  # the discriminator's dropout differs per rank
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+    for iteration in range(1, 3):
+        images, labels = global_batch(4, seed=200 + iteration)
+        mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
+        output = step(Batch(images[mine][:1], labels[mine][:1]), Batch(images[mine][1:], None), 1000 + iteration)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+        ddp.sync_buffers(network)
+        method.after_optimizer_step(iteration)
+    for key, value in method.discriminator.state_dict().items():
+        assert same_on_every_rank(value), key
+
+
+def main() -> int:
+    with distributed_session("cpu") as ddp:
+        assert ddp.active and ddp.world_size == 2 and dist.get_backend() == "gloo"
+        torch.set_num_threads(1)
+        check_gather_and_gradient_average(ddp)
+        check_one_step_matches_one_process(ddp)
+        check_ss_net_memory_and_parameters(ddp)
+        check_sassnet_discriminator_agrees(ddp)
+        ddp.barrier()
+        if ddp.is_main:
+            print("distributed checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
