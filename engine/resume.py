@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +153,17 @@ def load_resume_checkpoint(run_dir: Path, log=None) -> tuple[Path, dict] | None:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """'field: saved -> current' for every setting that changes the math of a resumed run."""
+    """'field: saved -> current' for every setting that changes the math of a resumed run.
+
+    A key missing from an older run's config counts as that field's default (the setting it ran with)."""
+    from engine.config import TrainConfig  # late: engine.config imports this module's RUNTIME_FIELDS lazily
+
+    defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+                for f in fields(TrainConfig)}
     keys = (set(saved) | set(current)) - RUNTIME_FIELDS
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys) if saved.get(k) != current.get(k)]
+
+    def value(config: dict, key: str):
+        return config[key] if key in config else defaults.get(key, MISSING)
+
+    return [f"{k}: {value(saved, k)!r} -> {value(current, k)!r}" for k in sorted(keys)
+            if value(saved, k) != value(current, k)]

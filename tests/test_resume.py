@@ -192,3 +192,12 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
     path, state = load_resume_checkpoint(tmp_path, log=messages.append)
     assert state["iteration"] == 3 and path.name == "iter_0000003.pth"
     assert len(messages) == 1 and "iter_0000006.pth" in messages[0]
+
+
+def test_settings_added_after_a_run_started_count_as_their_defaults():
+    from engine.resume import config_differences
+
+    older = {"seed": 3, "consistency": 1.0}  # written before sync_bn / amp existed
+    assert config_differences(older, {"seed": 3, "consistency": 1.0, "sync_bn": False, "amp": "off"}) == []
+    assert config_differences(older, {"seed": 3, "consistency": 1.0, "amp": "bf16"}) == ["amp: 'off' -> 'bf16'"]
+    assert config_differences(older, {"seed": 3, "consistency": 1.0, "device": "cuda"}) == []  # runtime field
