@@ -33,7 +33,8 @@ def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_case
                           n_val=2)
     results = {}
     for method in methods:
-        run_dir = out / f"{method}_{labeled}_labeled"
+        # one folder per setting: re-running the same demo reuses finished runs, another setting trains anew
+        run_dir = out / f"{method}_{labeled}_labeled_{iterations}it_seed{seed}"
         flags = ["--root_path", str(data), "--lists_dir", str(data), "--method", method, "--labelnum", str(labeled),
                  "--max_iteration", str(iterations), "--patch_size", "48,48,32", "--base_filters", "8",
                  "--stride", "16,16,16", "--lr_step", "0", "--consistency_rampup", str(max(iterations // 300, 1)),
@@ -49,7 +50,8 @@ def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_case
         summary = run_test(TestOptions(dataset="LA", checkpoint=str(trained.best_checkpoint), root_path=str(data),
                                        list_path=str(data / "test.list"), device=device, progress=False,
                                        output_dir=str(run_dir / "test")))
-        results[method] = {"seconds": seconds, **{k: summary["mean"][k] for k in TABLE_KEYS}}
+        reused = trained.resumed_from == iterations
+        results[method] = {"seconds": None if reused else seconds, **{k: summary["mean"][k] for k in TABLE_KEYS}}
     return results
 
 
@@ -62,7 +64,8 @@ def print_comparison(results: dict[str, dict], labeled: int) -> None:
         for key in TABLE_KEYS:
             scale = 100.0 if key in ("dice", "jaccard") else 1.0
             cells.append(f"{r[key]['mean'] * scale:.2f} ± {r[key]['sd'] * scale:.2f}".rjust(16))
-        print(f"{method:12s}{''.join(cells)}{r['seconds']:>11.0f}s")
+        took = "reused" if r["seconds"] is None else f"{r['seconds']:.0f}s"
+        print(f"{method:12s}{''.join(cells)}{took:>12s}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,5 +14,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "supervised" in out and "ss_net" in out and "Dice (%)" in out
     for method in ("supervised", "ss_net"):
-        assert (tmp_path / f"{method}_2_labeled" / "best_model.pth").is_file()
-        assert (tmp_path / f"{method}_2_labeled" / "test" / "metrics.csv").is_file()
+        run = tmp_path / f"{method}_2_labeled_8it_seed1337"
+        assert (run / "best_model.pth").is_file() and (run / "test" / "metrics.csv").is_file()
+    # the same demo again reuses the finished runs instead of training them again
+    assert demo.main(["--out", str(tmp_path), "--iterations", "8", "--unlabeled", "3", "--test_cases", "2",
+                      "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("reused") == 2
