@@ -24,6 +24,7 @@ from engine.presets import PRESETS
 from engine.report import format_table, summarize_rows, write_csv, write_json
 from engine.tasks import InferenceSettings, Task, get_task
 from engine.trainer import resolve_device
+from utils.atomic import make_writable_folder
 from utils.checkpoint import CHECKPOINT_FORMAT, load_network, read_checkpoint
 from utils.metrics import case_metrics
 
@@ -213,11 +214,7 @@ def run_predict(options: PredictOptions) -> list[Path]:
     """Write `<output>/<case>.nii.gz` for every input case; with `labels`, also metrics.csv / summary.json."""
     predictor = load_predictor(options)
     cases = find_inputs(options.input, predictor.in_channels)
-    output = Path(options.output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(f"cannot create the output folder {output} ({exc.strerror}); choose another --output") from None
+    output = make_writable_folder(options.output, "output folder", "--output")
     references = Path(options.labels) if options.labels else None
     if references is not None and not references.is_dir():
         raise FileNotFoundError(f"--labels {references} is not a folder of <case>.nii.gz references")

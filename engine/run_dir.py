@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dataloaders import Split
-from utils.atomic import write_text_atomic
+from utils.atomic import make_writable_folder, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,15 +65,8 @@ def prepare_run_dir(run_dir: Path, config_json: str, split: Split, env: dict,
 
     resume_iteration: continue log.txt after that iteration; None starts a fresh log and TensorBoard folder.
     """
-    try:
-        (run_dir / "splits").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(
-            f"cannot write to the run folder {run_dir}: {exc.strerror}; choose another with --run_dir"
-        ) from None
+    make_writable_folder(run_dir, "run folder", "--run_dir")
+    (run_dir / "splits").mkdir(exist_ok=True)
     if resume_iteration is None and (run_dir / "config.json").is_file():
         # leftovers of a start that crashed before its first checkpoint
         (run_dir / "log.txt").unlink(missing_ok=True)

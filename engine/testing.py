@@ -18,6 +18,7 @@ from engine.report import format_table, summarize_rows, write_csv, write_json
 from engine.speed import prepare_network
 from engine.tasks import InferenceSettings, get_task
 from engine.trainer import resolve_device
+from utils.atomic import make_writable_folder
 from utils.checkpoint import load_network
 from utils.metrics import EMPTY_POLICIES
 
@@ -130,14 +131,7 @@ def run_test(options: TestOptions) -> dict:
 
     output_dir = Path(options.output_dir) if options.output_dir else \
         Path(options.checkpoint).resolve().parent / f"test_{list_path.stem}"
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"cannot write to the output folder {output_dir} ({exc.strerror}); choose one with --output_dir")\
-            from None
+    make_writable_folder(output_dir, "output folder", "--output_dir")
 
     result = evaluate_cases(network, task, options.root_path, case_ids, settings, num_classes, full_metrics=True,
                             spacing=spacing, empty_policy=options.empty_policy,

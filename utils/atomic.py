@@ -12,3 +12,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def make_writable_folder(folder: str | Path, what: str, flag: str) -> Path:
+    """Create `folder` and prove it takes a file, before any work whose results would then be lost.
+
+    `what` ("run folder", "output folder") and `flag` ("--run_dir") name it in the error.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write to the {what} {folder} ({exc.strerror}); choose another with {flag}") from None
+    return folder
