@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from .cases import parse_key
+from .cases import check_label_values, parse_key
 
 NORMALIZATIONS = ("zscore", "minmax", "none")
 UNLABELED = -1  # label value of unlabeled training samples: never read (methods get label=None), fails if used
@@ -180,6 +180,9 @@ def read_scan(paths: Sequence[Path]) -> Scan:
     for path in paths:
         img, shape = _read_volume(Path(path))
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        if not np.isfinite(data).all():
+            raise ValueError(f"{path}: {int(data.size - np.isfinite(data).sum())} NaN/Inf voxels; fix or exclude "
+                             f"this case")
         if first is None:
             first = img
         elif shape != channels[0].shape or not np.allclose(img.affine, first.affine, atol=1e-4):
@@ -191,15 +194,12 @@ def read_scan(paths: Sequence[Path]) -> Scan:
     return Scan(np.stack(channels), zooms, np.asarray(first.affine, dtype=np.float64), first.header)
 
 
-def read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def read_label(path: Path, shape: tuple[int, ...], num_classes: int | None = None) -> np.ndarray:
+    """uint8 label map; values must be class indices below `num_classes` (no silent uint8 wrap-around)."""
     img, label_shape = _read_volume(Path(path))
     if tuple(label_shape) != tuple(shape):
         raise ValueError(f"{path}: label shape {label_shape} differs from the image shape {shape}")
-    label = np.asarray(img.dataobj).reshape(label_shape)
-    rounded = np.rint(label)
-    if not np.array_equal(rounded, label) or rounded.min() < 0:
-        raise ValueError(f"{path}: labels must be non-negative integers")
-    return rounded.astype(np.uint8)
+    return check_label_values(np.asarray(img.dataobj).reshape(label_shape), Path(path), "label map", num_classes)
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing

@@ -77,10 +77,8 @@ class NiftiTask(Task):
         if key not in self._prepared:
             scan = read_scan(info.image_paths(case, subset))
             label_path = info.label_path(case, subset)
-            label = read_label(label_path, scan.image.shape[1:]) if label_path.is_file() else None
-            if label is not None and label.max() >= info.num_classes:
-                raise ValueError(f"{label_path} holds label {label.max()} but dataset.json lists "
-                                 f"{info.num_classes} classes (0..{info.num_classes - 1})")
+            # dataset.json's label names fix the classes: any other value is an error, not a wrapped uint8
+            label = read_label(label_path, scan.image.shape[1:], info.num_classes) if label_path.is_file() else None
             image, label, _ = preprocess(scan.image, scan.spacing, self.preprocessing, label)
             self._prepared[key] = (image, label)
         return self._prepared[key]

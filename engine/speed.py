@@ -1,7 +1,7 @@
 """Opt-in speed options that leave the math unchanged: memory format, torch.compile, optimizer kernels.
 
 None of them is on by default; `--amp` (engine/precision.py) is the only one that changes arithmetic.
-cuDNN autotuning follows `--deterministic` (engine/trainer.seed_everything: benchmark = not deterministic).
+cuDNN autotuning follows `--deterministic` (engine/trainer.configure_determinism: benchmark = not deterministic).
 """
 from __future__ import annotations
 

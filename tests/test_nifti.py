@@ -156,3 +156,24 @@ def test_2d_mode_trains_on_slices_and_predicts_volumes(dataset, tmp_path):
 def test_bad_data_folder_gives_one_clear_error(tmp_path, capsys):
     assert train.main(["--data", str(tmp_path / "missing"), "--device", "cpu"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_label_values_outside_the_classes_and_nan_images_are_refused(tmp_path):
+    """A label 300 must not wrap to 44 in uint8; a NaN voxel must not reach training."""
+    from dataloaders.nifti import read_label, read_scan
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    label = np.zeros((4, 4, 3), dtype=np.int16)
+    label[1, 1, 1] = 300
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "case.nii.gz"))
+    with pytest.raises(ValueError, match=r"\[300\] outside the classes 0\.\.2"):
+        read_label(tmp_path / "case.nii.gz", (4, 4, 3), num_classes=3)
+    label[1, 1, 1] = 2
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "case.nii.gz"))
+    assert read_label(tmp_path / "case.nii.gz", (4, 4, 3), num_classes=3).max() == 2
+
+    image = np.zeros((4, 4, 3), dtype=np.float32)
+    image[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "img_0000.nii.gz"))
+    with pytest.raises(ValueError, match="NaN/Inf voxels"):
+        read_scan([tmp_path / "img_0000.nii.gz"])
