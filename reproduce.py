@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results_dir", default="", help="tables and chart (default results, quick: results/quick)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--schedule", default="recipe", choices=("recipe", "shared"),
+                   help="recipe = every baseline on its authors' schedule (the published rows); shared = SS-Net's "
+                        "schedule for every method (a controlled comparison); every table says which")
     p.add_argument("--max_iteration", type=int, default=None,
                    help="shorten every run (outputs then say: NOT the paper's setting)")
     p.add_argument("--train_args", default="", help="extra flags for every training run, e.g. '--eval_batch_size 8'")
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, budgets=list(args.labelnum), methods=list(args.methods), seeds=seeds,
         protocols=list(args.protocol), root_path=args.root_path, lists_dir=args.lists_dir, runs_dir=args.runs_dir,
         results_dir=args.results_dir, device=args.device, num_workers=args.num_workers,
-        max_iteration=args.max_iteration, train_args=shlex.split(args.train_args), quick=args.quick,
+        max_iteration=args.max_iteration, schedule=args.schedule, train_args=shlex.split(args.train_args),
+        quick=args.quick,
         dry_run=args.dry_run, timing=args.timing, keep_going=args.keep_going, progress=args.progress,
     )
     outcome = {}

@@ -13,7 +13,8 @@ from engine.precision import PRECISION_MODES
 from engine.presets import PRESETS, Preset
 from engine.speed import OPTIMIZER_IMPLS
 from methods import METHODS, MethodSettings, check_method_name
-from utils.losses import LDS_DISCREPANCIES
+from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Recipe, Schedule
+from utils.losses import LDS_DISCREPANCIES, MEMORY_WEIGHTS
 from utils.prototype_memory import KEEP_CHOICES
 
 SELECT_CHOICES = ("val", "test", "last")
@@ -51,6 +52,16 @@ class TrainConfig:
     eval_start: int
     stride: list[int]
     method: str = "ss_net"
+    # schedule (methods/recipe.py): "recipe" = the method's authors' schedule, "shared" = SS-Net's of the dataset;
+    # the values below are resolved from it unless given as flags
+    schedule: str = "recipe"
+    lr_policy: str = "step"  # step (x0.1 every lr_step) | poly | constant
+    rampup_zero_based: bool = False  # w(t) on the 0-based counter (the script evaluates it before incrementing)
+    consistency_off: int = 0  # first iterations with the unlabeled term switched off
+    # the method's supervised Dice (its recipe's variant)
+    dice_include_background: bool = False
+    dice_squared_denominator: bool = False
+    dice_smooth: float = 1e-8
     base_lr: float = 0.01
     seed: int = 1337
     deterministic: int = 1
@@ -59,6 +70,7 @@ class TrainConfig:
     separation_weight: float = 0.1
     memory_size: int = 32
     memory_keep: str = "lowest"
+    memory_weights: str = "ones"
     ce_weight: float = 0.0
     ema_decay: float = 0.99  # Mean Teacher / UA-MT teacher
     select: str = "val"
@@ -89,15 +101,16 @@ class TrainConfig:
         return PRESETS[self.dataset]
 
     def method_settings(self) -> MethodSettings:
-        p = self.preset
         return MethodSettings(
             num_classes=self.num_classes,
-            dice_include_background=p.dice_include_background,
-            dice_squared_denominator=p.dice_squared_denominator,
-            dice_smooth=p.dice_smooth,
+            dice_include_background=self.dice_include_background,
+            dice_squared_denominator=self.dice_squared_denominator,
+            dice_smooth=self.dice_smooth,
             ce_weight=self.ce_weight,
             consistency=self.consistency,
             consistency_rampup=self.consistency_rampup,
+            rampup_zero_based=self.rampup_zero_based,
+            consistency_off=self.consistency_off,
             lds_discrepancy=self.lds_discrepancy,
             xi=self.xi,
             epsilon=self.magnitude,
@@ -105,6 +118,7 @@ class TrainConfig:
             separation_weight=self.separation_weight,
             memory_size=self.memory_size,
             memory_keep=self.memory_keep,
+            memory_weights=self.memory_weights,
             ema_decay=self.ema_decay,
             max_iterations=self.max_iteration,
         )
@@ -132,9 +146,24 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not state its default already and X says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def help_text(text: str) -> str:
+    """argparse formats help strings with %: a literal percent sign must be doubled."""
+    return text.replace("%", "%%")
+
+
 def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentParser:
     """Official flag names and defaults, plus ours (--device, --method, --select, ...)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
     root_help = {
         "LA": "folder holding '2018LA_Seg_Training Set/' (see README 'Data')",
         "ACDC": "folder holding 'data/' with the ACDC h5 volumes and 'data/slices/' (see README 'Data')",
@@ -142,19 +171,34 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--root_path", default=f"./data/{preset.dataset}", help=root_help)
     p.add_argument("--exp", default=f"{preset.dataset}_SSNet", help="experiment name (run folder prefix)")
     p.add_argument("--method", default="ss_net", help=f"one of: {', '.join(sorted(METHODS))}")
-    p.add_argument("--labelnum", type=int, default=preset.labelnum, help=preset.labelnum_meaning)
-    p.add_argument("--max_iteration", type=int, default=preset.max_iteration)
+    p.add_argument("--labelnum", type=int, default=preset.labelnum, help=help_text(preset.labelnum_meaning))
+    p.add_argument("--schedule", default="recipe", choices=SCHEDULE_CHOICES,
+                   help="recipe = each method's authors' schedule (iterations, LR policy, warm-up; README "
+                        "'Baselines'); shared = SS-Net's schedule of the dataset for every method. The flags "
+                        "below marked 'from --schedule' override single values")
+    p.add_argument("--max_iteration", type=int, default=None,
+                   help=f"iterations (default: from --schedule; ss_net {preset.max_iteration})")
     p.add_argument("--batch_size", type=int, default=preset.batch_size, help="labeled + unlabeled per batch")
     p.add_argument("--labeled_bs", type=int, default=preset.labeled_bs, help="labeled samples per batch")
     p.add_argument("--base_lr", type=float, default=0.01)
-    p.add_argument("--lr_step", type=int, default=preset.lr_step, help="x0.1 every N iterations; 0 = constant")
+    p.add_argument("--lr_policy", default=None, choices=LR_POLICIES,
+                   help=f"step = x0.1 every --lr_step iterations, poly = (1 - t/T)^0.9, constant (default: from "
+                        f"--schedule; ss_net {preset.lr_policy})")
+    p.add_argument("--lr_step", type=int, default=None,
+                   help="iterations between x0.1 decays of the step policy; 0 = constant (default: from --schedule)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--deterministic", type=int, default=1, choices=(0, 1))
     p.add_argument("--consistency", type=float, default=None,
                    help=f"max warm-up weight (default: the method's recipe; ss_net {preset.consistency})")
     p.add_argument("--ema_decay", type=float, default=0.99, help="teacher EMA decay (mean_teacher, ua_mt)")
-    p.add_argument("--consistency_rampup", type=float, default=preset.consistency_rampup,
-                   help="ramp length in 'epochs' of 150 iterations")
+    p.add_argument("--consistency_rampup", type=float, default=None,
+                   help=f"ramp length in 'epochs' of 150 iterations (default: from --schedule; ss_net "
+                        f"{preset.consistency_rampup:g})")
+    p.add_argument("--rampup_zero_based", type=int, default=None, choices=(0, 1),
+                   help="1: the warm-up (and UA-MT's threshold) sees the iteration counter before the official "
+                        "script increments it (default: from --schedule)")
+    p.add_argument("--consistency_off", type=int, default=None,
+                   help="first iterations with the unlabeled term switched off (default: from --schedule)")
     p.add_argument("--magnitude", type=float, default=preset.magnitude, help="VAT perturbation norm epsilon")
     p.add_argument("--lds_discrepancy", default=preset.lds_discrepancy, choices=sorted(LDS_DISCREPANCIES),
                    help="pooled_dice = the official 3D LDS (one Dice over all classes pooled); class_mean_dice = "
@@ -165,6 +209,10 @@ def build_train_parser(preset: Preset, description: str) -> argparse.ArgumentPar
     p.add_argument("--memory_size", type=int, default=32, help="prototypes kept per class")
     p.add_argument("--memory_keep", default="lowest", choices=KEEP_CHOICES,
                    help="lowest = official code; highest = the paper's 'highest-ranked' text")
+    p.add_argument("--memory_weights", default="ones", choices=MEMORY_WEIGHTS,
+                   help="prototype weights in the separation loss: ones = official code (each learned weight is "
+                        "divided by itself, so the memory selectors never learn); learned = the paper's learned "
+                        "weights, rescaled to mean 1")
     p.add_argument("--ce_weight", type=float, default=0.0,
                    help="cross-entropy weight in the supervised loss (official: computed, weight 0)")
     p.add_argument("--patch_size", type=int_list, default=list(preset.patch_size),
@@ -247,6 +295,7 @@ def resumed_config(args: argparse.Namespace, given: set[str]) -> TrainConfig:
                                 f"train script")
     try:
         saved = json.loads(saved_path.read_text())
+        saved = {**saved, **legacy_settings(saved)}
         known = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     except (json.JSONDecodeError, TypeError) as exc:
@@ -279,7 +328,11 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
     # recipe's consistency weight unless --consistency is given
     method_cls, spatial_dims = METHODS[args.method], len(preset.patch_size)
     network_kwargs.update(method_cls.network_options(spatial_dims))
-    consistency = args.consistency if args.consistency is not None else method_cls.recipe_consistency(spatial_dims)
+    recipe = method_cls.recipe(spatial_dims)
+    schedule = resolve_schedule(args.schedule, recipe, preset)
+    consistency = args.consistency if args.consistency is not None else (
+        recipe.weight(args.labelnum) if recipe else preset.consistency)
+    dice = recipe.dice if recipe and recipe.dice else preset.dice
     if len(args.patch_size) != len(preset.patch_size):
         raise ValueError(
             f"--patch_size needs {len(preset.patch_size)} values for {preset.dataset}, got {args.patch_size}"
@@ -290,16 +343,23 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
         exp=args.exp,
         method=args.method,
         labelnum=args.labelnum,
-        max_iteration=args.max_iteration,
+        schedule=args.schedule,
+        max_iteration=given_or(args.max_iteration, schedule.max_iterations),
         batch_size=args.batch_size,
         labeled_bs=args.labeled_bs,
         base_lr=args.base_lr,
-        lr_step=args.lr_step,
+        lr_policy=given_or(args.lr_policy, schedule.lr_policy),
+        lr_step=given_or(args.lr_step, schedule.lr_step),
         seed=args.seed,
         deterministic=args.deterministic,
-        consistency=preset.consistency if consistency is None else consistency,
+        consistency=consistency,
         ema_decay=args.ema_decay,
-        consistency_rampup=args.consistency_rampup,
+        consistency_rampup=given_or(args.consistency_rampup, schedule.consistency_rampup),
+        rampup_zero_based=bool(given_or(args.rampup_zero_based, schedule.rampup_zero_based)),
+        consistency_off=given_or(args.consistency_off, schedule.consistency_off),
+        dice_include_background=dice.include_background,
+        dice_squared_denominator=dice.squared_denominator,
+        dice_smooth=dice.smooth,
         magnitude=args.magnitude,
         lds_discrepancy=args.lds_discrepancy,
         xi=args.xi,
@@ -307,6 +367,7 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
         separation_weight=args.separation_weight,
         memory_size=args.memory_size,
         memory_keep=args.memory_keep,
+        memory_weights=args.memory_weights,
         ce_weight=args.ce_weight,
         patch_size=list(args.patch_size),
         network=preset.network,
@@ -338,6 +399,41 @@ def config_from_args(args: argparse.Namespace, preset: Preset, given: set[str] |
     return config
 
 
+def given_or(value, default):
+    """A flag's value when it was given (not None), else the schedule's."""
+    return default if value is None else value
+
+
+def resolve_schedule(name: str, recipe: Recipe | None, preset: Preset) -> Schedule:
+    """--schedule recipe: the method's recipe schedule where it has one; shared (or no recipe): the dataset's."""
+    if name not in SCHEDULE_CHOICES:
+        raise ValueError(f"--schedule must be one of {', '.join(SCHEDULE_CHOICES)}, got {name!r}")
+    if name == "recipe" and recipe is not None and recipe.schedule is not None:
+        return recipe.schedule
+    return preset.schedule
+
+
+def method_schedule(method: str, preset: Preset, name: str = "recipe") -> tuple[str, Schedule]:
+    """(label, schedule) that `--method method --schedule name` trains with on `preset`: label "recipe" when the
+    method's authors' schedule is used, "SS-Net" when SS-Net's schedule of the dataset is."""
+    recipe = METHODS[check_method_name(method)].recipe(len(preset.patch_size))
+    schedule = resolve_schedule(name, recipe, preset)
+    own = recipe is not None and recipe.schedule is not None and schedule == recipe.schedule
+    return ("recipe" if own and method != "ss_net" else "SS-Net"), schedule
+
+
+def legacy_settings(saved: dict) -> dict:
+    """Settings a run saved before they existed ran with (its behaviour then), for the keys `saved` lacks."""
+    preset = PRESETS.get(saved.get("dataset", ""))
+    legacy = {"schedule": "shared", "lr_policy": "step", "rampup_zero_based": False, "consistency_off": 0}
+    if saved.get("method", "ss_net") == "ss_net":
+        legacy["memory_weights"] = "learned"  # before the official prototype weights (beta = 1) became the default
+    if preset is not None:  # every method used its dataset's Dice
+        legacy.update(dice_include_background=preset.dice_include_background,
+                      dice_squared_denominator=preset.dice_squared_denominator, dice_smooth=preset.dice_smooth)
+    return {k: v for k, v in legacy.items() if k not in saved}
+
+
 def validate_config(config: TrainConfig) -> None:
     """Checks that need no data; data-dependent checks happen when the split is built."""
     if config.labeled_bs < 1 or config.labeled_bs > config.batch_size:
@@ -358,6 +454,11 @@ def validate_config(config: TrainConfig) -> None:
     if config.save_every < 1 or config.keep_checkpoints < 1:
         raise ValueError(f"--save_every ({config.save_every}) and --keep_checkpoints ({config.keep_checkpoints}) "
                          f"must be >= 1")
+    if config.lr_policy not in LR_POLICIES:
+        raise ValueError(f"--lr_policy must be one of {', '.join(LR_POLICIES)}, got {config.lr_policy!r}")
+    if config.lr_step < 0 or config.consistency_off < 0:
+        raise ValueError(f"--lr_step ({config.lr_step}) and --consistency_off ({config.consistency_off}) must be "
+                         f">= 0")
     if config.base_lr <= 0 or not math.isfinite(config.base_lr):
         raise ValueError(f"--base_lr must be a positive number, got {config.base_lr}")
     for name in config.track:

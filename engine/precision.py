@@ -3,7 +3,7 @@
     precision = Precision("bf16", device, logger)
     with precision.autocast():
         output = method.training_loss(labeled, unlabeled, iteration)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=False)
     precision.backward_and_step(output.loss, optimizer)
 
 "off" (the default) is plain fp32, the paper's math: no autocast region, no scaler, backward() + step().

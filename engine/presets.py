@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from methods.recipe import Dice, Schedule
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -18,8 +20,10 @@ class Preset:
     labeled_bs: int = 2
     base_lr: float = 0.01
     lr_step: int = 2500
+    lr_policy: str = "step"
     consistency: float = 1.0
     consistency_rampup: float = 40.0
+    rampup_zero_based: bool = False  # w(t) on the 0-based counter (the official 2-D script evaluates it first)
     magnitude: float = 10.0  # VAT epsilon
     lds_discrepancy: str = "pooled_dice"
     dice_include_background: bool = False
@@ -32,6 +36,16 @@ class Preset:
     nms: bool = False  # largest-connected-component post-processing in the test script
     foreground_classes: tuple[int, ...] = (1,)
     class_names: tuple[str, ...] = ()
+
+    @property
+    def schedule(self) -> Schedule:
+        """SS-Net's schedule on this dataset: the `--schedule shared` of every method."""
+        return Schedule(self.max_iteration, self.lr_policy, self.consistency_rampup, self.rampup_zero_based,
+                        lr_step=self.lr_step)
+
+    @property
+    def dice(self) -> Dice:
+        return Dice(self.dice_include_background, self.dice_squared_denominator, self.dice_smooth)
 
 
 LA = Preset(
@@ -75,8 +89,10 @@ ACDC = Preset(
     batch_size=24,
     labeled_bs=12,
     lr_step=0,
+    lr_policy="constant",
     consistency=0.1,
     consistency_rampup=200.0,
+    rampup_zero_based=True,
     magnitude=6.0,
     lds_discrepancy="class_mean_dice",
     dice_include_background=True,
@@ -114,8 +130,8 @@ NIFTI_2D = Preset(
     labelnum=0,
     labelnum_meaning="labeled training cases to use (the first N labeled cases left after validation; 0 = all)",
     patch_size=(256, 256),
-    max_iteration=30000, batch_size=24, labeled_bs=12, lr_step=0,
-    consistency=0.1, consistency_rampup=200.0, magnitude=6.0, lds_discrepancy="class_mean_dice",
+    max_iteration=30000, batch_size=24, labeled_bs=12, lr_step=0, lr_policy="constant",
+    consistency=0.1, consistency_rampup=200.0, rampup_zero_based=True, magnitude=6.0, lds_discrepancy="class_mean_dice",
     dice_include_background=True, dice_squared_denominator=True, dice_smooth=1e-10,
     eval_every=200, eval_start=200, nms=False,
 )

@@ -155,11 +155,13 @@ def load_resume_checkpoint(run_dir: Path, log=None) -> tuple[Path, dict] | None:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """'field: saved -> current' for every setting that changes the math of a resumed run.
 
-    A key missing from an older run's config counts as that field's default (the setting it ran with)."""
-    from engine.config import TrainConfig  # late: engine.config imports this module's RUNTIME_FIELDS lazily
+    A key missing from an older run's config counts as the value it ran with: engine.config.legacy_settings for
+    settings that came later with another default, else that field's default."""
+    from engine.config import TrainConfig, legacy_settings  # late: engine.config imports RUNTIME_FIELDS lazily
 
     defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
                 for f in fields(TrainConfig)}
+    saved = {**saved, **legacy_settings(saved)} if saved else saved
     keys = (set(saved) | set(current)) - RUNTIME_FIELDS
 
     def value(config: dict, key: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dataloaders import read_list
-from engine.config import add_speed_arguments, default_device, int_list
+from engine.config import DefaultsHelpFormatter, add_speed_arguments, default_device, int_list
 from engine.evaluate import evaluate_cases
 from engine.precision import PRECISION_MODES
 from engine.presets import Preset
@@ -189,7 +189,7 @@ def run_test(options: TestOptions) -> dict:
 
 
 def build_test_parser(preset: Preset, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="our best_model.pth / last_model.pth, or an official .pth")
     root_help = {"LA": "folder holding '2018LA_Seg_Training Set/'",
                  "ACDC": "folder holding 'data/' with the ACDC h5 volumes"}[preset.dataset]

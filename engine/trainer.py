@@ -41,7 +41,7 @@ from methods import METHODS, Batch, build_method
 from networks import build_network
 from utils.atomic import write_text_atomic
 from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.ramps import step_learning_rate
+from utils.ramps import learning_rate
 
 
 @dataclass
@@ -223,6 +223,7 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         path, state = resume
         network.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
+        restore_zero_gradients(optimizer)
         method.load_state_dict(state["method_state"])
         if "precision" in state["extra"]:
             precision.load_state_dict(state["extra"]["precision"])
@@ -326,11 +327,11 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
         loss_value, terms = ddp.mean_over_ranks(loss_value, terms)  # torchrun: logged values of the global batch
         if not math.isfinite(loss_value):
             raise_non_finite(iteration, loss_value, terms, run_dir, logger)
-        optimizer.zero_grad(set_to_none=True)
+        zero_gradients(optimizer)
         precision.backward_and_step(output.loss, optimizer, iteration)
         ddp.sync_buffers(network)  # torchrun: rank 0's BatchNorm statistics everywhere, so one model
         method.after_optimizer_step(iteration)  # EMA teachers, SASSNet's discriminator
-        lr = step_learning_rate(iteration, config.base_lr, config.lr_step)
+        lr = learning_rate(iteration, config.base_lr, config.lr_policy, config.lr_step, config.max_iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
         losses.append(loss_value)
@@ -390,6 +391,24 @@ def _train(config, task, split, unlabeled_ids, eval_lists, dataset, device, run_
     ddp.barrier()
     return TrainResult(run_dir, primary, last_path, best_score, best_iteration, losses, seconds,
                        {n: b.to_dict() for n, b in bests.items()}, start_iteration)
+
+
+def zero_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Zero the gradients in place, as PyTorch 1.8's `zero_grad()` did for the official scripts.
+
+    A parameter that has had a gradient keeps a zero one, so SGD's momentum and weight decay keep moving it in
+    iterations that leave it unused (a class absent from SS-Net's batch, its heads before the memory fills);
+    with `set_to_none=True` (PyTorch >= 2.0) such a parameter would stand still instead."""
+    optimizer.zero_grad(set_to_none=False)
+
+
+def restore_zero_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """After a resume: the zero gradients an uninterrupted run would hold. A parameter has one exactly when it
+    has been stepped before, i.e. when SGD keeps a momentum buffer for it."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None and optimizer.state.get(p, {}).get("momentum_buffer") is not None:
+                p.grad = torch.zeros_like(p)
 
 
 def raise_non_finite(iteration: int, loss: float, terms: dict[str, float], run_dir: Path, logger) -> None:

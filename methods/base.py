@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods.recipe import Recipe
 from utils.losses import dice_loss
+from utils.ramps import consistency_weight
 
 
 @dataclass
@@ -41,9 +43,12 @@ class MethodSettings:
     dice_squared_denominator: bool = False
     dice_smooth: float = 1e-8
     ce_weight: float = 0.0  # the official scripts compute CE but give it weight 0
-    # warm-up weight w(t) = consistency * ramp(t // 150, consistency_rampup)
+    # warm-up weight w(t) = consistency * ramp(t // 150, consistency_rampup); the ramp sees the 1-based iteration,
+    # or the 0-based one when rampup_zero_based (the official 2-D scripts evaluate w before their counter moves)
     consistency: float = 1.0
     consistency_rampup: float = 40.0
+    rampup_zero_based: bool = False
+    consistency_off: int = 0  # first iterations with the unlabeled term switched off (SSL4MIS Mean Teacher 2-D)
     # LDS / VAT (spec §3.5)
     lds_discrepancy: str = "pooled_dice"
     xi: float = 10.0
@@ -53,6 +58,7 @@ class MethodSettings:
     separation_weight: float = 0.1
     memory_size: int = 32
     memory_keep: str = "lowest"
+    memory_weights: str = "ones"  # prototype weights beta: "ones" = official code, "learned" = the paper
     # baselines: teacher EMA decay (Mean Teacher, UA-MT) and the run length (UA-MT's threshold ramp; 0 = none)
     ema_decay: float = 0.99
     max_iterations: int = 0
@@ -64,8 +70,8 @@ class Method:
     Contract with the trainer and the config:
     * `network_options(spatial_dims)`: constructor options the network needs (e.g. {"sdf_head": True}); the
       config merges them into `network_kwargs`, so config.json and checkpoints rebuild the right network.
-    * `recipe_consistency(spatial_dims)`: the maximum unlabeled-loss weight of the method's public recipe
-      (3 = LA, 2 = ACDC), used when --consistency is not given; None = the dataset preset (SS-Net's).
+    * `recipes[spatial_dims]` (3 = LA-like, 2 = ACDC-like): what the authors' code does (methods/recipe.py):
+      loss weight, schedule, Dice variant, each value cited in the docstring; no entry = SS-Net's settings.
     * `after_optimizer_step(iteration)`: called by the trainer right after `optimizer.step()` (EMA teachers,
       SASSNet's discriminator step).
     * `state_dict()` / `load_state_dict()`: everything else needed to resume exactly (teacher weights and
@@ -78,7 +84,7 @@ class Method:
 
     name = "base"
     uses_unlabeled = True  # False: the trainer draws labeled-only batches
-    consistency_by_dims: dict[int, float] = {}  # recipe max weight per spatial dims; empty = dataset preset
+    recipes: dict[int, Recipe] = {}  # per spatial dims; empty = SS-Net's settings of the dataset
     supervised_weight: float = 1.0
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
@@ -92,8 +98,8 @@ class Method:
         return {}
 
     @classmethod
-    def recipe_consistency(cls, spatial_dims: int) -> float | None:
-        return cls.consistency_by_dims.get(spatial_dims)
+    def recipe(cls, spatial_dims: int) -> Recipe | None:
+        return cls.recipes.get(spatial_dims)
 
     def _check_network_options(self, network: nn.Module) -> None:
         needed = self.network_options(network.spatial_dims)
@@ -114,6 +120,15 @@ class Method:
 
     def after_optimizer_step(self, iteration: int) -> None:
         """Called by the trainer right after optimizer.step() of `iteration` (1-based); no-op by default."""
+
+    def recipe_counter(self, iteration: int) -> int:
+        """The trainer's 1-based `iteration` as the recipe's script counts it when it evaluates its ramps."""
+        return iteration - 1 if self.settings.rampup_zero_based else iteration
+
+    def warmup_weight(self, iteration: int) -> float:
+        """w(t) of the unlabeled terms at the trainer's 1-based `iteration`, on the counter the recipe uses."""
+        s = self.settings
+        return consistency_weight(self.recipe_counter(iteration), s.consistency, s.consistency_rampup)
 
     def require_unlabeled(self, unlabeled: Batch | None) -> Batch:
         if unlabeled is None or len(unlabeled) == 0:

@@ -1,13 +1,19 @@
 """MC-Net: two decoders with different up-sampling trained for sharpened mutual consistency.
 
-Wu et al., "Semi-supervised Left Atrium Segmentation with Mutual Consistency Training", MICCAI 2021; public
-recipe ycwu1997/MC-Net (`train_mcnet_3d.py` with `mcnet3d_v1`, `train_mcnet_2d.py` with `mcnet2d_v1`):
-* network: one encoder, two decoders (`num_decoders=2`): V-Net decoder 1 transposed convs, decoder 2
-  trilinear interpolation + conv; U-Net decoder 1 bilinear, decoder 2 transposed convs;
-* supervised = lambda sum over the decoders of the Dice loss, lambda = 0.5 (CE is computed but unused);
+Wu et al., "Semi-supervised Left Atrium Segmentation with Mutual Consistency Training", MICCAI 2021.
+* network: one encoder, two decoders (`num_decoders=2`): V-Net decoder 1 transposed convs, decoder 2 trilinear
+  up-sampling with align_corners=True + conv (`code/networks/VNet.py:99-103`); U-Net decoder 1 bilinear, decoder
+  2 transposed convs (`code/networks/unet.py:141-165`);
 * mutual consistency on the whole batch: sum over ordered pairs i != j of mean((p_i - sharpen(p_j, T))^2),
-  T = 0.1, sharpening element-wise p^(1/T) / (p^(1/T) + (1-p)^(1/T)), no detach (as the recipe);
-* weight w(t) = lambda_c ramp(t // 150, L): lambda_c = 1.0 (LA) / 0.1 (ACDC), L = 40 / 200.
+  T = 0.1, sharpening element-wise p^(1/T) / (p^(1/T) + (1-p)^(1/T)), nothing detached;
+* supervised = lambda sum over the decoders of the Dice loss (CE computed but unused).
+LA (3-D): ycwu1997/MC-Net @ fee453c `code/train_mcnet_3d.py`: 15,000 iterations (:37), LR 0.01 never changed
+(:41; no LR update in the loop), lambda_c 1.0 and ramp 40 (:46-47), w after the counter's increment (:160-161),
+T 0.1 (:48), lambda 0.5 (:49, :163) with SS-Net's foreground Dice (plain sums, smooth 1e-8).
+ACDC (2-D): `code/train_mcnet_2d.py`: 30,000 iterations (:39), constant LR (:99), lambda_c 0.1 and ramp 200
+(:51-52), w after the increment (:141-142); lambda 1 (:54) with a Dice without the factor 2, 1 - I / (sum p^2 +
+sum g^2 + 1e-10) (`code/utils/losses.py:35-56`), which has the gradient of lambda 0.5 with the usual Dice; we use
+the latter (the logged loss is 0.5 per decoder lower).
 Inference: decoder 1 (`logits`), as the published test code.
 """
 from __future__ import annotations
@@ -15,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from methods.base import Batch, Method, MethodOutput
+from methods.recipe import SSNET_ACDC_DICE, SSNET_LA_DICE, Recipe, Schedule
 from utils.losses import mutual_consistency_loss
-from utils.ramps import consistency_weight
 
 SUPERVISED_WEIGHT = 0.5  # lambda
 TEMPERATURE = 0.1
@@ -24,7 +30,16 @@ TEMPERATURE = 0.1
 
 class MCNet(Method):
     name = "mc_net"
-    consistency_by_dims = {3: 1.0, 2: 0.1}
+    recipes = {
+        3: Recipe("ycwu1997/MC-Net @ fee453c `code/train_mcnet_3d.py`",
+                  ":37 iterations, :41 LR never changed, :46-47 lambda and ramp, :160-161 w after the increment, "
+                  ":49/:163 lambda 0.5, `code/networks/VNet.py:102` align_corners", 1.0,
+                  Schedule(15000, "constant", 40.0, rampup_zero_based=False), SSNET_LA_DICE),
+        2: Recipe("ycwu1997/MC-Net @ fee453c `code/train_mcnet_2d.py`",
+                  ":39 iterations, :99 LR never changed, :51-52 lambda and ramp, :141-142 w after the increment, "
+                  ":54 lambda 1 with `code/utils/losses.py:35-56` Dice", 0.1,
+                  Schedule(30000, "constant", 200.0, rampup_zero_based=False), SSNET_ACDC_DICE),
+    }
 
     @classmethod
     def network_options(cls, spatial_dims: int) -> dict:
@@ -32,14 +47,13 @@ class MCNet(Method):
 
     def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
         unlabeled = self.require_unlabeled(unlabeled)
-        s = self.settings
         n = len(labeled)
         out = self.network(torch.cat([labeled.image, unlabeled.image]))
         outputs = [out.logits, *out.decoder_logits]
         dices, term_dicts = zip(*(self.supervised_loss(o[:n], labeled.label) for o in outputs), strict=True)
         supervised = SUPERVISED_WEIGHT * sum(dices)
         consistency = mutual_consistency_loss([torch.softmax(o, dim=1) for o in outputs], TEMPERATURE)
-        weight = consistency_weight(iteration, s.consistency, s.consistency_rampup)
+        weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * consistency
         terms = {**term_dicts[0], "total": loss.detach(), "supervised": supervised.detach(),
                  "consistency": consistency.detach(), "consistency_weight": torch.tensor(weight)}

@@ -1,10 +1,26 @@
 """Mean Teacher: consistency between the student and an EMA teacher on noisy unlabeled inputs.
 
-Tarvainen & Valpola, NeurIPS 2017, as the UA-MT code base (yulequan/UA-MT, LA) and SSL4MIS
-(`train_mean_teacher_2D.py` / `_3D.py`) run it. Recipe (both): EMA decay 0.99 with a = min(1 - 1/(t+1), 0.99);
-teacher input = unlabeled image + clip(N(0, 0.1^2), -0.2, 0.2); consistency = mean squared difference of the
-softmax outputs on the unlabeled part; supervised = (CE + Dice) / 2; weight w(t) = 0.1 ramp(t // 150, L) with
-L = 40 (LA) / 200 (ACDC). The student is evaluated (main output `logits`); the teacher is never tested.
+Tarvainen & Valpola, NeurIPS 2017. Common to both recipes: EMA decay 0.99 with a = min(1 - 1/(s+1), 0.99) on the
+0-based step s (the first update copies the student); the teacher stays in training mode; teacher input = unlabeled
+image + clip(N(0, 0.1^2), -0.2, 0.2); consistency = mean squared difference of the softmax outputs on the unlabeled
+part; supervised = (CE + Dice) / 2.
+
+LA (3-D): there is no authors' Mean Teacher script for LA (yulequan/UA-MT, all 9 commits, holds only its
+supervised `train_LA.py` and the two UA-MT scripts). We use UA-MT's LA code base without the uncertainty mask,
+yulequan/UA-MT @ 88ed29a `code/train_LA_meanteacher_certainty_unlabel.py`: 6,000 iterations (:28), EMA 0.99
+(:36, :68-72, updated with the counter before its increment, :182), lambda 0.1 and ramp 40 (:38-39), w evaluated
+before the increment (:171), noise (:146-147), (CE + Dice) / 2 (:166-169), LR x0.1 every 2,500 after the increment
+(:239-242); Dice on the foreground channel with squared sums and smooth 1e-5 (`code/utils/losses.py:5-13`).
+
+ACDC (2-D): HiLab-git/SSL4MIS @ 06df604 `code/train_mean_teacher_2D.py`: 30,000 iterations (:37-38), lambda 0.1
+and ramp 200 (:60-63), w before the increment (:169), consistency 0 while the counter is below 1,000 (:170-171; the
+teacher still runs), EMA 0.99 with the counter before its increment (:57, :85-89, :179), noise (:154-156),
+(CE + Dice) / 2 (:164-168), poly LR computed after the step from the counter before its increment (:180-184);
+`DiceLoss` over all 4 classes, squared sums, smooth 1e-5 (`code/utils/losses.py:156-192`).
+
+Deviation: the teacher starts as a copy of the student (the scripts build a second, independently initialised
+network; the first EMA update overwrites it, so only the first iteration's teacher output differs).
+The student is evaluated (main output `logits`); the teacher is never tested.
 """
 from __future__ import annotations
 
@@ -13,8 +29,8 @@ from torch import Tensor, nn
 
 from methods.base import Batch, Method, MethodOutput, MethodSettings
 from methods.ema import cpu_state, ema_update, make_teacher
+from methods.recipe import SSL4MIS_DICE, UAMT_LA_DICE, UAMT_LA_SCHEDULE, Recipe, Schedule
 from utils.losses import softmax_mse
-from utils.ramps import consistency_weight
 
 NOISE_STD = 0.1
 NOISE_CLIP = 0.2
@@ -27,30 +43,43 @@ def input_noise(images: Tensor) -> Tensor:
 
 class MeanTeacher(Method):
     name = "mean_teacher"
-    consistency_by_dims = {3: 0.1, 2: 0.1}
+    recipes = {
+        3: Recipe("yulequan/UA-MT @ 88ed29a `code/train_LA_meanteacher_certainty_unlabel.py`",
+                  ":28 iterations, :38-39 lambda and ramp, :171 w before the increment, :239-242 LR, "
+                  "`code/utils/losses.py:5-13` Dice", 0.1, UAMT_LA_SCHEDULE, UAMT_LA_DICE,
+                  note="no authors' Mean Teacher LA script: UA-MT's LA code base without the uncertainty"),
+        2: Recipe("HiLab-git/SSL4MIS @ 06df604 `code/train_mean_teacher_2D.py`",
+                  ":37-38 iterations, :60-63 lambda and ramp, :169 w before the increment, :170-171 off below "
+                  "1,000, :180-184 poly LR, `code/utils/losses.py:156-192` Dice", 0.1,
+                  Schedule(30000, "poly", 200.0, rampup_zero_based=True, consistency_off=1000), SSL4MIS_DICE),
+    }
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
         super().__init__(network, settings)
         self.teacher = make_teacher(network)
 
     @torch.no_grad()
-    def teacher_probs(self, images: Tensor) -> Tensor:
+    def teacher_probs(self, noisy_images: Tensor) -> Tensor:
         self.teacher.train()
-        return torch.softmax(self.teacher(images + input_noise(images)).logits, dim=1)
+        return torch.softmax(self.teacher(noisy_images).logits, dim=1)
 
-    def consistency(self, student_logits: Tensor, images: Tensor, iteration: int) -> tuple[Tensor, dict]:
+    def consistency(self, student_logits: Tensor, images: Tensor, noise: Tensor, iteration: int
+                    ) -> tuple[Tensor, dict]:
         """Unlabeled consistency term and extra log terms; UA-MT overrides this."""
-        return softmax_mse(student_logits, self.teacher_probs(images)), {}
+        loss = softmax_mse(student_logits, self.teacher_probs(images + noise))
+        if iteration <= self.settings.consistency_off:  # the teacher still ran: same random draws as the recipe
+            loss = loss.new_zeros(())
+        return loss, {}
 
     def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
         unlabeled = self.require_unlabeled(unlabeled)
-        s = self.settings
         n = len(labeled)
+        noise = input_noise(unlabeled.image)  # drawn before the student's forward, as in both recipes
         logits = self.network(torch.cat([labeled.image, unlabeled.image])).logits
         dice, ce = self.dice_and_ce(logits[:n], labeled.label)
         supervised = 0.5 * (dice + ce)
-        consistency, extra = self.consistency(logits[n:], unlabeled.image, iteration)
-        weight = consistency_weight(iteration, s.consistency, s.consistency_rampup)
+        consistency, extra = self.consistency(logits[n:], unlabeled.image, noise, iteration)
+        weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * consistency
         terms = {"total": loss.detach(), "dice": dice.detach(), "ce": ce.detach(), "supervised": supervised.detach(),
                  "consistency": consistency.detach(), "consistency_weight": torch.tensor(weight), **extra}

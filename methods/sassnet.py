@@ -1,20 +1,28 @@
 """SASSNet: a signed-distance head trained on labels plus an adversarial shape prior on unlabeled data.
 
-Li, Zhang & He, "Shape-aware Semi-supervised 3D Semantic Segmentation for Medical Images", MICCAI 2020;
-public recipe kleinzcy/SASSnet (`train_gan_sdfloss.py`, `networks/discriminator.py`):
+Li, Zhang & He, "Shape-aware Semi-supervised 3D Semantic Segmentation for Medical Images", MICCAI 2020.
+LA (3-D) recipe: kleinzcy/SASSnet @ 1761aa8 `code/train_gan_sdfloss.py` (the README's command):
 * network: the segmentation network plus a tanh signed-distance head (`sdf_head=True`, one channel per
-  foreground class; the recipe's LA network has one);
-* supervised = Dice + beta MSE(sdf, normalised SDF of the label), beta = 0.3 (CE is computed but unused);
-* a discriminator D(sdf, image) -> {unlabeled, labeled} logits: conv 4, stride 2, 64 channels on the SDF map
-  and on the image, summed, then 128, 256, 512 channels (LeakyReLU 0.2, channel dropout 0.5), average
-  pooling and Linear(512, 2); trained with Adam (lr 1e-4, betas 0.9 / 0.99), its own optimiser, after each
-  segmentation step on the whole batch predicted by the segmentation network in eval mode without
-  gradient (labeled -> 1, unlabeled -> 0);
-* adversarial term: CE(D(sdf_unlabeled, image_unlabeled), "labeled") with D in eval mode, weight
-  w(t) = 0.01 ramp(t // 150, L), L = 40 (LA) / 200 (ACDC).
-The recipe pools D with a fixed 7×7×5 window (the output size for 112×112×80 crops); we pool globally, which
-is the same there and works for any crop. There is no authors' ACDC recipe; the 2-D variant uses the same
-settings with 2-D convolutions. Inference: the segmentation logits (main decoder), not the SDF.
+  foreground class; `code/networks/vnet_sdf.py:181-183`, both heads on the dropped-out x9);
+* supervised = Dice + beta MSE(sdf, normalised SDF of the label), beta = 0.3 (:42, :164-170); the Dice is on the
+  foreground with squared sums and smooth 1e-5 (:166, `code/utils/losses.py:7-15`); the BCE is computed but unused;
+* a discriminator D(sdf, image) -> {unlabeled, labeled} logits (`code/networks/discriminator.py:54-98`): conv 4,
+  stride 2, 64 channels on the SDF map and on the image, summed, LeakyReLU 0.2 and channel dropout 0.5, then 128,
+  256 (each LeakyReLU + dropout), 512 (LeakyReLU), average pooling and Linear(512, 2); trained with Adam (lr 1e-4,
+  betas 0.9 / 0.99; :37, :124), after each segmentation step, on the whole batch predicted by the updated network
+  in eval mode without gradient (labeled -> 1, unlabeled -> 0; :185-200); the gradients the generator step left in
+  D are discarded first (:198);
+* adversarial term: CE(D(sdf_unlabeled, image_unlabeled), "labeled") with D in eval mode (:172-174), weight
+  w(t) = lambda ramp(s // 150, 40) on the counter before its increment (:47-48, :168): lambda = 0.01 with 16
+  labeled scans, 0.015 with 8 (README.md:20-23); with 4 (not in the README) we use 0.015, the smaller budget's;
+* 6,000 iterations (:33), LR x0.1 every 2,500 after the increment (:221-224).
+The recipe pools D with a fixed 7x7x5 window (the output size for 112x112x80 crops); we pool globally, which is
+the same there and works for any crop. The recipe's segmentation output is one sigmoid channel; ours is a 2-class
+softmax (the same function class; thresholding p > 0.5 is argmax).
+ACDC (2-D): there is no authors' recipe (kleinzcy/SASSnet is 3-D only; SSL4MIS and MC-Net have none). We run the
+same method with 2-D convolutions, the LA weights above and SS-Net's ACDC schedule and Dice: the paper's ACDC rows
+of the baselines were produced by SS-Net's authors, whose 2-D scripts (SS-Net, MC-Net) train 30,000 iterations
+at a constant LR. Inference: the segmentation logits (main decoder), not the SDF.
 """
 from __future__ import annotations
 
@@ -24,8 +32,8 @@ from torch import Tensor, nn
 
 from methods.base import Batch, Method, MethodOutput, MethodSettings
 from methods.ema import cpu_state
+from methods.recipe import UAMT_LA_DICE, UAMT_LA_SCHEDULE, Recipe
 from utils.losses import signed_distance_map
-from utils.ramps import consistency_weight
 
 SDF_WEIGHT = 0.3  # beta
 DISCRIMINATOR_LR = 1e-4
@@ -59,7 +67,15 @@ class ShapeDiscriminator(nn.Module):
 
 class SASSNet(Method):
     name = "sassnet"
-    consistency_by_dims = {3: 0.01, 2: 0.01}
+    recipes = {
+        3: Recipe("kleinzcy/SASSnet @ 1761aa8 `code/train_gan_sdfloss.py`",
+                  ":33 iterations, :47-48 lambda and ramp, README.md:20-23 lambda 0.015 with 8 labels, :168 w "
+                  "before the increment, :221-224 LR, :42 beta, :37/:124 Adam, `code/utils/losses.py:7-15` Dice",
+                  0.01, UAMT_LA_SCHEDULE, UAMT_LA_DICE, consistency_by_labelnum=((8, 0.015),),
+                  note="lambda 0.015 with 8 labeled (README), 0.01 with 16; 4 labeled (not given): 0.015"),
+        2: Recipe("kleinzcy/SASSnet (3-D only)", "", 0.01,
+                  note="no authors' 2-D recipe: SASSNet's LA weights on SS-Net's ACDC schedule and Dice"),
+    }
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
         super().__init__(network, settings)
@@ -76,7 +92,6 @@ class SASSNet(Method):
 
     def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
         unlabeled = self.require_unlabeled(unlabeled)
-        s = self.settings
         n = len(labeled)
         images = torch.cat([labeled.image, unlabeled.image])
         out = self.network(images)
@@ -87,7 +102,7 @@ class SASSNet(Method):
         verdict = self.discriminator(out.sdf[n:], unlabeled.image)
         # the segmentation network wants its unlabeled shapes to pass as labeled ones
         adversarial = F.cross_entropy(verdict, torch.full((len(unlabeled),), LABELED, device=images.device))
-        weight = consistency_weight(iteration, s.consistency, s.consistency_rampup)
+        weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * adversarial
         self._last_batch = (images.detach(), n)
         terms.update(total=loss.detach(), supervised=supervised.detach(), sdf=sdf_loss.detach(),

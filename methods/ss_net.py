@@ -1,8 +1,10 @@
 """SS-Net: supervised Dice + w(t) [ LDS (VAT, Dice discrepancy) + 0.1 (class separation, labeled + unlabeled) ].
 
 Wu et al., "Exploring Smoothness and Class-Separation for Semi-supervised Medical Image Segmentation",
-MICCAI 2022. Behaviour follows the official code where it differs from the paper (spec §3.3, §6); the
-memory ranking can be switched to the paper's "highest-ranked" choice with memory_keep="highest".
+MICCAI 2022. Behaviour follows the official code (ycwu1997/SS-Net, `train_ss_3d.py` / `train_ss_2d.py`) where it
+differs from the paper; the paper's versions are settings: memory_keep="highest" (the paper's "highest-ranked"
+prototypes; the code keeps the lowest-scored) and memory_weights="learned" (learned prototype weights; in the code
+they are all 1).
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from methods.base import Batch, Method, MethodOutput, MethodSettings
+from methods.recipe import SSNET_ACDC_DICE, SSNET_ACDC_SCHEDULE, SSNET_LA_DICE, SSNET_LA_SCHEDULE, Recipe
 from utils.losses import LDS_DISCREPANCIES, class_separation_loss, vat_lds_loss
 from utils.prototype_memory import PrototypeMemory
-from utils.ramps import consistency_weight
 
 
 def voxel_vectors(features: Tensor) -> Tensor:
@@ -34,6 +36,14 @@ def eval_mode(module: nn.Module):
 
 class SSNet(Method):
     name = "ss_net"
+    recipes = {
+        3: Recipe("ycwu1997/SS-Net @ c0a8bf6 `code/train_ss_3d.py`",
+                  ":26 iterations, :35-36 lambda and ramp, :163-175 w after the increment, :177 loss, :232-235 LR, "
+                  "`code/utils/losses.py:44-48` Dice", 1.0, SSNET_LA_SCHEDULE, SSNET_LA_DICE),
+        2: Recipe("ycwu1997/SS-Net @ c0a8bf6 `code/train_ss_2d.py`",
+                  ":29 iterations, :41-42 lambda and ramp, :165-172 w before the increment, :93 constant LR, "
+                  "`code/utils/losses.py:6-42` Dice", 0.1, SSNET_ACDC_SCHEDULE, SSNET_ACDC_DICE),
+    }
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
         super().__init__(network, settings)
@@ -65,9 +75,8 @@ class SSNet(Method):
     def _separation(self, features: Tensor, labels: Tensor) -> Tensor:
         net = self.network
         predicted_features = net.predict(net.project(voxel_vectors(features)))
-        return class_separation_loss(
-            predicted_features, labels.reshape(-1), self.memory.prototypes, net.feature_selector, net.memory_selector
-        )
+        return class_separation_loss(predicted_features, labels.reshape(-1), self.memory.prototypes,
+                                     net.feature_selector, net.memory_selector, self.settings.memory_weights)
 
     def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
         if unlabeled is None or len(unlabeled) == 0:
@@ -89,7 +98,7 @@ class SSNet(Method):
         lds = vat_lds_loss(
             self.network, images, self.discrepancy, xi=s.xi, epsilon=s.epsilon, power_iterations=s.power_iterations
         )
-        weight = consistency_weight(iteration, s.consistency, s.consistency_rampup)
+        weight = self.warmup_weight(iteration)
         regularisers = lds + s.separation_weight * (separation_l + separation_u)
         loss = self.supervised_weight * supervised + weight * regularisers
         terms.update(

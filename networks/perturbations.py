@@ -1,10 +1,11 @@
 """Feature perturbations and the pyramid (deep-supervision) outputs used by URPC.
 
-URPC (Luo et al., MICCAI 2021 / MedIA 2022; public recipe: SSL4MIS `UNet_URDS`) perturbs the feature map of
-each auxiliary decoder stage differently during training, so the pyramid predictions disagree where the model
-is unsure: channel dropout (p = 0.5) on the deepest stage, attention-based feature dropout on the middle one,
-multiplicative uniform noise (±0.3) on the shallowest. All randomness comes from torch's generator, so a
-seeded run is reproducible.
+URPC (Luo et al., MICCAI 2021 / MedIA 2022; public recipe: SSL4MIS `UNet_URPC`, `code/networks/unet.py:209-301`)
+perturbs the input of each auxiliary classifier differently during training, so the pyramid predictions disagree
+where the model is unsure: element-wise dropout (p = 0.5) on the deepest stage (`F.dropout`; it was channel
+dropout in SSL4MIS until Dec 2021), attention-based feature dropout on the middle one, multiplicative uniform
+noise (±0.3) on the shallowest. The decoder itself continues with the unperturbed features. All randomness comes
+from torch's generator (SSL4MIS draws the feature-dropout fraction with NumPy), so a seeded run is reproducible.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from torch import nn
 
 FEATURE_DROPOUT_RANGE = (0.7, 0.9)  # threshold = max(channel-mean attention) x U(0.7, 0.9)
 FEATURE_NOISE_RANGE = 0.3  # x + x * U(-0.3, 0.3), one noise map shared by the batch
-CHANNEL_DROPOUT = 0.5
+DROPOUT = 0.5
 
 
-def channel_dropout(x: torch.Tensor, p: float = CHANNEL_DROPOUT) -> torch.Tensor:
-    """Drop whole channels (Dropout2d / Dropout3d semantics) of (B, C, *spatial), training mode only."""
-    return F.dropout3d(x, p) if x.ndim == 5 else F.dropout2d(x, p)
+def element_dropout(x: torch.Tensor, p: float = DROPOUT) -> torch.Tensor:
+    """Element-wise dropout of (B, C, *spatial) with 1/(1-p) scaling (called in training only)."""
+    return F.dropout(x, p, training=True)
 
 
 def feature_dropout(x: torch.Tensor, low: float = FEATURE_DROPOUT_RANGE[0],
@@ -40,8 +41,8 @@ def feature_noise(x: torch.Tensor, uniform_range: float = FEATURE_NOISE_RANGE) -
     return x + x * noise.unsqueeze(0)
 
 
-# shallow -> deep: the 1/2-resolution stage gets noise, the 1/4 one feature dropout, the 1/8 one channel dropout
-PYRAMID_PERTURBATIONS = (feature_noise, feature_dropout, channel_dropout)
+# shallow -> deep: the 1/2-resolution stage gets noise, the 1/4 one feature dropout, the 1/8 one dropout
+PYRAMID_PERTURBATIONS = (feature_noise, feature_dropout, element_dropout)
 
 
 def pyramid_logits(

@@ -68,11 +68,14 @@ class UpStage(nn.Module):
 
 
 class InterpolationUpStage(nn.Module):
-    """×2 interpolation (trilinear or nearest) → 3×3×3 conv (pad 1) → BN → ReLU: MC-Net's second/third decoder."""
+    """×2 interpolation (trilinear or nearest) → 3×3×3 conv (pad 1) → BN → ReLU: MC-Net's second/third decoder.
+
+    Trilinear with align_corners=True, as MC-Net's `Upsampling_function` (ycwu1997/MC-Net `code/networks/VNet.py:102`).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, mode: str) -> None:
         super().__init__()
-        align = {} if mode == "nearest" else {"align_corners": False}
+        align = {} if mode == "nearest" else {"align_corners": True}
         self.conv = nn.Sequential(
             nn.Upsample(scale_factor=2, mode=mode, **align),
             *_conv_bn_relu(nn.Conv3d(in_channels, out_channels, 3, padding=1), out_channels),

@@ -17,7 +17,8 @@ from utils.atomic import write_text_atomic
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 PERCENT = ("dice", "jaccard")  # fractions in the test CSVs, percent in the tables (as the paper)
-CASE_COLUMNS = ("mode", "protocol", "budget", "labelnum", "method", "role", "seed", "checkpoint", "case", "class",
+CASE_COLUMNS = ("mode", "protocol", "budget", "labelnum", "method", "role", "schedule", "iterations", "seed",
+                "checkpoint", "case", "class",
                 "class_name", "dice", "jaccard", "hd95", "asd", "assd", "empty_pred", "empty_ref")
 REFERENCE_METHOD = "ss_net"
 
@@ -80,6 +81,7 @@ def summary_table(case_rows: list[dict], published: dict, dataset: str) -> list[
         paper = paper_entry(published, dataset, method, budget)
         row = {"mode": rows[0]["mode"], "protocol": protocol, "budget": budget,
                "labelnum": rows[0]["labelnum"], "method": method, "role": rows[0]["role"],
+               "schedule": rows[0].get("schedule", ""), "iterations": rows[0].get("iterations", ""),
                "n_seeds": len(per_seed), "seeds": " ".join(str(s) for s in sorted(per_seed)),
                "n_cases": len({r["case"] for r in rows})}
         for m in METRICS:
@@ -151,8 +153,8 @@ def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: 
                   f"{protocol}; paper = published number (data/paper_results.json); Δ = ours − paper; empty pred. "
                   "= (case, class, seed) pairs with an empty prediction, which score 0 on every metric (official "
                   "rule; flatters 95HD / ASD).", ""]
-        head = "| budget | labeled | method | seeds |"
-        rule = "|---|---|---|---|"
+        head = "| budget | labeled | method | schedule | seeds |"
+        rule = "|---|---|---|---|---|"
         for name in ("Dice (%)", "Jaccard (%)", "95HD", "ASD"):
             head += f" {name} | paper | Δ |"
             rule += "---|---|---|"
@@ -161,7 +163,9 @@ def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: 
         lines += [head, rule]
         for r in (r for r in table if r["protocol"] == protocol):
             role = {"lower_bound": " (labeled only)", "upper_bound": " (all labels)"}.get(r["role"], "")
-            cells = f"| {r['budget']} | {r['labelnum']} | {r['method']}{role} | {r['n_seeds']} |"
+            iterations = f", {int(r['iterations']):,} it" if str(r.get("iterations", "")).isdigit() else ""
+            cells = (f"| {r['budget']} | {r['labelnum']} | {r['method']}{role} | {r.get('schedule', '')}{iterations} |"
+                     f" {r['n_seeds']} |")
             for m in METRICS:
                 cells += (f" {_cell(r[m + '_mean'], r[m + '_sd'])} | {_cell(r[m + '_paper'])} |"
                           f" {_diff(r[m + '_diff'])} |")
@@ -183,7 +187,8 @@ def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: 
     return "\n".join(lines)
 
 
-SUMMARY_COLUMNS = ["mode", "protocol", "budget", "labelnum", "method", "role", "n_seeds", "seeds", "n_cases",
+SUMMARY_COLUMNS = ["mode", "protocol", "budget", "labelnum", "method", "role", "schedule", "iterations", "n_seeds",
+                   "seeds", "n_cases",
                    *[f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "paper", "diff")],
                    "n_empty_pred", "paper_source", "paper_verified"]
 PAIRED_COLUMNS = ["mode", "protocol", "budget", "reference", "method", "metric", "n_cases", "seeds",

@@ -54,7 +54,8 @@ class GridOptions:
     results_dir: str = ""  # default results (quick: results/quick)
     device: str = "cpu"
     num_workers: int = 4
-    max_iteration: int | None = None  # None: the preset's (the paper's) schedule
+    max_iteration: int | None = None  # None: each method's schedule (see `schedule`)
+    schedule: str = "recipe"  # recipe: each baseline on its authors' schedule; shared: SS-Net's for every method
     train_args: list[str] = field(default_factory=list)  # extra train flags for every run (mark the schedule changed)
     quick: bool = False
     dry_run: bool = False
@@ -139,7 +140,7 @@ def quick_data(dataset: str, root_path: str, work: Path) -> tuple[str, str, list
 # ---- one run, one evaluation ---------------------------------------------------------------------------------
 
 
-GRID_FLAGS = ("--method", "--labelnum", "--seed", "--select", "--run_dir", "--max_iteration", "--device",
+GRID_FLAGS = ("--method", "--labelnum", "--seed", "--select", "--run_dir", "--max_iteration", "--schedule", "--device",
               "--num_workers", "--exp", "--root_path", "--lists_dir", "--resume", "--track", "--no_progress")
 
 
@@ -163,7 +164,8 @@ def check_train_args(dataset: str, extra: list[str]) -> None:
 def train_config(run: Run, options: GridOptions, extra_flags: list[str]) -> TrainConfig:
     preset = PRESETS[run.dataset]
     flags = ["--method", run.method, "--labelnum", str(run.labelnum), "--seed", str(run.seed), "--select", run.select,
-             "--run_dir", str(run.run_dir), "--max_iteration", str(run.max_iteration), "--device", options.device,
+             "--run_dir", str(run.run_dir), "--max_iteration", str(run.max_iteration), "--schedule", run.schedule,
+             "--device", options.device,
              "--num_workers", str(options.num_workers), "--exp", f"{run.dataset}_reproduce", *extra_flags]
     if options.root_path:
         flags += ["--root_path", options.root_path]
@@ -230,12 +232,18 @@ def case_rows_of(evaluation: Evaluation, mode: str) -> list[dict]:
         for r in metrics:
             rows.append({**r, "mode": mode, "protocol": protocol, "budget": run.budget, "labelnum": run.labelnum,
                          "method": run.method, "role": run.role, "seed": run.seed,
+                         "schedule": run.schedule_label, "iterations": run.max_iteration,
                          "checkpoint": str(run.run_dir / evaluation.checkpoint),
                          **{k: float(r[k]) for k in ("dice", "jaccard", "hd95", "asd", "assd")}})
     return rows
 
 
 # ---- the grid ------------------------------------------------------------------------------------------------
+
+
+def shortened(max_iteration: int | None, extra: list[str]) -> str:
+    what = [f"{max_iteration:,} iterations per run instead of each method's schedule"] if max_iteration else []
+    return "; ".join(what + ([f"extra train flags {shlex.join(extra)}"] if extra else []))
 
 
 def run_grid(options: GridOptions) -> GridResult:
@@ -249,7 +257,7 @@ def run_grid(options: GridOptions) -> GridResult:
     results_dir = Path(options.results_dir or ("results/quick" if options.quick else "results"))
     extra = list(options.train_args)
     budgets = list(options.budgets)
-    max_iteration = options.max_iteration or preset.max_iteration
+    max_iteration = options.max_iteration
     if options.quick:
         synthetic = not options.root_path
         options.root_path, options.lists_dir, quick_budgets = quick_data(dataset, options.root_path, runs_dir)
@@ -261,11 +269,11 @@ def run_grid(options: GridOptions) -> GridResult:
     methods = list(dict.fromkeys(options.methods or all_methods()))
     check_train_args(dataset, list(options.train_args))
     plan = plan_grid(dataset, budgets, methods, options.seeds, options.protocols, runs_dir, max_iteration,
-                     options.lists_dir)
+                     options.lists_dir, options.schedule)
     for run in plan.runs:  # every cell's settings are checked before the first hour of training
         train_config(run, options, extra)
-    banner = QUICK_BANNER if options.quick else (f"*** {SHORTENED_MODE} ({max_iteration:,} iterations; the paper: "
-                                                 f"{preset.max_iteration:,}) ***" if mode == SHORTENED_MODE else "")
+    banner = QUICK_BANNER if options.quick else (f"*** {SHORTENED_MODE} ({shortened(max_iteration, extra)}) ***"
+                                                 if mode == SHORTENED_MODE else "")
     timings = load_timings(runs_dir, options.timing)
     result = GridResult(plan, mode=mode)
     if options.dry_run:
@@ -315,17 +323,21 @@ def selection_note(run: Run) -> str:
             f"{run.max_iteration} (evaluations start later), so its best checkpoint is the last one")
 
 
-def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int, extra: list[str],
+def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int | None, extra: list[str],
                  banner: str, runs_dir: Path) -> list[str]:
-    preset = PRESETS[options.dataset]
     lines = []
     if banner:
         lines += [f"> **{banner.strip('*').strip() if not options.quick else QUICK_MODE}**. "
                   + ("Tiny data and schedule: these numbers prove the machinery and say nothing about SS-Net."
                      if options.quick else "A shortened run is never the paper's setting."), ""]
     seeds = sorted({r.seed for r in plan.runs})
-    lines += [f"Mode: **{mode}**. Schedule: {max_iteration:,} iterations per run (paper: "
-              f"{preset.max_iteration:,}){'; extra train flags: ' + shlex.join(extra) if extra else ''}.",
+    which = ("each baseline on its authors' recipe, SS-Net and the labeled-only bounds on SS-Net's "
+             "(`--schedule recipe`; README \"Baselines\")" if options.schedule == "recipe" else
+             "SS-Net's schedule for every method (`--schedule shared`), not the baselines' published recipes")
+    lengths = ", ".join(f"{m} {n:,}" for m, n in dict.fromkeys((r.method, r.max_iteration) for r in plan.runs))
+    lines += [f"Mode: **{mode}**. Schedules: {which}; iterations per run: {lengths}"
+              f"{' (shortened)' if max_iteration else ''}"
+              f"{'; extra train flags: ' + shlex.join(extra) if extra else ''}.",
               f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. "
               f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` (source of each "
               f"row in the CSV).",

@@ -61,6 +61,8 @@ class Run:
     select: str  # "test" or "val": the --select of the run
     max_iteration: int
     run_dir: Path
+    schedule: str = "recipe"  # --schedule of the run
+    schedule_label: str = "SS-Net"  # "recipe" (the method's authors' schedule) or "SS-Net" (SS-Net's)
 
     @property
     def role(self) -> str:
@@ -134,8 +136,15 @@ def all_labels(dataset: str, select: str, lists_dir: Path) -> int:
 
 
 def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[int], protocols: list[str],
-              runs_dir: str | Path, max_iteration: int, lists_dir: str | Path = "") -> Plan:
-    """Runs and evaluations, in a fixed order (budget, method, seed, selection)."""
+              runs_dir: str | Path, max_iteration: int | None, lists_dir: str | Path = "",
+              schedule: str = "recipe") -> Plan:
+    """Runs and evaluations, in a fixed order (budget, method, seed, selection).
+
+    `schedule` recipe: each method trains with its authors' schedule (the published baseline rows), shared: with
+    SS-Net's; `max_iteration` (not None) overrides every run's length. A baseline on SS-Net's schedule gets its
+    own run folders (suffix `_shared`), so both schedules of a method can sit side by side."""
+    from engine.config import method_schedule
+    from engine.presets import PRESETS
     from methods import check_method_name
 
     task = get_task(dataset)
@@ -166,8 +175,13 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
             for seed in dict.fromkeys(seeds):
                 for select, reports in serves.items():
                     labelnum = all_labels(dataset, select, lists) if budget == ALL else int(budget)
-                    run_dir = Path(runs_dir) / dataset / f"{budget}_labeled" / method / f"seed{seed}_select_{select}"
-                    run = Run(dataset, budget, labelnum, method, seed, select, max_iteration, run_dir)
+                    label, method_plan = method_schedule(method, PRESETS[dataset], schedule)
+                    _, recipe_plan = method_schedule(method, PRESETS[dataset], "recipe")
+                    suffix = "_shared" if method_plan != recipe_plan else ""
+                    run_dir = (Path(runs_dir) / dataset / f"{budget}_labeled" / method
+                               / f"seed{seed}_select_{select}{suffix}")
+                    iterations = max_iteration if max_iteration is not None else method_plan.max_iterations
+                    run = Run(dataset, budget, labelnum, method, seed, select, iterations, run_dir, schedule, label)
                     runs.append(run)
                     by_checkpoint: dict[str, list[str]] = {}
                     for report in reports:
@@ -238,8 +252,8 @@ def estimate_hours(plan: Plan, timings: dict[tuple[str, str], dict]) -> tuple[fl
 def format_plan(plan: Plan, timings: dict[tuple[str, str], dict], banner: str = "") -> str:
     lines = [banner] if banner else []
     lines.append(f"{plan.dataset}: {len(plan.runs)} training runs, {len(plan.evaluations)} test evaluations")
-    lines.append(f"{'budget':>7s} {'labeled':>7s}  {'method':14s}{'seed':>6s}  {'select':7s}{'iterations':>11s}"
-                 f"{'done':>8s}  status    reported as")
+    lines.append(f"{'budget':>7s} {'labeled':>7s}  {'method':14s}{'seed':>6s}  {'select':7s}{'schedule':9s}"
+                 f"{'iterations':>11s}{'done':>8s}  status    reported as")
     reports = {}
     for e in plan.evaluations:
         reports.setdefault(e.run.run_dir, []).extend(f"{p} ({e.checkpoint})" for p in e.protocols)
@@ -249,7 +263,8 @@ def format_plan(plan: Plan, timings: dict[tuple[str, str], dict], banner: str = 
         total += run.max_iteration
         remaining += run.max_iteration - done
         lines.append(f"{run.budget:>7s} {run.labelnum:>7d}  {run.method:14s}{run.seed:>6d}  {run.select:7s}"
-                     f"{run.max_iteration:>11,d}{done:>8,d}  {run.status():9s} {', '.join(reports[run.run_dir])}")
+                     f"{run.schedule_label:9s}{run.max_iteration:>11,d}{done:>8,d}  {run.status():9s} "
+                     f"{', '.join(reports[run.run_dir])}")
     lines.append(f"iterations: {total:,} in all, {remaining:,} still to train")
     hours, unknown, sources = estimate_hours(plan, timings)
     if sources:

@@ -21,7 +21,7 @@ from engine.presets import ACDC, LA
 from methods import METHODS, Batch, MethodSettings, build_method
 from methods.ema import ema_decay_at, ema_update, make_teacher
 from networks import build_network
-from networks.perturbations import feature_dropout, feature_noise
+from networks.perturbations import element_dropout, feature_dropout, feature_noise
 from utils.losses import (
     masked_mse,
     mutual_consistency_loss,
@@ -76,6 +76,15 @@ def unused_parameters(network, method: str) -> set[str]:
     return {n for n, _ in network.named_parameters() if n.startswith(prefixes)}
 
 
+def zero_gradient_parameters(network, method: str) -> set[str]:
+    """SS-Net's memory selectors S^mem_c (c >= 1): the official prototype weights are 1, so they sit in the
+    graph with a zero gradient (weight decay and momentum still apply, as in the official step)."""
+    if method != "ss_net":
+        return set()
+    return {n for n, _ in network.named_parameters() if n.startswith("contrastive_class_selector_memory")
+            and not n.startswith("contrastive_class_selector_memory0.")}
+
+
 # -- the method contract, every method, 2D and 3D ----------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -86,11 +95,12 @@ def test_loss_is_finite_and_every_used_parameter_gets_a_gradient(case, method):
     assert all(not v.requires_grad and math.isfinite(float(v)) for v in out.terms.values())
     assert out.labeled_logits.shape == (len(labeled), network.num_classes, *labeled.image.shape[2:])
     out.loss.backward()
-    unused = unused_parameters(network, method)
+    unused, zero_gradient = unused_parameters(network, method), zero_gradient_parameters(network, method)
     missing = [n for n, p in network.named_parameters()
-               if n not in unused and (p.grad is None or p.grad.abs().sum() == 0)]
+               if n not in unused | zero_gradient and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
     assert all(p.grad is None for n, p in network.named_parameters() if n in unused)
+    assert all(p.grad is not None and not p.grad.any() for n, p in network.named_parameters() if n in zero_gradient)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -250,7 +260,7 @@ def test_predictive_entropy_and_masked_mse():
     assert entropy[0, 0, 1] == pytest.approx(0.0, abs=1e-5)
     student = torch.tensor([[0.2, 0.9], [0.8, 0.1]]).view(1, 2, 2)
     mask = torch.tensor([0.0, 1.0]).view(1, 1, 2)
-    # only voxel 1 counts: ((0.9 - 1)^2 + (0.1 - 0)^2) / (2 classes x 1 voxel)
+    # only voxel 1 counts: ((0.9 - 1)^2 + (0.1 - 0)^2) / (2 x 1 voxel), the recipes' divisor 2
     assert masked_mse(student, probs, mask).item() == pytest.approx(0.01)
 
 
@@ -303,6 +313,23 @@ def test_urpc_feature_perturbations():
     assert torch.all(dropped[:, :, 4, 4] == 0) and torch.count_nonzero(dropped) > 0
 
 
+def test_urpc_deepest_perturbation_is_element_wise_dropout():
+    """SSL4MIS `UNet_URPC` uses F.dropout(x, 0.5): single elements are zeroed, not whole channels."""
+    torch.manual_seed(0)
+    x = torch.ones(2, 16, 8, 8, 8)
+    dropped = element_dropout(x)
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}  # kept elements scaled by 1 / (1 - p)
+    per_channel = (dropped == 0).flatten(2).float().mean(dim=2)
+    assert per_channel.min() > 0.2 and per_channel.max() < 0.8  # every channel partly dropped
+    assert 0.45 < (dropped == 0).float().mean() < 0.55
+
+
+def test_mc_net_second_vnet_decoder_upsamples_with_aligned_corners():
+    """MC-Net's `Upsampling_function` (VNet.py:102): trilinear with align_corners=True."""
+    up = build_network("vnet", base_filters=4, num_decoders=2).decoder2.block_five_up.conv[0]
+    assert isinstance(up, torch.nn.Upsample) and up.mode == "trilinear" and up.align_corners is True
+
+
 # -- network options and config wiring --------------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("method", BASELINES)
@@ -312,7 +339,7 @@ def test_config_carries_network_options_and_the_recipe_weight(method, case):
     config = config_from_args(args, preset)
     dims = len(preset.patch_size)
     assert config.network_kwargs.items() >= METHODS[method].network_options(dims).items()
-    assert config.consistency == METHODS[method].recipe_consistency(dims)
+    assert config.consistency == METHODS[method].recipe(dims).weight(config.labelnum)
     rebuilt = build_network(config.network, **config.network_kwargs)
     assert rebuilt.network_config()["kwargs"] == {**rebuilt.network_kwargs()}
     assert build_network(**{"name": config.network}, **rebuilt.network_config()["kwargs"]).num_decoders == \

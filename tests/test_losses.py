@@ -151,8 +151,8 @@ class ConstantSelector(nn.Module):
         return torch.zeros(x.shape[0], 1)
 
 
-def explicit_separation(features, labels, prototypes, fsel, msel):
-    """The double sum of the spec, written out with the M x N distance matrix."""
+def explicit_separation(features, labels, prototypes, fsel, msel, memory_weights="ones"):
+    """The double sum written out with the M x N distance matrix, as the official code evaluates it."""
     total = 0.0
     for c, memory in enumerate(prototypes):
         fc = features[labels == c]
@@ -162,35 +162,91 @@ def explicit_separation(features, labels, prototypes, fsel, msel):
         zn = F.normalize(memory, dim=1)
         dist = 1 - F.normalize(fc, dim=1) @ zn.T
         a = torch.sigmoid(fsel(c)(fc.detach())).squeeze(1)
-        b = torch.sigmoid(msel(c)(zn)).squeeze(1)
-        alpha, beta = m * a / a.sum(), n * b / b.sum()
+        alpha = m * a / a.sum()
+        if memory_weights == "learned":
+            b = torch.sigmoid(msel(c)(zn)).squeeze(1)
+            beta = n * b / b.sum()
+        else:
+            beta = torch.ones(n, dtype=features.dtype)
         total = total + (alpha[:, None] * beta[None, :] * dist).sum() / (m * n)
     return total / len(prototypes)
 
 
-def make_selectors(classes, seed=0):
+def make_selectors(classes, seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    heads = [nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+    heads = [nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32), nn.LeakyReLU(0.2), nn.Linear(32, 1)).to(dtype)
              for _ in range(2 * classes)]
     return heads[:classes], heads[classes:]
 
 
-def test_separation_factorised_form_equals_explicit_double_sum_with_gradients():
-    feature_sel, memory_sel = make_selectors(3)
-    features = torch.randn(200, 32, requires_grad=True)
+@pytest.mark.parametrize("memory_weights", ["ones", "learned"])
+def test_separation_factorised_form_equals_explicit_double_sum_with_gradients(memory_weights):
+    feature_sel, memory_sel = make_selectors(3, dtype=torch.float64)
+    features = torch.randn(200, 32, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 3, (200,))
-    prototypes = [None, torch.randn(32, 32), torch.randn(7, 32)]
-    fast = class_separation_loss(features, labels, prototypes, feature_sel.__getitem__, memory_sel.__getitem__)
-    (grad_fast,) = torch.autograd.grad(fast, features)
+    prototypes = [None, torch.randn(32, 32, dtype=torch.float64), torch.randn(7, 32, dtype=torch.float64)]
+
+    def both(loss_fn):
+        loss = loss_fn(features, labels, prototypes, feature_sel.__getitem__, memory_sel.__getitem__, memory_weights)
+        params = [p for m in feature_sel + memory_sel for p in m.parameters()]
+        grads = torch.autograd.grad(loss, [features, *params], allow_unused=True)
+        return loss, grads
+
+    fast, (grad_fast, *_) = both(class_separation_loss)
     for m in feature_sel + memory_sel:
-        m.eval()  # same BN statistics for the second evaluation
-    fast_eval = class_separation_loss(features, labels, prototypes, feature_sel.__getitem__, memory_sel.__getitem__)
-    (grad_fast_eval,) = torch.autograd.grad(fast_eval, features)
-    slow = explicit_separation(features, labels, prototypes, feature_sel.__getitem__, memory_sel.__getitem__)
-    (grad_slow,) = torch.autograd.grad(slow, features)
-    assert fast_eval.item() == pytest.approx(slow.item(), abs=1e-5)
-    assert torch.allclose(grad_fast_eval, grad_slow, atol=1e-6)
+        m.eval()  # the same BN statistics for the two evaluations compared below
+    fast_eval, fast_grads = both(class_separation_loss)
+    slow, slow_grads = both(explicit_separation)
+    assert fast_eval.item() == pytest.approx(slow.item(), rel=1e-12)
+    for g_fast, g_slow in zip(fast_grads, slow_grads, strict=True):
+        if g_slow is None:  # class 0 (no memory) and, with beta = 1, the memory selectors: no gradient
+            assert g_fast is None or not g_fast.any()
+        else:
+            torch.testing.assert_close(g_fast, g_slow, rtol=1e-10, atol=1e-12)
     assert math.isfinite(fast.item()) and grad_fast.abs().sum() > 0
+
+
+class FirstCoordinateSelector(nn.Module):
+    """Selector logit = 2 x the first coordinate: scores sigmoid(2) and sigmoid(0) for the unit vectors below."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.scale * x[:, :1]
+
+
+@pytest.mark.parametrize("memory_weights", ["ones", "learned"])
+def test_separation_by_hand_in_both_prototype_weight_modes(memory_weights):
+    """Class 1 of 2: features e1, e2 against prototypes e1, e2, e2: distances [[0, 1, 1], [1, 0, 0]]."""
+    e = torch.eye(32, dtype=torch.float64)
+    features = e[:2].clone().requires_grad_(True)
+    labels = torch.tensor([1, 1])
+    prototypes = [None, e[[0, 1, 1]].clone()]
+    feature_sel, memory_sel = FirstCoordinateSelector(), FirstCoordinateSelector()
+    loss = class_separation_loss(features, labels, prototypes, lambda c: feature_sel, lambda c: memory_sel,
+                                 memory_weights)
+    sig2 = 1 / (1 + math.exp(-2.0))
+    alpha = [2 * x / (sig2 + 0.5) for x in (sig2, 0.5)]  # scores sigmoid(2), sigmoid(0), rescaled to mean 1
+    if memory_weights == "learned":
+        beta = [3 * x / (sig2 + 1.0) for x in (sig2, 0.5, 0.5)]
+    else:
+        beta = [1.0, 1.0, 1.0]  # the official code divides each prototype weight by itself
+    expected = (alpha[0] * (beta[1] + beta[2]) + alpha[1] * beta[0]) / 6 / 2  # mean over M x N = 6, then / C
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    assert feature_sel.scale.grad is not None and feature_sel.scale.grad != 0
+    if memory_weights == "ones":
+        assert memory_sel.scale.grad is not None and memory_sel.scale.grad == 0  # in the graph, zero gradient
+    else:
+        assert memory_sel.scale.grad != 0
+
+
+def test_separation_refuses_unknown_prototype_weights():
+    with pytest.raises(ValueError, match="choose from: ones, learned"):
+        class_separation_loss(torch.randn(4, 32), torch.ones(4, dtype=torch.long), [None, torch.randn(3, 32)],
+                              lambda c: ConstantSelector(), lambda c: ConstantSelector(), "mean")
 
 
 def test_separation_is_zero_for_features_equal_to_prototypes():

@@ -44,22 +44,34 @@ def test_loss_is_finite_and_terms_are_detached(case, method):
 
 
 def dead_parameters(network) -> set[str]:
-    """SS-Net never uses the background selectors (no background prototypes, spec §2.3)."""
+    """SS-Net never uses the background selectors (no background prototypes): they get no gradient at all."""
     return {n for n, _ in network.named_parameters()
             if n.startswith(("contrastive_class_selector_0.", "contrastive_class_selector_memory0."))}
 
 
+def memory_selector_parameters(network) -> set[str]:
+    """S^mem_c, c >= 1: with the official prototype weights (beta = 1) in the graph with a zero gradient."""
+    return {n for n, _ in network.named_parameters()
+            if n.startswith("contrastive_class_selector_memory") and n not in dead_parameters(network)}
+
+
+@pytest.mark.parametrize("memory_weights", ["ones", "learned"])
 @pytest.mark.parametrize("case", CASES)
-def test_ss_net_full_step_gives_every_live_parameter_a_gradient(case):
+def test_ss_net_full_step_gives_every_live_parameter_a_gradient(case, memory_weights):
     network, m, labeled, unlabeled = make(case, "ss_net")
+    m.settings.memory_weights = memory_weights
     for c in range(1, network.num_classes):  # a filled memory, as after the first correct predictions
         m.memory.prototypes[c] = torch.randn(32, 32)
     out = m.training_loss(labeled, unlabeled, iteration=6000)
     out.loss.backward()
+    zero_gradient = memory_selector_parameters(network) if memory_weights == "ones" else set()
+    expected_exceptions = dead_parameters(network) | zero_gradient
     missing = [n for n, p in network.named_parameters()
-               if n not in dead_parameters(network) and (p.grad is None or p.grad.abs().sum() == 0)]
+               if n not in expected_exceptions and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
     assert all(p.grad is None for n, p in network.named_parameters() if n in dead_parameters(network))
+    grads = {n: p.grad for n, p in network.named_parameters()}
+    assert all(grads[n] is not None and not grads[n].any() for n in zero_gradient)
 
 
 @pytest.mark.parametrize("case", CASES)

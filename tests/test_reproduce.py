@@ -138,6 +138,22 @@ def test_plan_checks_methods_against_the_registry(tmp_path):
         plan_grid("LA", ["five"], ["ss_net"], [1], ["paper"], tmp_path, 100)
 
 
+def test_plan_trains_baselines_on_their_recipes_or_on_ss_nets_schedule(tmp_path):
+    recipe = plan_grid("LA", ["8"], ["ss_net", "ua_mt", "mc_net"], [1], ["honest"], tmp_path, None)
+    runs = {r.method: r for r in recipe.runs}
+    assert (runs["ua_mt"].max_iteration, runs["ua_mt"].schedule_label) == (6000, "recipe")
+    assert (runs["mc_net"].max_iteration, runs["mc_net"].schedule_label) == (15000, "recipe")
+    assert (runs["ss_net"].max_iteration, runs["ss_net"].schedule_label) == (15000, "SS-Net")
+    shared = {r.method: r for r in plan_grid("LA", ["8"], ["ss_net", "ua_mt", "mc_net"], [1], ["honest"], tmp_path,
+                                             None, schedule="shared").runs}
+    assert (shared["ua_mt"].max_iteration, shared["ua_mt"].schedule_label) == (15000, "SS-Net")
+    assert shared["ua_mt"].run_dir.name.endswith("_shared") and shared["ua_mt"].run_dir != runs["ua_mt"].run_dir
+    assert shared["ss_net"].run_dir == runs["ss_net"].run_dir  # the same schedule: the same run, reused
+    assert "recipe" in format_plan(recipe, {}) and "6,000" in format_plan(recipe, {})
+    shortened = plan_grid("LA", ["8"], ["ua_mt"], [1], ["honest"], tmp_path, 100)
+    assert shortened.runs[0].max_iteration == 100
+
+
 def fake_run(tmp_path, max_iteration=100) -> Run:
     return Run("LA", "4", 4, "ss_net", 1, "val", max_iteration, tmp_path / "run")
 

@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train_la
 from dataloaders import make_synthetic_la
 from engine.resume import capture_rng, list_checkpoints, restore_rng
+from engine.speed import build_sgd
+from engine.trainer import restore_zero_gradients, zero_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 12
@@ -195,9 +197,60 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
 
 
 def test_settings_added_after_a_run_started_count_as_their_defaults():
+    from engine.config import legacy_settings
     from engine.resume import config_differences
 
     older = {"seed": 3, "consistency": 1.0}  # written before sync_bn / amp existed
-    assert config_differences(older, {"seed": 3, "consistency": 1.0, "sync_bn": False, "amp": "off"}) == []
-    assert config_differences(older, {"seed": 3, "consistency": 1.0, "amp": "bf16"}) == ["amp: 'off' -> 'bf16'"]
-    assert config_differences(older, {"seed": 3, "consistency": 1.0, "device": "cuda"}) == []  # runtime field
+    same_as_then = {"seed": 3, "consistency": 1.0, **legacy_settings(older)}  # the behaviour that run had
+    assert config_differences(older, {**same_as_then, "sync_bn": False, "amp": "off"}) == []
+    assert config_differences(older, {**same_as_then, "amp": "bf16"}) == ["amp: 'off' -> 'bf16'"]
+    assert config_differences(older, {**same_as_then, "device": "cuda"}) == []  # runtime field
+
+
+def test_settings_whose_default_changed_count_as_the_value_the_older_run_had():
+    from engine.config import legacy_settings
+    from engine.resume import config_differences
+
+    older = {"seed": 3, "method": "ss_net"}  # written before the official prototype weights became the default
+    now = {**older, **legacy_settings(older), "memory_weights": "ones"}
+    assert config_differences(older, now) == ["memory_weights: 'learned' -> 'ones'"]
+
+
+# -- gradients between iterations: zeroed in place, as PyTorch 1.8 (the official scripts' version) did ----------
+def _step(optimizer, used):
+    zero_gradients(optimizer)
+    sum(p.square().sum() for p in used).backward()
+    optimizer.step()
+
+
+def test_a_parameter_unused_in_an_iteration_keeps_moving_by_momentum_and_weight_decay():
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3))
+    optimizer = build_sgd([a, b], lr=0.1)
+    _step(optimizer, [a, b])
+    b_before = b.detach().clone()
+    _step(optimizer, [a])  # b unused now: its zero gradient still lets SGD apply momentum and weight decay
+    assert b.grad is not None and not b.grad.any()
+    assert not torch.equal(b.detach(), b_before)
+
+
+def test_resume_restores_the_zero_gradients_of_stepped_parameters():
+    def run(resume_after: int | None):
+        torch.manual_seed(0)
+        a, b, never = (torch.nn.Parameter(torch.randn(3)) for _ in range(3))
+        optimizer = build_sgd([a, b, never], lr=0.1)
+        for i, used in enumerate([[a, b], [a], [a], [a, b], [a]]):
+            if i == resume_after:  # a new process: fresh gradients (None), optimiser state from the checkpoint
+                state = optimizer.state_dict()
+                for p in (a, b, never):
+                    p.grad = None
+                optimizer = build_sgd([a, b, never], lr=0.1)
+                optimizer.load_state_dict(state)
+                restore_zero_gradients(optimizer)
+                assert b.grad is not None and never.grad is None  # as the uninterrupted run holds them
+            _step(optimizer, used)
+        return [p.detach().clone() for p in (a, b, never)]
+
+    straight = run(None)
+    for resume_after in (1, 2, 3):
+        assert all(torch.equal(x, y) for x, y in zip(straight, run(resume_after), strict=True))

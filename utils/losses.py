@@ -107,8 +107,10 @@ def adversarial_direction(
     """Unit-norm (per sample) direction that most increases discrepancy(p(x + xi d), p(x)), by power iteration.
 
     Only d receives a gradient (torch.autograd.grad), so the probe pass leaves no parameter gradient behind.
+    The random start is drawn as the official VAT does, from the CPU generator in the default dtype and then
+    moved to the images' device, so a seeded run makes the same draws on a GPU as on the CPU.
     """
-    direction = normalize_per_sample(torch.rand_like(images) - 0.5)
+    direction = normalize_per_sample((torch.rand(images.shape) - 0.5).to(images.device))
     for _ in range(power_iterations):
         direction = direction.detach().requires_grad_(True)
         distance = discrepancy(predict_probs(images + xi * direction), clean_probs)
@@ -145,25 +147,38 @@ def vat_lds_loss(
         return discrepancy(predict_probs(images + epsilon * direction), clean_probs)
 
 
+MEMORY_WEIGHTS = ("ones", "learned")
+
+
 def class_separation_loss(
     features: Tensor,
     labels: Tensor,
     prototypes: Sequence[Tensor | None],
     feature_selector: Callable[[int], nn.Module],
     memory_selector: Callable[[int], nn.Module],
+    memory_weights: str = "ones",
 ) -> Tensor:
-    """SS-Net's weighted cosine class-separation loss SEP(F, labels, memory) (spec §3.7).
+    """SS-Net's weighted cosine class-separation loss SEP(F, labels, memory).
 
     features (N, d) carry gradient, labels (N,), prototypes[c] (P_c, d) constant or None. For each class with
     more than one feature and more than one prototype:
         L_c = 1/(M N) sum_ij alpha_i beta_j (1 - cos(f_i, z_j)),
-    alpha, beta = selector weights rescaled to mean 1 (feature selector on detached raw features, memory
-    selector on normalised prototypes). The result is divided by the full class count, background included.
+    alpha = feature-selector scores (on the detached raw features) rescaled to mean 1. The result is divided by
+    the full class count, background included.
 
-    Because sum(alpha) = M and sum(beta) = N, the double sum factorises:
-        L_c = 1 - (sum_i alpha_i f_hat_i) . (sum_j beta_j z_hat_j) / (M N),
-    which is computed instead of the M x N distance matrix (M is up to 2 million voxels on LA).
+    beta, the prototype weights (memory_weights):
+    * "ones" (default, the official code): the official `contrastive_losses.py` transposes the (N, 1) memory
+      selector output to (1, N) before rescaling it with `shape[0]` and `sum(dim=0)`, so each weight is divided
+      by itself: beta = 1. The memory selector still runs (its BatchNorm statistics move as in the official
+      step) and stays in the graph with a zero gradient, so SGD's weight decay and momentum treat it as the
+      official step does (there it receives a rounding-level gradient); it never learns anything.
+    * "learned" (the paper's intent): beta = memory-selector scores on the L2-normalised prototypes, mean 1.
+
+    The double sum factorises, L_c = [(sum_i alpha_i)(sum_j beta_j) - (sum_i alpha_i f_hat_i).(sum_j beta_j
+    z_hat_j)] / (M N), which is computed instead of the M x N distance matrix (M is up to 2 million on LA).
     """
+    if memory_weights not in MEMORY_WEIGHTS:
+        raise ValueError(f"unknown memory weights {memory_weights!r}; choose from: {', '.join(MEMORY_WEIGHTS)}")
     num_classes = len(prototypes)
     total = features.new_zeros(())
     for c in range(num_classes):
@@ -179,10 +194,14 @@ def class_separation_loss(
         alpha = count * feature_scores / feature_scores.sum()
         memory_unit = F.normalize(memory, dim=1)
         memory_scores = torch.sigmoid(memory_selector(c)(memory_unit)).squeeze(1)
-        beta = memory.shape[0] * memory_scores / memory_scores.sum()
+        if memory_weights == "learned":
+            beta = memory.shape[0] * memory_scores / memory_scores.sum()
+        else:
+            beta = 1.0 + 0.0 * memory_scores  # exactly 1, zero gradient (see the docstring)
         weighted_features = (alpha.unsqueeze(1) * F.normalize(class_features, dim=1)).sum(0)
         weighted_memory = (beta.unsqueeze(1) * memory_unit).sum(0)
-        total = total + 1.0 - weighted_features.dot(weighted_memory) / (count * memory.shape[0])
+        pairs = count * memory.shape[0]
+        total = total + (alpha.sum() * beta.sum() - weighted_features.dot(weighted_memory)) / pairs
     return total / num_classes
 
 
@@ -206,14 +225,15 @@ def uncertainty_threshold(iteration: int, max_iterations: int) -> float:
     return (0.75 + 0.25 * sigmoid_rampup(iteration, max_iterations)) * math.log(2.0)
 
 
-def masked_mse(student_probs: Tensor, teacher_probs: Tensor, mask: Tensor, eps: float = 1e-16) -> Tensor:
-    """sum(mask (p_s - p_t)^2) / (C sum(mask) + eps): the squared error averaged over the certain voxels.
+def masked_mse(student_probs: Tensor, teacher_probs: Tensor, mask: Tensor, divisor: float = 2.0,
+               eps: float = 1e-16) -> Tensor:
+    """sum(mask (p_s - p_t)^2) / (divisor sum(mask) + eps) over the certain voxels (UA-MT's consistency).
 
-    mask (B, 1, *spatial) in {0, 1}. The UA-MT scripts divide by 2 sum(mask) (their class count in 3-D; the
-    2-D SSL4MIS script keeps the 2 with 4 classes); we divide by the class count C in both.
+    mask (B, 1, *spatial) in {0, 1}. Both UA-MT scripts divide by 2 sum(mask): the mean over certain voxels and
+    classes with 2 classes (LA), twice that mean with the 4 ACDC classes (the 2-D script keeps the 2).
     """
     squared = (student_probs - teacher_probs) ** 2
-    return (mask * squared).sum() / (student_probs.shape[1] * mask.sum() + eps)
+    return (mask * squared).sum() / (divisor * mask.sum() + eps)
 
 
 def signed_distance_map(labels: Tensor, num_classes: int) -> Tensor:

@@ -28,3 +28,22 @@ def step_learning_rate(iteration: int, base_lr: float, step_iterations: int, gam
     if step_iterations <= 0:
         return base_lr
     return base_lr * gamma ** (iteration // step_iterations)
+
+
+def learning_rate(iteration: int, base_lr: float, policy: str, step_iterations: int = 0,
+                  max_iterations: int = 0, gamma: float = 0.1, power: float = 0.9) -> float:
+    """LR in force after the optimiser step of `iteration` (1-based), as each official script computes it.
+
+    step: base_lr * gamma ** (t // step_iterations) (the LA scripts decay after the step of t % 2500 == 0);
+    poly: base_lr * (1 - (t - 1) / T) ** power (SSL4MIS computes it after the step from its counter before the
+    increment, so iterations 1 and 2 both run at base_lr); constant: base_lr.
+    """
+    if policy == "constant":
+        return base_lr
+    if policy == "step":
+        return step_learning_rate(iteration, base_lr, step_iterations, gamma)
+    if policy == "poly":
+        if max_iterations < 1:
+            raise ValueError("the poly LR policy needs the run length (max_iterations >= 1)")
+        return base_lr * max(0.0, 1.0 - max(iteration - 1, 0) / max_iterations) ** power
+    raise ValueError(f"unknown LR policy {policy!r}; choose from: step, poly, constant")

@@ -1,0 +1,184 @@
+"""Recipes: each method's schedule, weight and Dice as its authors' code runs it, resolved into the config by
+--schedule recipe|shared; LR policies and ramp counters; the README table is generated from the recipes."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import build_train_parser, config_from_args, legacy_settings, resumed_config
+from engine.presets import ACDC, LA, PRESETS
+from methods import METHODS, Batch, MethodSettings, build_method
+from methods.recipe import recipe_markdown
+from networks import build_network
+from utils.losses import masked_mse
+from utils.ramps import learning_rate
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BASELINES = ["dtc", "mc_net", "mean_teacher", "sassnet", "ua_mt", "urpc"]
+
+
+def config(preset, *flags):
+    return config_from_args(build_train_parser(preset, "").parse_args(list(flags)), preset)
+
+
+# -- every baseline has a cited recipe; the README's table is the recipes' own ------------------------------------
+@pytest.mark.parametrize("method", BASELINES + ["ss_net"])
+@pytest.mark.parametrize("dims", [3, 2])
+def test_every_method_has_a_recipe_with_its_source_or_the_reason_there_is_none(method, dims):
+    recipe = METHODS[method].recipe(dims)
+    assert recipe is not None and recipe.source
+    assert recipe.lines or recipe.note  # where each value stands, or why there is no authors' code
+    if recipe.schedule is None or recipe.dice is None:
+        assert recipe.note  # falls back to SS-Net's setting: says so
+
+
+def test_readme_recipe_table_is_generated_from_the_recipes():
+    shared = {3: (LA.schedule, LA.dice, LA.consistency), 2: (ACDC.schedule, ACDC.dice, ACDC.consistency)}
+    expected = recipe_markdown(METHODS, shared)
+    text = README.read_text()
+    found = re.search(r"<!-- recipe table: begin -->\n(.*?)\n<!-- recipe table: end -->", text, re.S)
+    assert found, "README.md lacks the recipe table markers"
+    assert found.group(1) == expected, "README recipe table is stale; paste:\n" + expected
+
+
+# -- --schedule recipe | shared ----------------------------------------------------------------------------------
+def test_ua_mt_la_runs_its_recipe_by_default():
+    c = config(LA, "--method", "ua_mt")
+    assert (c.schedule, c.max_iteration, c.lr_policy, c.lr_step, c.consistency_rampup) == ("recipe", 6000, "step",
+                                                                                          2500, 40.0)
+    assert c.rampup_zero_based and c.consistency == 0.1 and c.consistency_off == 0
+    assert (c.dice_include_background, c.dice_squared_denominator, c.dice_smooth) == (False, True, 1e-5)
+    assert c.method_settings().max_iterations == 6000  # the uncertainty-threshold ramp runs over the recipe's run
+
+
+def test_acdc_mean_teacher_recipe_is_poly_lr_with_a_1000_iteration_gate():
+    c = config(ACDC, "--method", "mean_teacher")
+    assert (c.max_iteration, c.lr_policy, c.consistency_rampup, c.consistency_off) == (30000, "poly", 200.0, 1000)
+    assert c.rampup_zero_based and (c.dice_include_background, c.dice_squared_denominator, c.dice_smooth) == (
+        True, True, 1e-5)
+    assert config(ACDC, "--method", "ua_mt").consistency_off == 0
+
+
+def test_mc_net_la_recipe_keeps_the_lr_constant_for_15000_iterations():
+    c = config(LA, "--method", "mc_net")
+    assert (c.max_iteration, c.lr_policy, c.rampup_zero_based, c.consistency) == (15000, "constant", False, 1.0)
+    assert c.network_kwargs["num_decoders"] == 2
+
+
+def test_sassnet_weight_depends_on_the_labeled_budget_as_its_readme():
+    assert config(LA, "--method", "sassnet", "--labelnum", "16").consistency == 0.01
+    assert config(LA, "--method", "sassnet", "--labelnum", "8").consistency == 0.015
+    assert config(LA, "--method", "sassnet", "--labelnum", "4").consistency == 0.015
+
+
+@pytest.mark.parametrize("method", BASELINES + ["ss_net", "supervised"])
+@pytest.mark.parametrize("preset", [LA, ACDC], ids=["LA", "ACDC"])
+def test_shared_schedule_is_ss_nets_and_keeps_the_methods_weight_and_dice(method, preset):
+    recipe_config = config(preset, "--method", method)
+    shared = config(preset, "--method", method, "--schedule", "shared")
+    s = preset.schedule
+    assert (shared.max_iteration, shared.lr_policy, shared.lr_step, shared.consistency_rampup,
+            shared.rampup_zero_based, shared.consistency_off) == (s.max_iterations, s.lr_policy, s.lr_step,
+                                                                 s.consistency_rampup, s.rampup_zero_based, 0)
+    assert shared.consistency == recipe_config.consistency
+    assert shared.dice_smooth == recipe_config.dice_smooth
+    if method in ("ss_net", "supervised"):  # SS-Net's recipe is the shared schedule
+        assert shared.max_iteration == recipe_config.max_iteration and shared.lr_policy == recipe_config.lr_policy
+
+
+def test_flags_override_single_values_of_the_schedule():
+    c = config(LA, "--method", "ua_mt", "--max_iteration", "100", "--lr_policy", "poly", "--consistency_rampup",
+               "2", "--rampup_zero_based", "0", "--consistency_off", "5")
+    assert (c.max_iteration, c.lr_policy, c.consistency_rampup, c.rampup_zero_based, c.consistency_off) == (
+        100, "poly", 2.0, False, 5)
+    assert c.lr_step == 2500  # not given: still the recipe's
+
+
+# -- LR policies and ramp counters -------------------------------------------------------------------------------
+def test_learning_rate_policies_follow_the_scripts_counters():
+    # SSL4MIS poly: computed after the step from the counter before its increment -> iterations 1 and 2 at base
+    assert learning_rate(0, 0.01, "poly", max_iterations=30000) == 0.01
+    assert learning_rate(1, 0.01, "poly", max_iterations=30000) == 0.01
+    assert learning_rate(15001, 0.01, "poly", max_iterations=30000) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert learning_rate(30000, 0.01, "poly", max_iterations=30000) == pytest.approx(0.01 * (1 / 30000) ** 0.9)
+    assert learning_rate(30001, 0.01, "poly", max_iterations=30000) == 0.0
+    # LA step: x0.1 after the step of iteration 2500 (the counter after its increment)
+    assert learning_rate(2499, 0.01, "step", 2500) == 0.01
+    assert learning_rate(2500, 0.01, "step", 2500) == pytest.approx(1e-3)
+    assert learning_rate(10**5, 0.01, "constant") == 0.01
+    with pytest.raises(ValueError, match="choose from"):
+        learning_rate(1, 0.01, "cosine")
+
+
+def make(method: str, dims: int, **settings):
+    torch.manual_seed(0)
+    if dims == 3:
+        network = build_network("vnet", num_classes=2, base_filters=4, **METHODS[method].network_options(3))
+        shape, classes = (4, 1, 16, 16, 16), 2
+    else:
+        network = build_network("unet", num_classes=4, **METHODS[method].network_options(2))
+        shape, classes = (4, 1, 32, 32), 4
+    settings = {"max_iterations": 100, **settings}
+    m = build_method(method, network.train(), MethodSettings(num_classes=classes, **settings))
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(shape, generator=g)
+    labels = torch.randint(0, classes, (2, *shape[2:]), generator=g)
+    return m, Batch(images[:2], labels), Batch(images[2:], None)
+
+
+def test_zero_based_warmup_counter_shifts_the_ramp_by_one_iteration():
+    one_based, *_ = make("ss_net", 2, consistency=0.1, consistency_rampup=200)
+    zero_based, *_ = make("ss_net", 2, consistency=0.1, consistency_rampup=200, rampup_zero_based=True)
+    assert one_based.warmup_weight(150) == pytest.approx(0.1 * math.exp(-5 * (1 - 1 / 200) ** 2))
+    assert zero_based.warmup_weight(150) == pytest.approx(0.1 * math.exp(-5.0))  # (150 - 1) // 150 = 0
+    assert zero_based.warmup_weight(151) == one_based.warmup_weight(150)
+
+
+def test_mean_teacher_gate_zeroes_the_consistency_but_keeps_the_random_draws():
+    gated, labeled, unlabeled = make("mean_teacher", 2, consistency_off=1000)
+    torch.manual_seed(5)
+    out = gated.training_loss(labeled, unlabeled, iteration=1000)
+    state_gated = torch.get_rng_state()
+    assert out.terms["consistency"] == 0 and out.loss.item() == pytest.approx(out.terms["supervised"].item())
+    open_, labeled, unlabeled = make("mean_teacher", 2, consistency_off=1000)
+    torch.manual_seed(5)
+    after = open_.training_loss(labeled, unlabeled, iteration=1001)
+    assert after.terms["consistency"] > 0
+    assert torch.equal(state_gated, torch.get_rng_state())  # the teacher ran in both: same draws
+
+
+def test_ua_mt_threshold_uses_the_recipe_counter_and_run_length():
+    m, labeled, unlabeled = make("ua_mt", 3, rampup_zero_based=True, max_iterations=6000)
+    out = m.training_loss(labeled, unlabeled, iteration=1)
+    assert out.terms["uncertainty_threshold"].item() == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
+    out = m.training_loss(labeled, unlabeled, iteration=6001)  # counter 6000 = the end of the ramp
+    assert out.terms["uncertainty_threshold"].item() == pytest.approx(math.log(2))
+
+
+def test_masked_mse_divides_by_two_whatever_the_class_count():
+    student = torch.full((1, 4, 3), 0.25)
+    teacher = torch.zeros(1, 4, 3)
+    mask = torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 3)
+    masked_mean = 0.25 ** 2  # every certain element differs by 0.25
+    assert masked_mse(student, teacher, mask).item() == pytest.approx(2 * masked_mean)  # 4 classes: twice the mean
+
+
+# -- runs saved before the recipes keep their behaviour when resumed ----------------------------------------------
+def test_settings_missing_from_an_older_config_take_the_values_the_run_had(tmp_path):
+    new = config(LA)
+    saved = {k: v for k, v in json.loads(new.to_json()).items()
+             if k not in ("schedule", "lr_policy", "rampup_zero_based", "consistency_off", "memory_weights",
+                          "dice_include_background", "dice_squared_denominator", "dice_smooth")}
+    legacy = legacy_settings(saved)
+    assert legacy["memory_weights"] == "learned" and legacy["schedule"] == "shared"
+    assert legacy["dice_smooth"] == PRESETS["LA"].dice_smooth
+    assert "memory_weights" not in legacy_settings({**saved, "method": "mean_teacher"})
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    args = build_train_parser(LA, "").parse_args(["--resume", str(tmp_path)])
+    resumed = resumed_config(args, {"resume"})
+    assert resumed.memory_weights == "learned" and resumed.lr_policy == "step"
