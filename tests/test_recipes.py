@@ -182,3 +182,22 @@ def test_settings_missing_from_an_older_config_take_the_values_the_run_had(tmp_p
     args = build_train_parser(LA, "").parse_args(["--resume", str(tmp_path)])
     resumed = resumed_config(args, {"resume"})
     assert resumed.memory_weights == "learned" and resumed.lr_policy == "step"
+
+
+# -- through the train script: the recipe reaches the run's config and its optimiser -------------------------------
+def test_train_acdc_runs_the_mean_teacher_recipe_with_poly_lr(acdc_root, tmp_path):
+    import train_acdc
+
+    run = tmp_path / "run"
+    assert train_acdc.main(["--root_path", str(acdc_root), "--lists_dir", str(acdc_root), "--labelnum", "1",
+                            "--method", "mean_teacher", "--max_iteration", "3", "--eval_every", "3",
+                            "--eval_start", "3", "--patch_size", "64,64", "--batch_size", "4", "--labeled_bs", "2",
+                            "--num_workers", "0", "--device", "cpu", "--no_progress", "--image_every", "0",
+                            "--save_every", "3", "--run_dir", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["schedule"], saved["lr_policy"], saved["consistency_off"], saved["dice_smooth"]) == (
+        "recipe", "poly", 1000, 1e-5)
+    state = torch.load(next((run / "checkpoints").glob("iter_*.pth")), weights_only=True)
+    lr_after_three = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr_after_three == pytest.approx(learning_rate(3, 0.01, "poly", max_iterations=3))
+    assert lr_after_three == pytest.approx(0.01 * (1 / 3) ** 0.9)
