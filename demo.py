@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 from dataloaders import make_synthetic_la
-from engine.cli import run_cli
-from engine.config import build_train_parser, config_from_args, default_device
-from engine.presets import LA
-from engine.report import TABLE_KEYS
-from engine.testing import TestOptions, run_test
-from engine.trainer import train
+from evaluation import TestOptions, run_test
+from training import make_config, train
+from utils.cli import DocstringHelpFormatter, default_device, run_cli
+from utils.report import TABLE_KEYS
 
 
 def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_cases: int, device: str,
@@ -35,12 +33,11 @@ def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_case
     for method in methods:
         # one folder per setting: re-running the same demo reuses finished runs, another setting trains anew
         run_dir = out / f"{method}_{labeled}_labeled_{iterations}it_seed{seed}"
-        flags = ["--root_path", str(data), "--lists_dir", str(data), "--method", method, "--labelnum", str(labeled),
-                 "--max_iteration", str(iterations), "--patch_size", "48,48,32", "--base_filters", "8",
-                 "--stride", "16,16,16", "--lr_step", "0", "--consistency_rampup", str(max(iterations // 300, 1)),
-                 "--eval_every", str(max(iterations // 4, 1)), "--eval_start", "1", "--select", "val",
-                 "--num_workers", "0", "--device", device, "--seed", str(seed), "--run_dir", str(run_dir)]
-        config = config_from_args(build_train_parser(LA, "").parse_args(flags), LA)
+        config = make_config(
+            "LA", root_path=str(data), lists_dir=str(data), method=method, labelnum=labeled, max_iteration=iterations,
+            patch_size=[48, 48, 32], network_kwargs={"base_filters": 8}, stride=[16, 16, 16], lr_step=0,
+            consistency_rampup=max(iterations // 300, 1), eval_every=max(iterations // 4, 1), eval_start=1,
+            select="val", num_workers=0, device=device, seed=seed, run_dir=str(run_dir))
         print(f"\n=== training {method}: {iterations} iterations, {labeled} labeled"
               f"{f' + {unlabeled} unlabeled' if method != 'supervised' else ''} synthetic cases ===", flush=True)
         started = time.perf_counter()
@@ -69,7 +66,7 @@ def print_comparison(results: dict[str, dict], labeled: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_runs"), help="where data, runs and results go")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--labeled", type=int, default=2)

@@ -15,14 +15,13 @@ import argparse
 import shlex
 import sys
 
-from engine.cli import run_cli
-from engine.config import default_device
 from reproduction.grid import GridOptions, run_grid
 from reproduction.plan import PROTOCOL_CHOICES
+from utils.cli import DocstringHelpFormatter, default_device, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--dataset", default="LA", choices=("LA", "ACDC"))
     p.add_argument("--labelnum", nargs="+", default=[], metavar="N|all",
                    help="labeled budgets: LA scans (4 = 5 %%, 8 = 10 %%), ACDC patients (3, 7); 'all' = the fully "

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import sys
 
-from engine.cli import run_cli
-from engine.presets import LA
-from engine.testing import build_test_parser, options_from_args, run_test
+from evaluation import test_script
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_test_parser(LA, __doc__).parse_args(argv)
-    return run_cli(lambda: run_test(options_from_args(args, LA)), debug=args.debug)
+    return test_script("LA", __doc__, argv)
 
 
 if __name__ == "__main__":

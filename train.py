@@ -1,4 +1,4 @@
-"""Train SS-Net (or a baseline) on your own NIfTI dataset in the nnU-Net raw layout; see README 'Your own data'.
+"""Train SS-Net (or a baseline) on your own NIfTI dataset in the nnU-Net raw layout; see docs/own-data.md.
 
     python train.py --data /data/Dataset001_Heart --mode 3d --target_spacing 1,1,1 --crop_nonzero
     python train.py --data /data/Dataset001_Heart --mode 2d --labelnum 4 --method supervised --batch_size 12
@@ -12,65 +12,47 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli import run_cli
-from engine.config import (
-    TrainConfig,
-    build_train_parser,
-    config_from_args,
-    explicit_flags,
-    int_list,
-    validate_config,
-)
-from engine.presets import NIFTI_PRESETS
-from engine.trainer import train
-
-
-def float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1.0,1.0,2.5, got {text!r}") from None
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected 3 positive spacings in mm like 1.0,1.0,2.5, got {text!r}")
-    return values
+from dataloaders.nifti_dataset import NIFTI_MODES
+from training import TrainConfig, make_config, train
+from training.flags import build_train_parser, config_from_args, explicit_flags, settings_from_args
+from utils.cli import float_list, run_cli
+from utils.errors import UserError
 
 
 def build_parser(mode: str) -> argparse.ArgumentParser:
-    p = build_train_parser(NIFTI_PRESETS[mode], __doc__)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--data", default="", help="nnU-Net raw folder: dataset.json, imagesTr/, labelsTr/[, imagesTs/]")
-    p.add_argument("--mode", choices=tuple(NIFTI_PRESETS), default="3d",
+    p = build_train_parser(f"NIfTI-{mode}", __doc__)
+    g = p.add_argument_group("your NIfTI dataset")
+    g.add_argument("--data", default="", help="nnU-Net raw folder: dataset.json, imagesTr/, labelsTr/[, imagesTs/]")
+    g.add_argument("--mode", choices=NIFTI_MODES, default="3d",
                    help="3d: V-Net on volumes (LA defaults); 2d: U-Net on slices (ACDC defaults)")
-    p.add_argument("--stride", type=int_list, default=[], help="sliding-window stride (default: half the patch)")
-    p.add_argument("--normalization", choices=("zscore", "minmax", "none"), default="zscore",
+    g.add_argument("--normalization", choices=("zscore", "minmax", "none"), default="zscore",
                    help="per-case, per-channel intensity normalisation (the paper: zscore)")
-    p.add_argument("--target_spacing", type=float_list, default=None,
+    g.add_argument("--target_spacing", type=float_list, default=None,
                    help="resample every case to this voxel size in mm (per array axis); default: keep each grid")
-    p.add_argument("--image_order", type=int, choices=(1, 3), default=3, help="image resampling: 3 cubic, 1 linear")
-    p.add_argument("--crop_nonzero", action="store_true", help="crop each case to its non-zero (body) region")
-    p.add_argument("--num_val", type=int, default=-1,
-                   help="validation cases drawn from the labeled ones (default 20%%, at least 1); "
-                        "a val.list in --lists_dir gives them instead")
-    p.add_argument("--split_seed", type=int, default=None, help="seed of the validation draw (default --seed)")
+    g.add_argument("--image_order", type=int, choices=(1, 3), default=3, help="image resampling: 3 cubic, 1 linear")
+    g.add_argument("--crop_nonzero", action="store_true", help="crop each case to its non-zero (body) region")
+    g.add_argument("--num_val", type=int, default=-1,
+                   help="validation cases drawn from the labeled ones; a val.list in --lists_dir gives them "
+                        "instead (default: 20%%, at least 1)")
+    g.add_argument("--split_seed", type=int, default=None, help="seed of the validation draw (default --seed)")
     return p
 
 
 def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainConfig:
     """Resolve the config: classes and channels from dataset.json, the slice axis from the scans' spacing."""
+    dataset = f"NIfTI-{args.mode}"
     if args.resume:  # the saved config already holds the dataset description and preprocessing
-        return config_from_args(args, NIFTI_PRESETS[args.mode], given)
+        return config_from_args(args, dataset, given)
     if not args.data:
-        raise ValueError("--data is required: the nnU-Net raw folder (dataset.json, imagesTr/, labelsTr/)")
+        raise UserError("--data is required: the nnU-Net raw folder (dataset.json, imagesTr/, labelsTr/)")
     import nibabel as nib
 
     from dataloaders.nifti import Preprocessing, choose_slice_axis, read_nifti_dataset
 
     info = read_nifti_dataset(args.data)
-    preset = NIFTI_PRESETS[args.mode]
-    args.root_path = args.data
-    if args.exp == f"{preset.dataset}_SSNet":
-        args.exp = f"{Path(args.data).resolve().name}_{args.mode}"
-    config = config_from_args(args, preset)
+    settings = settings_from_args(args)
+    if "exp" not in given:
+        settings["exp"] = f"{Path(args.data).resolve().name}_{args.mode}"
     spacings = [nib.load(str(info.image_paths(c)[0])).header.get_zooms()[:3] for c in info.labeled + info.unlabeled]
     preprocessing = Preprocessing(
         normalization=args.normalization,
@@ -79,30 +61,33 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
         image_order=args.image_order,
         slice_axis=choose_slice_axis(spacings, args.target_spacing),
     )
-    config.num_classes = info.num_classes
-    config.network_kwargs.update(in_channels=info.num_channels, num_classes=info.num_classes)
-    config.stride = list(args.stride) or [max(p // 2, 1) for p in config.patch_size]
+    settings.update(
+        root_path=args.data, num_classes=info.num_classes,
+        network_kwargs={**settings.get("network_kwargs", {}), "in_channels": info.num_channels,
+                        "num_classes": info.num_classes},
+        nifti={
+            "mode": args.mode,
+            "data": str(Path(args.data).resolve()),
+            "preprocessing": preprocessing.to_dict(),
+            "labels": info.labels,
+            "class_names": info.class_names,
+            "channel_names": info.channel_names,
+            "file_ending": info.file_ending,
+            "num_val": args.num_val,
+            "split_seed": args.seed if args.split_seed is None else args.split_seed,
+        })
+    config = make_config(dataset, **settings)
+    if not config.stride:
+        config.stride = [max(p // 2, 1) for p in config.patch_size]
     if len(config.stride) != len(config.patch_size):
-        raise ValueError(f"--stride needs {len(config.patch_size)} values, got {config.stride}")
-    config.nifti = {
-        "mode": args.mode,
-        "data": str(Path(args.data).resolve()),
-        "preprocessing": preprocessing.to_dict(),
-        "labels": info.labels,
-        "class_names": info.class_names,
-        "channel_names": info.channel_names,
-        "file_ending": info.file_ending,
-        "num_val": args.num_val,
-        "split_seed": args.seed if args.split_seed is None else args.split_seed,
-    }
-    validate_config(config)
+        raise UserError(f"--stride needs {len(config.patch_size)} values, got {config.stride}")
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     mode_parser = argparse.ArgumentParser(add_help=False)
-    mode_parser.add_argument("--mode", choices=tuple(NIFTI_PRESETS), default="3d")
+    mode_parser.add_argument("--mode", choices=NIFTI_MODES, default="3d")
     mode, _ = mode_parser.parse_known_args(argv)
     parser = build_parser(mode.mode)
     args = parser.parse_args(argv)

@@ -2,9 +2,9 @@
 "official-equivalent" mode and in our fast mode, on the current device; prints ratios and a projected full LA
 run time and writes JSON. Synthetic tensors on the device (no dataset needed): it measures compute, not I/O.
 
-    python benchmarks/bench.py                                   # full shapes on the default device
-    python benchmarks/bench.py --device cuda --compile 1 --output bench_gpu.json
-    python benchmarks/bench.py --tiny                            # seconds on a CPU (a smoke test)
+    python -m benchmarks.bench                                   # full shapes on the default device
+    python -m benchmarks.bench --device cuda --compile 1 --output bench_gpu.json
+    python -m benchmarks.bench --tiny                            # seconds on a CPU (a smoke test)
 
 Modes
 * official: fp32, no channels-last, no compile, PyTorch's default SGD, cuDNN deterministic without autotuning;
@@ -32,21 +32,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from engine.config import int_list  # noqa: E402
-from engine.precision import PRECISION_MODES, Precision  # noqa: E402
-from engine.presets import ACDC, LA, Preset  # noqa: E402
-from engine.speed import OPTIMIZER_IMPLS, build_sgd, prepare_network  # noqa: E402
-from methods import Batch, build_method  # noqa: E402
-from networks import build_network  # noqa: E402
-from utils.atomic import write_text_atomic  # noqa: E402
-from utils.sliding_window import count_windows, sliding_window_predict, window_starts  # noqa: E402
+from dataloaders import get_dataset
+from methods import Batch, build_method
+from networks import build_network
+from networks.speed import prepare_network
+from training.config import OPTIMIZER_IMPLS, make_config
+from training.optim import build_sgd
+from training.precision import Precision
+from utils.atomic import write_text_atomic
+from utils.cli import int_list
+from utils.precision import PRECISION_MODES
+from utils.sliding_window import count_windows, sliding_window_predict, window_starts
 
 LA_ITERATIONS = 15000
-LA_EVALUATIONS = (LA.max_iteration - LA.eval_start) // LA.eval_every + 1  # 66
+LA_EVALUATIONS = (LA_ITERATIONS - 2000) // 200 + 1  # 66: every 200 iterations from 2,000
 LA_TEST_WINDOWS = 1128  # windows of the 20 LA test scans at patch 112,112,80, stride 18,18,4
 ACDC_ITERATIONS = 30000
 
@@ -76,20 +75,20 @@ def synthetic_batch(batch_size: int, shape: tuple[int, ...], num_classes: int, d
     return images.to(device), labels.to(device)
 
 
-def bench_training(preset: Preset, network_kwargs: dict, shape: tuple[int, ...], batch_size: int,
+def bench_training(dataset: str, network_kwargs: dict, shape: tuple[int, ...], batch_size: int,
                    labeled_bs: int, device: torch.device, fast: bool, options, iterations: int,
                    warmup: int) -> dict:
     """Seconds per SS-Net training iteration (loss, backward, SGD step) on synthetic data already on the device."""
     set_backends(fast)
     torch.manual_seed(0)
-    network = build_network(preset.network, **network_kwargs).to(device)
+    adapter = get_dataset(dataset)
+    network = build_network(adapter.network, **network_kwargs).to(device)
     if fast:
         prepare_network(network, channels_last=options.channels_last, compile=options.compile)
     precision = Precision(options.amp if fast else "off", device)
-    optimizer = build_sgd(network.parameters(), lr=0.01, impl=options.optimizer_impl if fast else "default")
-    settings = _method_settings(preset)
-    method = build_method("ss_net", network, settings)
-    images, labels = synthetic_batch(batch_size, shape, preset.num_classes, device, seed=1)
+    method = build_method("ss_net", network, make_config(dataset))
+    optimizer = build_sgd(method.parameters(), lr=0.01, impl=options.optimizer_impl if fast else "default")
+    images, labels = synthetic_batch(batch_size, shape, adapter.num_classes, device, seed=1)
     labeled = Batch(images[:labeled_bs], labels[:labeled_bs])
     unlabeled = Batch(images[labeled_bs:], None)
     network.train()
@@ -117,17 +116,6 @@ def bench_training(preset: Preset, network_kwargs: dict, shape: tuple[int, ...],
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
-
-
-def _method_settings(preset: Preset):
-    from methods import MethodSettings
-
-    return MethodSettings(
-        num_classes=preset.num_classes, dice_include_background=preset.dice_include_background,
-        dice_squared_denominator=preset.dice_squared_denominator, dice_smooth=preset.dice_smooth,
-        consistency=preset.consistency, consistency_rampup=preset.consistency_rampup,
-        lds_discrepancy=preset.lds_discrepancy, epsilon=preset.magnitude,
-    )
 
 
 @torch.no_grad()
@@ -196,16 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default="LA,ACDC", help="training shapes to measure: LA, ACDC or both")
     p.add_argument("--iterations", type=int, default=10, help="timed training iterations per mode and dataset")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations / volumes first (compile, autotune)")
-    p.add_argument("--la_shape", type=int_list, default=list(LA.patch_size), help="LA training crop")
-    p.add_argument("--la_batch", type=int_list, default=[LA.batch_size, LA.labeled_bs], help="batch,labeled")
-    p.add_argument("--acdc_shape", type=int_list, default=list(ACDC.patch_size), help="ACDC training slice size")
-    p.add_argument("--acdc_batch", type=int_list, default=[ACDC.batch_size, ACDC.labeled_bs], help="batch,labeled")
+    la, acdc = make_config("LA"), make_config("ACDC")
+    p.add_argument("--la_shape", type=int_list, default=list(la.patch_size), help="LA training crop")
+    p.add_argument("--la_batch", type=int_list, default=[la.batch_size, la.labeled_bs], help="batch,labeled")
+    p.add_argument("--acdc_shape", type=int_list, default=list(acdc.patch_size), help="ACDC training slice size")
+    p.add_argument("--acdc_batch", type=int_list, default=[acdc.batch_size, acdc.labeled_bs], help="batch,labeled")
     p.add_argument("--base_filters", type=int, default=16, help="V-Net width (16 = the paper's; smaller to smoke-test)")
     p.add_argument("--unet_channels", type=int_list, default=[16, 32, 64, 128, 256], help="U-Net widths")
     p.add_argument("--volume_shape", type=int_list, default=[176, 160, 88],
                    help="LA test volume (W,H,D); 176,160,88 = 60 windows, the test set averages 56.4")
-    p.add_argument("--patch_size", type=int_list, default=list(LA.patch_size), help="sliding-window patch")
-    p.add_argument("--stride", type=int_list, default=list(LA.stride), help="sliding-window stride (official)")
+    p.add_argument("--patch_size", type=int_list, default=list(la.patch_size), help="sliding-window patch")
+    p.add_argument("--stride", type=int_list, default=list(la.stride), help="sliding-window stride (official)")
     p.add_argument("--eval_stride", type=int_list, default=[], help="also project a run with this in-training "
                    "evaluation stride (fast mode), e.g. 56,56,40")
     p.add_argument("--volumes", type=int, default=2, help="timed test volumes per mode")
@@ -243,8 +232,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if not modes or any(m not in ("official", "fast") for m in modes):
         raise ValueError(f"--modes must list official and/or fast, got {args.modes!r}")
     datasets = [d for d in args.datasets.split(",") if d]
-    vnet_kwargs = {**LA.network_kwargs, "base_filters": args.base_filters}
-    unet_kwargs = {**ACDC.network_kwargs, "channels": list(args.unet_channels)}
+    vnet_kwargs = {**get_dataset("LA").network_kwargs, "base_filters": args.base_filters}
+    unet_kwargs = {**get_dataset("ACDC").network_kwargs, "channels": list(args.unet_channels)}
     report: dict = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
@@ -256,8 +245,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "test": {},
     }
     training = {
-        "LA": (LA, vnet_kwargs, tuple(args.la_shape), args.la_batch),
-        "ACDC": (ACDC, unet_kwargs, tuple(args.acdc_shape), args.acdc_batch),
+        "LA": ("LA", vnet_kwargs, tuple(args.la_shape), args.la_batch),
+        "ACDC": ("ACDC", unet_kwargs, tuple(args.acdc_shape), args.acdc_batch),
     }
     for name in datasets:
         if name not in training:

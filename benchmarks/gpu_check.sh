@@ -51,14 +51,14 @@ else
 fi
 
 stamp "1. bench: official vs fast (bf16, channels-last, fused SGD, autotuning)"
-$PY benchmarks/bench.py --device "$DEVICE" "${BENCH[@]}" --eval_stride 56,56,40 --output "$OUT/bench_gpu.json" \
+$PY -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" --eval_stride 56,56,40 --output "$OUT/bench_gpu.json" \
     2>&1 | tee "$OUT/bench_gpu.log"
 
 stamp "2. bench: fast mode with torch.compile"
 if [ "$TINY" = 1 ]; then
     stamp "   (skipped in the reduced CPU form: inductor needs minutes on a CPU)"
 else
-    timeout 150 $PY benchmarks/bench.py --device "$DEVICE" "${BENCH[@]}" --modes fast --compile 1 \
+    timeout 150 $PY -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" --modes fast --compile 1 \
         --eval_stride 56,56,40 --output "$OUT/bench_gpu_compile.json" 2>&1 | tee "$OUT/bench_gpu_compile.log" \
         || stamp "   compile bench did not finish (timeout or error); see bench_gpu_compile.log"
 fi

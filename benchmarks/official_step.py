@@ -4,9 +4,9 @@ Needs a clone of the official repository; its modules (networks, VAT, prototype 
 are imported from there at run time, nothing of it is copied into this project:
 
     git clone https://github.com/ycwu1997/SS-Net /tmp/SS-Net        # snapshot compared: c0a8bf6
-    python benchmarks/official_step.py --official /tmp/SS-Net --dataset LA
-    python benchmarks/official_step.py --official /tmp/SS-Net --dataset ACDC --first_iteration 149
-    python benchmarks/official_step.py --official /tmp/SS-Net --dataset LA --memory_weights learned
+    python -m benchmarks.official_step --official /tmp/SS-Net --dataset LA
+    python -m benchmarks.official_step --official /tmp/SS-Net --dataset ACDC --first_iteration 149
+    python -m benchmarks.official_step --official /tmp/SS-Net --dataset LA --memory_weights learned
 
 Both sides start from the same weights (the official network's, loaded into ours by name), see the same batch and
 make the same random draws (the generator is seeded identically before each iteration). The official side runs the
@@ -31,16 +31,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from engine.presets import ACDC, LA  # noqa: E402
-from engine.speed import build_sgd  # noqa: E402
-from engine.trainer import zero_gradients  # noqa: E402
-from methods import Batch, MethodSettings, build_method  # noqa: E402
-from networks import build_network  # noqa: E402
-from utils.ramps import step_learning_rate  # noqa: E402
+from dataloaders import get_dataset
+from methods import Batch, build_method
+from networks import build_network, load_official_state_dict
+from training.config import make_config
+from training.optim import build_sgd, zero_gradients
+from utils.ramps import step_learning_rate
 
 
 def load_module(path: Path, name: str):
@@ -78,14 +74,14 @@ class Official:
         if dataset == "LA":
             vnet = load_module(code / "networks" / "VNet.py", "official_vnet")
             self.model = vnet.VNet(n_channels=1, n_classes=2, normalization="batchnorm", has_dropout=True)
-            self.num_classes, self.vat = 2, self.losses.VAT3d(epi=LA.magnitude)
+            self.num_classes, self.vat = 2, self.losses.VAT3d(epi=10.0)  # train_ss_3d.py --magnitude
         else:
             unet = load_module(code / "networks" / "unet.py", "official_unet")
             self.model = unet.UNet(in_chns=1, class_num=4)
-            self.num_classes, self.vat = 4, self.losses.VAT2d(epi=ACDC.magnitude)
+            self.num_classes, self.vat = 4, self.losses.VAT2d(epi=6.0)  # train_ss_2d.py --magnitude
             self.dice = self.losses.DiceLoss(n_classes=4)
         self.memory = self.memory_module.FeatureMemory(elements_per_class=32, n_classes=self.num_classes)
-        self.preset = LA if dataset == "LA" else ACDC
+        self.config = make_config(dataset)
 
     def step(self, images, labels, optimizer, iteration: int) -> dict:
         """`iteration` is 1-based; the 3-D script increments its counter before w(t), the 2-D one after."""
@@ -119,7 +115,7 @@ class Official:
             dice = self.dice(y, true_labels.unsqueeze(1))
         lds = self.vat(model, images)
         counter = iteration if self.dataset == "LA" else iteration - 1  # see the docstring
-        weight = self.preset.consistency * self.ramps.sigmoid_rampup(counter // 150, self.preset.consistency_rampup)
+        weight = self.config.consistency * self.ramps.sigmoid_rampup(counter // 150, self.config.consistency_rampup)
         loss = dice + weight * (lds + 0.1 * (cl_l + cl_u))
         optimizer.zero_grad(set_to_none=False)  # PyTorch 1.8's zero_grad(), the official scripts' version
         loss.backward()
@@ -135,28 +131,23 @@ class Official:
 
 class Ours:
     def __init__(self, dataset: str, official_state: dict, memory_weights: str):
-        self.preset = preset = LA if dataset == "LA" else ACDC
-        kwargs = dict(preset.network_kwargs)
-        self.network = build_network(preset.network, **kwargs)
-        self.network.load_state_dict(official_state)
-        settings = MethodSettings(
-            num_classes=preset.num_classes, dice_include_background=preset.dice_include_background,
-            dice_squared_denominator=preset.dice_squared_denominator, dice_smooth=preset.dice_smooth,
-            consistency=preset.consistency, consistency_rampup=preset.consistency_rampup,
-            rampup_zero_based=preset.rampup_zero_based, lds_discrepancy=preset.lds_discrepancy,
-            epsilon=preset.magnitude, memory_weights=memory_weights)
-        self.method = build_method("ss_net", self.network, settings)
+        self.config = make_config(dataset, memory_weights=memory_weights)
+        adapter = get_dataset(dataset)
+        self.network = build_network(adapter.network, **adapter.network_kwargs)
+        self.method = build_method("ss_net", self.network, self.config)
+        # the official single state dict -> our network + SS-Net's heads (the key map of networks/loading.py)
+        load_official_state_dict(self.network, official_state, self.method.heads)
 
     def step(self, images, labels, optimizer, iteration: int, labeled_bs: int) -> dict:
-        self.network.train()
+        self.method.train()
         output = self.method.training_loss(Batch(images[:labeled_bs], labels), Batch(images[labeled_bs:], None),
                                            iteration)
         zero_gradients(optimizer)
         output.loss.backward()
-        grads = {n: None if p.grad is None else p.grad.clone() for n, p in self.network.named_parameters()}
+        grads = {n: None if p.grad is None else p.grad.clone() for n, p in self.method.named_parameters()}
         optimizer.step()
         for group in optimizer.param_groups:
-            group["lr"] = step_learning_rate(iteration, 0.01, self.preset.lr_step)
+            group["lr"] = step_learning_rate(iteration, 0.01, self.config.lr_step)
         keys = ("dice", "lds", "separation_labeled", "separation_unlabeled", "total")
         return {"terms": {k: float(output.terms[k]) for k in keys}, "grads": grads,
                 "weight": float(output.terms["consistency_weight"])}
@@ -213,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     official.model.double()
     ours = Ours(args.dataset, official.model.state_dict(), args.memory_weights)
     ours.network.double()
-    lr = step_learning_rate(args.first_iteration - 1, 0.01, ours.preset.lr_step)
+    ours.method.heads.double()
+    lr = step_learning_rate(args.first_iteration - 1, 0.01, ours.config.lr_step)
     opt_official = build_sgd(official.model.parameters(), lr=lr)
-    opt_ours = build_sgd(ours.network.parameters(), lr=lr)
+    opt_ours = build_sgd(ours.method.parameters(), lr=lr)
     print(f"{args.dataset}: official {args.official} vs ours (memory_weights={args.memory_weights}), float64")
     worst = 0.0
     for iteration in range(args.first_iteration, args.first_iteration + args.iterations):
@@ -236,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         official_buffers = dict(official.model.named_buffers())
         for kind, ours_values, official_values in (
             ("gradient", b["grads"], a["grads"]),
-            ("weight", {n: p.detach() for n, p in ours.network.named_parameters()},
+            ("weight", {n: p.detach() for n, p in ours.method.named_parameters()},
              {n: p.detach() for n, p in official_params.items()}),
-            ("BN statistic", {n: t for n, t in ours.network.named_buffers()}, official_buffers),
+            ("BN statistic", {**dict(ours.network.named_buffers()), **dict(ours.method.heads.named_buffers())},
+             official_buffers),
         ):
             # per group: largest |ours - official| over the group's largest |official| (a parameter's own scale
             # would make analytically-zero gradients, e.g. of conv biases before BatchNorm, look different)

@@ -1,8 +1,8 @@
 """Download the public LA (or a mirror of the ACDC) h5 files and verify every case against data/MANIFEST.sha256.
 
-    python data/download.py la ./data/LA          # LA from the UA-MT repository's data/ folder on GitHub
-    python data/download.py acdc ./data/ACDC      # prints the manual steps (no scriptable public host)
-    python data/download.py acdc DEST --base_url https://mirror.example/ACDC   # a mirror with the h5 layout
+    python -m data.download la ./data/LA          # LA from the UA-MT repository's data/ folder on GitHub
+    python -m data.download acdc ./data/ACDC      # prints the manual steps (no scriptable public host)
+    python -m data.download acdc DEST --base_url https://mirror.example/ACDC   # a mirror with the h5 layout
 
 Interrupted transfers resume with HTTP Range requests (rerun the same command); the bytes received so far wait
 in DEST/.partial/ and nothing appears under the dataset layout until its content hash matches. A corrupt,
@@ -20,26 +20,25 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataloaders.manifest import (  # noqa: E402
+from dataloaders.manifest import (
     MANIFEST,
     dataset_keys,
     h5_content_hash,
     read_manifest,
     relative_path,
 )
-from engine.cli import run_cli  # noqa: E402
+from utils.cli import run_cli
+from utils.errors import UserError
 
 LA_URL = "https://github.com/yulequan/UA-MT/raw/master/data"
 ACDC_STEPS = """The ACDC h5 files (the SSL4MIS preprocessing the paper uses) are shared through cloud drives that a
 script cannot fetch reliably. Either:
   1. download the ACDC archive linked in the 'Data' section of https://github.com/HiLab-git/SSL4MIS,
      unpack it so that {dest}/data/<patient>_<frame>.h5 and {dest}/data/slices/<name>.h5 exist, then
-     python data/verify.py {dest} --complete
+     python -m data.verify {dest} --complete
   2. or register at the ACDC challenge site (https://www.creatis.insa-lyon.fr/Challenge/acdc/), download the
-     NIfTI release and convert it: python data/prepare_acdc.py RAW_FOLDER {dest}
-  3. or, with a mirror serving the h5 layout: python data/download.py acdc {dest} --base_url URL"""
+     NIfTI release and convert it: python -m data.prepare_acdc RAW_FOLDER {dest}
+  3. or, with a mirror serving the h5 layout: python -m data.download acdc {dest} --base_url URL"""
 CHUNK = 1 << 20
 
 
@@ -96,7 +95,7 @@ def fetch_case(url: str, target: Path, expected_hash: str, part: Path, retries: 
         actual = "unreadable"
     if actual != expected_hash:
         part.unlink(missing_ok=True)
-        raise ValueError(f"{url}: content hash mismatch (got {actual[:12]}, manifest {expected_hash[:12]}): the file "
+        raise UserError(f"{url}: content hash mismatch (got {actual[:12]}, manifest {expected_hash[:12]}): the file "
                          f"is corrupt or truncated and was deleted; rerun to download it again")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, target)
@@ -112,14 +111,14 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
     dest = Path(dest)
     if dataset == "ACDC" and not base_url:
         print(ACDC_STEPS.format(dest=dest))
-        raise ValueError("ACDC cannot be downloaded by script without a mirror; follow the steps above")
+        raise UserError("ACDC cannot be downloaded by script without a mirror; follow the steps above")
     base_url = (base_url or LA_URL).rstrip("/")
     entries = read_manifest(manifest)
     keys = dataset_keys(entries, dataset)
     if cases:
         unknown = [c for c in cases if f"{dataset}/{c}" not in entries]
         if unknown:
-            raise ValueError(f"--cases: {unknown[:3]} are not {dataset} cases of {manifest}")
+            raise UserError(f"--cases: {unknown[:3]} are not {dataset} cases of {manifest}")
         keys = [f"{dataset}/{c}" for c in cases]
     partial_dir = dest / ".partial"
     written = []

@@ -1,6 +1,6 @@
 """Convert the official ACDC challenge NIfTI release to the h5 layout the paper uses (the SSL4MIS preprocessing).
 
-    python data/prepare_acdc.py /data/ACDC_raw /data/ACDC     # RAW holds training/ (and testing/) patient folders
+    python -m data.prepare_acdc /data/ACDC_raw /data/ACDC     # RAW holds training/ (and testing/) patient folders
 
 For every `patientXXX/patientXXX_frameYY.nii.gz` with its `_gt.nii.gz` (the ED and ES frames):
   * axes: the NIfTI (x, y, z) array is stored as (S, H, W) = (z, y, x), i.e. reversed, as SimpleITK reads it;
@@ -21,9 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.cli import run_cli  # noqa: E402
+from utils.cli import run_cli
+from utils.errors import UserError
 
 FRAME = re.compile(r"^(?P<name>patient\d{3}_frame\d{2})\.nii(\.gz)?$")
 
@@ -49,7 +48,7 @@ def convert_frame(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.nd
     image = np.asarray(nib.load(str(image_path)).dataobj, dtype=np.float32)
     label = np.asarray(nib.load(str(label_path)).dataobj)
     if image.shape != label.shape or image.ndim != 3:
-        raise ValueError(f"{image_path}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
+        raise UserError(f"{image_path}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
     return normalize_minmax(image).transpose(2, 1, 0).copy(), np.rint(label).astype(np.uint8).transpose(2, 1, 0).copy()
 
 

@@ -1,8 +1,8 @@
 """Check an LA or ACDC data folder against data/MANIFEST.sha256 (hash of the image then label arrays).
 
-    python data/verify.py /data/LA            # the folder holding '2018LA_Seg_Training Set/'
-    python data/verify.py /data/ACDC          # the folder holding 'data/'
-    python data/verify.py /data/LA --complete # also fail when cases are missing
+    python -m data.verify /data/LA            # the folder holding '2018LA_Seg_Training Set/'
+    python -m data.verify /data/ACDC          # the folder holding 'data/'
+    python -m data.verify /data/LA --complete # also fail when cases are missing
 
 Exit code 0 when every present case matches (and, with --complete, none is missing), 1 otherwise.
 """
@@ -12,10 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder  # noqa: E402
-from engine.cli import run_cli  # noqa: E402
+from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder
+from utils.cli import run_cli
 
 
 def detect_dataset(root: Path) -> str:
@@ -36,7 +34,7 @@ def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST,
     print(f"{dataset} at {root}: {len(report['ok'])} ok, {len(report['bad'])} corrupt, "
           f"{len(report['missing'])} missing of {total} cases in the manifest")
     for key in report["bad"]:
-        print(f"corrupt: {key} (re-download it: python data/download.py {dataset.lower()} {root})")
+        print(f"corrupt: {key} (re-download it: python -m data.download {dataset.lower()} {root})")
     if report["bad"] or (complete and report["missing"]):
         return False
     if not report["ok"]:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.errors import UserError
+
 # (image, label, rng) -> (image, label)
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -28,20 +30,20 @@ def read_image_label(path: Path, ndim: int, what: str, num_classes: int | None =
         with h5py.File(path, "r") as f:
             missing = [key for key in ("image", "label") if key not in f]
             if missing:
-                raise ValueError(f"{what}: {path} has no dataset(s) {missing}; found {sorted(f.keys())}. "
+                raise UserError(f"{what}: {path} has no dataset(s) {missing}; found {sorted(f.keys())}. "
                                  f"Re-create it with datasets 'image' and 'label'")
             image = np.asarray(f["image"][()], dtype=np.float32)
             raw_label = np.asarray(f["label"][()])
     except OSError as exc:  # h5py: truncated file, not HDF5, ...
-        raise ValueError(f"{what}: {path} is not a readable h5 file ({exc}); restore or re-download it") from None
+        raise UserError(f"{what}: {path} is not a readable h5 file ({exc}); restore or re-download it") from None
     if image.shape != raw_label.shape or image.ndim != ndim or image.size == 0:
-        raise ValueError(
+        raise UserError(
             f"{what}: {path} has image shape {image.shape} and label shape {raw_label.shape}; "
             f"expected two equal, non-empty {ndim}-D shapes"
         )
     if not np.isfinite(image).all():
         bad = int(np.size(image) - np.isfinite(image).sum())
-        raise ValueError(f"{what}: {path} has {bad} NaN/Inf voxels in 'image'; fix or exclude this case")
+        raise UserError(f"{what}: {path} has {bad} NaN/Inf voxels in 'image'; fix or exclude this case")
     return image, check_label_values(raw_label, path, what, num_classes)
 
 
@@ -50,14 +52,14 @@ def check_label_values(label: np.ndarray, path: Path, what: str, num_classes: in
     if label.dtype.kind == "b":
         label = label.astype(np.uint8)
     if label.dtype.kind not in "iuf":
-        raise ValueError(f"{what}: {path} 'label' has dtype {label.dtype}; expected integer class indices")
+        raise UserError(f"{what}: {path} 'label' has dtype {label.dtype}; expected integer class indices")
     if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
-        raise ValueError(f"{what}: {path} 'label' holds non-integer values; expected integer class indices")
+        raise UserError(f"{what}: {path} 'label' holds non-integer values; expected integer class indices")
     low, high = label.min(), label.max()
     limit = 256 if num_classes is None else num_classes
     if low < 0 or high >= limit:
         stray = sorted(set(np.unique(label).tolist()) - set(range(limit)))[:5]
-        raise ValueError(f"{what}: {path} 'label' holds values {stray} outside the classes 0..{limit - 1}; "
+        raise UserError(f"{what}: {path} 'label' holds values {stray} outside the classes 0..{limit - 1}; "
                          f"remap the labels or fix the file")
     return label.astype(np.uint8)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import UserError
+
 MANIFEST = Path(__file__).resolve().parents[1] / "data" / "MANIFEST.sha256"
 LA_FOLDER = "2018LA_Seg_Training Set"
 
@@ -23,7 +25,7 @@ def read_manifest(path: str | Path = MANIFEST) -> dict[str, str]:
         if line.strip():
             parts = line.split()
             if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected '<dataset>/<name> <sha256>', got {line!r}")
+                raise UserError(f"{path}:{number}: expected '<dataset>/<name> <sha256>', got {line!r}")
             entries[parts[0]] = parts[1]
     return entries
 
@@ -43,7 +45,7 @@ def h5_content_hash(path: str | Path) -> str:
         with h5py.File(path, "r") as f:
             return content_hash(f["image"][()], f["label"][()])
     except (OSError, KeyError) as exc:
-        raise ValueError(f"{path} is not a readable h5 case with 'image' and 'label' ({exc})") from None
+        raise UserError(f"{path} is not a readable h5 case with 'image' and 'label' ({exc})") from None
 
 
 def relative_path(key: str) -> str:

@@ -27,6 +27,8 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from utils.errors import UserError
+
 from .cases import check_label_values, parse_key
 
 NORMALIZATIONS = ("zscore", "minmax", "none")
@@ -71,16 +73,16 @@ class NiftiDatasetInfo:
 def _parse_labels(raw: dict, path: Path) -> dict[str, int]:
     """nnU-Net v2 {"background": 0, "LA": 1} or v1 {"0": "background", "1": "LA"} -> {name: value}."""
     if not raw:
-        raise ValueError(f"{path}: 'labels' is empty; list every class, e.g. {{\"background\": 0, \"tumour\": 1}}")
+        raise UserError(f"{path}: 'labels' is empty; list every class, e.g. {{\"background\": 0, \"tumour\": 1}}")
     if all(isinstance(v, str) for v in raw.values()):  # v1: value -> name
         labels = {name: int(value) for value, name in raw.items()}
     elif all(isinstance(v, int) for v in raw.values()):
         labels = {name: int(value) for name, value in raw.items()}
     else:
-        raise ValueError(f"{path}: 'labels' must map names to integer values (nnU-Net regions are not supported), "
+        raise UserError(f"{path}: 'labels' must map names to integer values (nnU-Net regions are not supported), "
                          f"got {raw}")
     if sorted(labels.values()) != list(range(len(labels))):
-        raise ValueError(f"{path}: label values must be 0..{len(labels) - 1} with 0 = background, "
+        raise UserError(f"{path}: label values must be 0..{len(labels) - 1} with 0 = background, "
                          f"got {sorted(labels.values())}")
     return labels
 
@@ -117,15 +119,15 @@ def read_nifti_dataset(root: str | Path) -> NiftiDatasetInfo:
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path} is not valid JSON: {exc}") from None
+        raise UserError(f"{meta_path} is not valid JSON: {exc}") from None
     labels = _parse_labels(meta.get("labels", {}), meta_path)
     channels_raw = meta.get("channel_names", meta.get("modality"))
     if not channels_raw:
-        raise ValueError(f"{meta_path}: 'channel_names' missing; e.g. {{\"0\": \"MRI\"}} for one input channel")
+        raise UserError(f"{meta_path}: 'channel_names' missing; e.g. {{\"0\": \"MRI\"}} for one input channel")
     channel_names = [channels_raw[k] for k in sorted(channels_raw, key=int)]
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in (".nii.gz", ".nii"):
-        raise ValueError(f"{meta_path}: file_ending {ending!r} is not supported; use .nii.gz or .nii")
+        raise UserError(f"{meta_path}: file_ending {ending!r} is not supported; use .nii.gz or .nii")
     info = NiftiDatasetInfo(root, labels, channel_names, ending)
 
     train_cases = _cases_in(root / "imagesTr", ending, info.num_channels)
@@ -138,7 +140,7 @@ def read_nifti_dataset(root: str | Path) -> NiftiDatasetInfo:
     if orphans:
         raise FileNotFoundError(f"{root / 'labelsTr'}: label(s) without an image in imagesTr, e.g. {orphans[0]}")
     if not info.labeled:
-        raise ValueError(f"{root}: no training case has a label in labelsTr/; at least one labeled case is needed")
+        raise UserError(f"{root}: no training case has a label in labelsTr/; at least one labeled case is needed")
     info.test = _cases_in(root / "imagesTs", ending, info.num_channels)
     info.test_labeled = [c for c in info.test if info.label_path(c, "Ts").is_file()]
     return info
@@ -163,14 +165,14 @@ def _read_volume(path: Path):
     try:
         img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises several types for a bad file
-        raise ValueError(f"{path} is not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path} is not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     shape = img.shape
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3:
-        raise ValueError(f"{path} has shape {img.shape}; expected a 3-D scan (one file per channel)")
+        raise UserError(f"{path} has shape {img.shape}; expected a 3-D scan (one file per channel)")
     return img, shape
 
 
@@ -181,12 +183,12 @@ def read_scan(paths: Sequence[Path]) -> Scan:
         img, shape = _read_volume(Path(path))
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
         if not np.isfinite(data).all():
-            raise ValueError(f"{path}: {int(data.size - np.isfinite(data).sum())} NaN/Inf voxels; fix or exclude "
+            raise UserError(f"{path}: {int(data.size - np.isfinite(data).sum())} NaN/Inf voxels; fix or exclude "
                              f"this case")
         if first is None:
             first = img
         elif shape != channels[0].shape or not np.allclose(img.affine, first.affine, atol=1e-4):
-            raise ValueError(f"{path}: shape {shape} / affine differ from channel 0 {paths[0]}; channels of one "
+            raise UserError(f"{path}: shape {shape} / affine differ from channel 0 {paths[0]}; channels of one "
                              f"case must be on the same grid")
         channels.append(data)
     zooms = tuple(float(z) for z in first.header.get_zooms()[:3])
@@ -198,7 +200,7 @@ def read_label(path: Path, shape: tuple[int, ...], num_classes: int | None = Non
     """uint8 label map; values must be class indices below `num_classes` (no silent uint8 wrap-around)."""
     img, label_shape = _read_volume(Path(path))
     if tuple(label_shape) != tuple(shape):
-        raise ValueError(f"{path}: label shape {label_shape} differs from the image shape {shape}")
+        raise UserError(f"{path}: label shape {label_shape} differs from the image shape {shape}")
     return check_label_values(np.asarray(img.dataobj).reshape(label_shape), Path(path), "label map", num_classes)
 
 
@@ -215,15 +217,15 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {self.normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
+            raise UserError(f"unknown normalization {self.normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)
             if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
-                raise ValueError(f"target spacing needs 3 positive values in mm, got {self.target_spacing}")
+                raise UserError(f"target spacing needs 3 positive values in mm, got {self.target_spacing}")
         if self.image_order not in (1, 3):
-            raise ValueError(f"image_order must be 1 (linear) or 3 (cubic), got {self.image_order}")
+            raise UserError(f"image_order must be 1 (linear) or 3 (cubic), got {self.image_order}")
         if self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+            raise UserError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -364,7 +366,7 @@ def slice_id(case: str, index: int) -> str:
 def parse_slice_id(item: str) -> tuple[str, int]:
     case, _, index = item.rpartition("_slice_")
     if not case or not index.isdigit():
-        raise ValueError(f"{item!r} is not a slice id '<case>_slice_<k>'")
+        raise UserError(f"{item!r} is not a slice id '<case>_slice_<k>'")
     return case, int(index)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from utils.errors import UserError
+
 _LABELED_STREAM = 0
 _UNLABELED_STREAM = 1
 _SAMPLE_SEEDS = 2
@@ -38,24 +40,24 @@ class TwoStreamBatchSampler:
         self.seed = int(seed)
         self.start_iteration = int(start_iteration)
         if self.labeled_bs < 1:
-            raise ValueError(f"--labeled_bs must be >= 1, got {self.labeled_bs}")
+            raise UserError(f"--labeled_bs must be >= 1, got {self.labeled_bs}")
         if self.labeled_bs > self.batch_size:
-            raise ValueError(f"--labeled_bs {self.labeled_bs} exceeds --batch_size {self.batch_size}")
+            raise UserError(f"--labeled_bs {self.labeled_bs} exceeds --batch_size {self.batch_size}")
         if len(self.labeled_indices) < self.labeled_bs:
-            raise ValueError(
+            raise UserError(
                 f"{len(self.labeled_indices)} labeled samples cannot fill --labeled_bs {self.labeled_bs}; "
                 f"raise --labelnum or lower --labeled_bs"
             )
         if self.unlabeled_bs > 0 and not self.unlabeled_indices:
-            raise ValueError(
+            raise UserError(
                 f"no unlabeled samples for --batch_size {self.batch_size} > --labeled_bs {self.labeled_bs}; "
                 f"lower --labelnum or set --batch_size equal to --labeled_bs (labeled-only training)"
             )
         overlap = set(self.labeled_indices) & set(self.unlabeled_indices)
         if overlap:
-            raise ValueError(f"indices {sorted(overlap)[:5]} are both labeled and unlabeled")
+            raise UserError(f"indices {sorted(overlap)[:5]} are both labeled and unlabeled")
         if self.seed < 0 or self.start_iteration < 0:
-            raise ValueError(f"seed ({self.seed}) and start_iteration ({self.start_iteration}) must be >= 0")
+            raise UserError(f"seed ({self.seed}) and start_iteration ({self.start_iteration}) must be >= 0")
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
 
     @property

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from utils.errors import UserError
+
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 _LIST_CONTENTS = {
@@ -31,7 +33,7 @@ def read_list(path: str | Path) -> list[str]:
             continue
         # An id is a name inside the data root; a path could read (or, for outputs, write) outside it.
         if "/" in case_id or "\\" in case_id or case_id in (".", "..") or case_id.startswith("~"):
-            raise ValueError(f"split list {path} line {number}: {case_id!r} is a path, not a case id; list bare "
+            raise UserError(f"split list {path} line {number}: {case_id!r} is a path, not a case id; list bare "
                              f"case names (the data root is given by --root_path)")
         ids.append(case_id)
     return ids
@@ -62,12 +64,12 @@ def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = D
     test = read_list(lists_dir / "test.list")
     available = len(train)
     if labelnum < 1 or labelnum > available:
-        raise ValueError(f"--labelnum {labelnum} out of range: choose 1..{available} (cases in train.list)")
+        raise UserError(f"--labelnum {labelnum} out of range: choose 1..{available} (cases in train.list)")
     labeled = train[:labelnum]
     val_set = set(val)
     leaked = [case for case in labeled if case in val_set]
     if hold_out_val and leaked:
-        raise ValueError(
+        raise UserError(
             f"--labelnum {labelnum} would label validation case(s) {leaked} from val.list; "
             f"use --labelnum <= {available - len(val)} or disable the held-out validation set"
         )
@@ -85,7 +87,7 @@ def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
     """Number of leading entries of `slice_ids` that belong to the first `labeled_patients` patients."""
     distinct = list(dict.fromkeys(patient_of(name) for name in slice_ids))
     if labeled_patients < 1 or labeled_patients > len(distinct):
-        raise ValueError(
+        raise UserError(
             f"--labelnum {labeled_patients} (labeled patients) out of range: choose 1..{len(distinct)}"
         )
     chosen = set(distinct[:labeled_patients])
@@ -96,7 +98,7 @@ def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
         count += 1
     # The list is ordered patient by patient; a chosen patient reappearing later would break the prefix cut.
     if any(patient_of(name) in chosen for name in slice_ids[count:]):
-        raise ValueError("train_slices.list is not grouped by patient; cannot cut labeled slices as a prefix")
+        raise UserError("train_slices.list is not grouped by patient; cannot cut labeled slices as a prefix")
     return count
 
 

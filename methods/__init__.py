@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from methods.base import Batch, Method, MethodOutput, MethodSettings
+from methods.base import Batch, Method, MethodOutput
 from methods.dtc import DTC
 from methods.mc_net import MCNet
 from methods.mean_teacher import MeanTeacher
 from methods.sassnet import SASSNet
+from methods.settings import MethodSettings
 from methods.ss_net import SSNet
 from methods.supervised import Supervised
 from methods.ua_mt import UAMT

@@ -1,10 +1,12 @@
 """The contract between the trainer loop and a training method.
 
-A method turns one labeled and one unlabeled batch into a loss and a dict of detached terms for logging.
-The trainer (optimiser, schedule, logging, evaluation, checkpoints) knows no method by name.
+A method turns one labeled and one unlabeled batch into a loss, a dict of detached loss terms and a dict of
+detached monitors for logging. The trainer (optimiser, schedule, logging, evaluation, checkpoints) knows no
+method by name.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.recipe import Recipe
+from methods.settings import MethodSettings
+from utils.errors import UserError
 from utils.losses import dice_loss
 from utils.ramps import consistency_weight
 
@@ -29,39 +33,9 @@ class Batch:
 @dataclass
 class MethodOutput:
     loss: Tensor
-    terms: dict[str, Tensor]  # detached scalars, logged as loss/<name>
+    terms: dict[str, Tensor]  # detached loss terms: TensorBoard loss/<name>, one line per iteration in log.txt
     labeled_logits: Tensor | None = None  # detached, for image panels
-
-
-@dataclass
-class MethodSettings:
-    """Hyper-parameters of the training methods; defaults per dataset live in engine/presets.py."""
-
-    num_classes: int
-    # supervised Dice (spec §3.4)
-    dice_include_background: bool = False
-    dice_squared_denominator: bool = False
-    dice_smooth: float = 1e-8
-    ce_weight: float = 0.0  # the official scripts compute CE but give it weight 0
-    # warm-up weight w(t) = consistency * ramp(t // 150, consistency_rampup); the ramp sees the 1-based iteration,
-    # or the 0-based one when rampup_zero_based (the official 2-D scripts evaluate w before their counter moves)
-    consistency: float = 1.0
-    consistency_rampup: float = 40.0
-    rampup_zero_based: bool = False
-    consistency_off: int = 0  # first iterations with the unlabeled term switched off (SSL4MIS Mean Teacher 2-D)
-    # LDS / VAT (spec §3.5)
-    lds_discrepancy: str = "pooled_dice"
-    xi: float = 10.0
-    epsilon: float = 10.0
-    power_iterations: int = 1
-    # class separation (spec §3.6, §3.7)
-    separation_weight: float = 0.1
-    memory_size: int = 32
-    memory_keep: str = "lowest"
-    memory_weights: str = "ones"  # prototype weights beta: "ones" = official code, "learned" = the paper
-    # baselines: teacher EMA decay (Mean Teacher, UA-MT) and the run length (UA-MT's threshold ramp; 0 = none)
-    ema_decay: float = 0.99
-    max_iterations: int = 0
+    monitors: dict[str, Tensor] = field(default_factory=dict)  # detached non-loss scalars: TensorBoard train/<name>
 
 
 class Method:
@@ -72,12 +46,16 @@ class Method:
       config merges them into `network_kwargs`, so config.json and checkpoints rebuild the right network.
     * `recipes[spatial_dims]` (3 = LA-like, 2 = ACDC-like): what the authors' code does (methods/recipe.py):
       loss weight, schedule, Dice variant, each value cited in the docstring; no entry = SS-Net's settings.
+    * `extra_modules`: modules the method trains together with the network by the same optimiser (SS-Net's
+      heads); `parameters()` = the network's, then theirs. Their weights travel in `state_dict()`.
     * `after_optimizer_step(iteration)`: called by the trainer right after `optimizer.step()` (EMA teachers,
       SASSNet's discriminator step).
-    * `state_dict()` / `load_state_dict()`: everything else needed to resume exactly (teacher weights and
-      buffers, extra modules and their optimisers, counters), tensors and plain Python only.
+    * `state_dict()` / `load_state_dict()`: everything else needed to resume exactly (extra modules, teacher
+      weights and buffers, other optimisers, counters), tensors and plain Python only.
+    * `leaves_parameters_unused`: True when a step may give some trained parameter no gradient (DDP must then
+      search for them every iteration).
     * `gather_across_ranks` / `average_gradients`: identity / no-op in one process; under torchrun the trainer
-      sets the collective versions (engine/distributed.py) for state that must agree on every rank.
+      sets the collective versions (training/distributed.py) for state that must agree on every rank.
     * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
       check that the unlabeled term alone moves the student.
     """
@@ -86,10 +64,12 @@ class Method:
     uses_unlabeled = True  # False: the trainer draws labeled-only batches
     recipes: dict[int, Recipe] = {}  # per spatial dims; empty = SS-Net's settings of the dataset
     supervised_weight: float = 1.0
+    leaves_parameters_unused = False
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
         self.network = network
         self.settings = settings
+        self.extra_modules: dict[str, nn.Module] = {}
         if network is not None:
             self._check_network_options(network)
 
@@ -107,13 +87,28 @@ class Method:
         wrong = {k: v for k, v in needed.items() if built.get(k) != v}
         if wrong:
             options = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-            raise ValueError(f"method {self.name} needs a network built with {options}; build it with "
-                             f"build_network(name, **kwargs, **{type(self).__name__}.network_options(dims)) "
-                             f"(train_la.py / train_acdc.py do this)")
+            raise UserError(f"method {self.name} needs a network built with {options}; build it with "
+                            f"build_network(name, **kwargs, **{type(self).__name__}.network_options(dims)) "
+                            f"(train_la.py / train_acdc.py do this)")
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """What the optimiser trains, by name: the network's parameters, then those of the extra modules."""
+        yield from self.network.named_parameters()
+        for module in self.extra_modules.values():
+            yield from module.named_parameters()
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return (p for _, p in self.named_parameters())
+
+    def train(self, mode: bool = True) -> Method:
+        self.network.train(mode)
+        for module in self.extra_modules.values():
+            module.train(mode)
+        return self
 
     def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
         raise NotImplementedError
@@ -132,11 +127,11 @@ class Method:
 
     def require_unlabeled(self, unlabeled: Batch | None) -> Batch:
         if unlabeled is None or len(unlabeled) == 0:
-            raise ValueError(f"{self.name} needs unlabeled data in every batch (--batch_size > --labeled_bs)")
+            raise UserError(f"{self.name} needs unlabeled data in every batch (--batch_size > --labeled_bs)")
         return unlabeled
 
     def dice_and_ce(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The dataset's soft Dice (spec §3.4) and the cross-entropy, both with gradient."""
+        """The recipe's soft Dice (settings.dice_*) and the cross-entropy, both with gradient."""
         s = self.settings
         dice = dice_loss(
             torch.softmax(logits, dim=1),
@@ -154,7 +149,7 @@ class Method:
         loss = dice + s.ce_weight * ce if s.ce_weight else dice
         return loss, {"dice": dice.detach(), "ce": ce.detach()}
 
-    # Cross-process hooks: engine/distributed.py replaces them under torchrun; in one process they do nothing.
+    # Cross-process hooks: training/distributed.py replaces them under torchrun; in one process they do nothing.
     @staticmethod
     def gather_across_ranks(rows: Tensor) -> Tensor:
         """Rows (N, ...) of every rank concatenated in rank order; in one process `rows` itself."""
@@ -164,9 +159,13 @@ class Method:
     def average_gradients(parameters) -> None:
         """Average .grad of modules the method trains outside the network's step (own optimiser) over ranks."""
 
-    # Extra state that a checkpoint must carry to resume (e.g. SS-Net's prototype memory, a teacher).
+    # Extra state that a checkpoint must carry to resume (e.g. SS-Net's heads and memory, a teacher).
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def load_legacy_network_keys(self, head_state: dict[str, Tensor]) -> None:
+        """Network-state keys of a checkpoint written when every network carried SS-Net's heads: only SS-Net
+        uses them (its heads); for every other method they were never trained and are dropped."""

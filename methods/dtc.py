@@ -58,5 +58,5 @@ class DTC(Method):
         weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * consistency
         terms.update(total=loss.detach(), supervised=supervised.detach(), sdf=sdf_loss.detach(),
-                     consistency=consistency.detach(), consistency_weight=torch.tensor(weight))
-        return MethodOutput(loss, terms, out.logits[:n].detach())
+                     consistency=consistency.detach())
+        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})

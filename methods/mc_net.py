@@ -56,7 +56,7 @@ class MCNet(Method):
         weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * consistency
         terms = {**term_dicts[0], "total": loss.detach(), "supervised": supervised.detach(),
-                 "consistency": consistency.detach(), "consistency_weight": torch.tensor(weight)}
+                 "consistency": consistency.detach()}
         for i, d in enumerate(term_dicts[1:], start=2):
             terms[f"dice_decoder{i}"] = d["dice"]
-        return MethodOutput(loss, terms, out.logits[:n].detach())
+        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})

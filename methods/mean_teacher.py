@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from methods.base import Batch, Method, MethodOutput, MethodSettings
 from methods.ema import cpu_state, ema_update, make_teacher
 from methods.recipe import SSL4MIS_DICE, UAMT_LA_DICE, UAMT_LA_SCHEDULE, Recipe, Schedule
+from networks import split_head_keys
 from utils.losses import softmax_mse
 
 NOISE_STD = 0.1
@@ -65,7 +66,7 @@ class MeanTeacher(Method):
 
     def consistency(self, student_logits: Tensor, images: Tensor, noise: Tensor, iteration: int
                     ) -> tuple[Tensor, dict]:
-        """Unlabeled consistency term and extra log terms; UA-MT overrides this."""
+        """Unlabeled consistency term and its monitors; UA-MT overrides this."""
         loss = softmax_mse(student_logits, self.teacher_probs(images + noise))
         if iteration <= self.settings.consistency_off:  # the teacher still ran: same random draws as the recipe
             loss = loss.new_zeros(())
@@ -78,12 +79,12 @@ class MeanTeacher(Method):
         logits = self.network(torch.cat([labeled.image, unlabeled.image])).logits
         dice, ce = self.dice_and_ce(logits[:n], labeled.label)
         supervised = 0.5 * (dice + ce)
-        consistency, extra = self.consistency(logits[n:], unlabeled.image, noise, iteration)
+        consistency, monitors = self.consistency(logits[n:], unlabeled.image, noise, iteration)
         weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * consistency
         terms = {"total": loss.detach(), "dice": dice.detach(), "ce": ce.detach(), "supervised": supervised.detach(),
-                 "consistency": consistency.detach(), "consistency_weight": torch.tensor(weight), **extra}
-        return MethodOutput(loss, terms, logits[:n].detach())
+                 "consistency": consistency.detach()}
+        return MethodOutput(loss, terms, logits[:n].detach(), {"consistency_weight": torch.tensor(weight), **monitors})
 
     def after_optimizer_step(self, iteration: int) -> None:
         # the recipes update with their 0-based step counter: the first update copies the student
@@ -94,4 +95,5 @@ class MeanTeacher(Method):
 
     def load_state_dict(self, state: dict) -> None:
         if "teacher" in state:
-            self.teacher.load_state_dict(state["teacher"])
+            # a teacher saved when networks carried SS-Net's heads holds their (untrained) copies: not the teacher's
+            self.teacher.load_state_dict(split_head_keys(state["teacher"])[0])

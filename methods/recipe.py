@@ -35,7 +35,7 @@ class Dice:
 class Schedule:
     """Iterations, learning-rate policy and warm-up of one recipe (SGD 0.01, momentum 0.9, wd 1e-4 in all)."""
 
-    max_iterations: int
+    max_iteration: int
     lr_policy: str  # step | poly | constant
     consistency_rampup: float  # warm-up length in 'epochs' of 150 iterations
     rampup_zero_based: bool  # w(t) sees the counter before the script increments it
@@ -50,7 +50,7 @@ class Schedule:
         lr = {"step": f"LR x0.1 every {self.lr_step:,}", "poly": "poly LR (1 - t/T)^0.9",
               "constant": "constant LR"}[self.lr_policy]
         off = f", unlabeled term off for the first {self.consistency_off:,}" if self.consistency_off else ""
-        return (f"{self.max_iterations:,} iterations, {lr}, ramp {self.consistency_rampup:g} x 150 "
+        return (f"{self.max_iteration:,} iterations, {lr}, ramp {self.consistency_rampup:g} x 150 "
                 f"({'0' if self.rampup_zero_based else '1'}-based){off}")
 
 

@@ -106,10 +106,10 @@ class SASSNet(Method):
         loss = self.supervised_weight * supervised + weight * adversarial
         self._last_batch = (images.detach(), n)
         terms.update(total=loss.detach(), supervised=supervised.detach(), sdf=sdf_loss.detach(),
-                     adversarial=adversarial.detach(), consistency_weight=torch.tensor(weight))
+                     adversarial=adversarial.detach())
         if self._last_discriminator_loss is not None:
             terms["discriminator_previous"] = self._last_discriminator_loss
-        return MethodOutput(loss, terms, out.logits[:n].detach())
+        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})
 
     def after_optimizer_step(self, iteration: int) -> None:
         """One discriminator step on the batch just used, predicted by the updated network in eval mode."""

@@ -58,7 +58,7 @@ class UAMT(MeanTeacher):
                     ) -> tuple[Tensor, dict]:
         teacher_probs = self.teacher_probs(images + noise)
         uncertainty = self.teacher_uncertainty(images)
-        threshold = uncertainty_threshold(self.recipe_counter(iteration), self.settings.max_iterations)
+        threshold = uncertainty_threshold(self.recipe_counter(iteration), self.settings.max_iteration)
         mask = (uncertainty < threshold).to(student_logits.dtype)
         loss = masked_mse(torch.softmax(student_logits, dim=1), teacher_probs, mask)
         return loss, {"uncertainty_threshold": torch.tensor(threshold), "certain_fraction": mask.mean()}

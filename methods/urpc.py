@@ -58,6 +58,5 @@ class URPC(Method):
         weight = self.warmup_weight(iteration)
         loss = self.supervised_weight * supervised + weight * consistency
         terms = {"total": loss.detach(), "dice": dices[0].detach(), "ce": ces[0].detach(),
-                 "supervised": supervised.detach(), "consistency": consistency.detach(),
-                 "consistency_weight": torch.tensor(weight)}
-        return MethodOutput(loss, terms, out.logits[:n].detach())
+                 "supervised": supervised.detach(), "consistency": consistency.detach()}
+        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})

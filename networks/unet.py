@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import SegmentationNetwork
+from .base import SegmentationNetwork
 from .output import DecoderOutput
 from .perturbations import pyramid_logits
 
@@ -148,10 +148,11 @@ class UNetDecoder(nn.Module):
 
 
 class UNet(SegmentationNetwork):
-    """U-Net for 2-D slices (B, in_channels, H, W) with the SS-Net heads.
+    """U-Net for 2-D slices (B, in_channels, H, W).
 
-    The paper's ACDC network is UNet(1, 4): 1,826,828 parameters. `dropout` holds the element-wise dropout
-    rate inside each of the five encoder blocks (the decoder uses none). Baseline options (see
+    The paper's ACDC network is UNet(1, 4): 1,813,764 parameters (1,826,828 with SS-Net's heads). `dropout`
+    holds the element-wise dropout rate inside each of the five encoder blocks (the decoder uses none).
+    Baseline options (see
     NetworkOutput): `sdf_head`, `deep_supervision`, `num_decoders` (2 = MC-Net: decoder2 up-samples with
     transposed convs instead of the main decoder's 1×1 conv + bilinear interpolation).
     """

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .heads import SegmentationNetwork
+from .base import SegmentationNetwork
 from .output import DecoderOutput
 from .perturbations import pyramid_logits
 
@@ -175,10 +175,11 @@ class VNetDecoder(nn.Module):
 
 
 class VNet(SegmentationNetwork):
-    """V-Net for 3-D volumes (B, in_channels, D, H, W) with the SS-Net heads.
+    """V-Net for 3-D volumes (B, in_channels, D, H, W).
 
-    The paper's LA network is VNet(1, 2, 16, dropout=True): 9,457,318 parameters. `dropout` only switches the
-    two Dropout3d layers (no parameters), so state dicts load across dropout=True/False. Baseline options
+    The paper's LA network is VNet(1, 2, 16, dropout=True): 9,448,866 parameters (9,457,318 with SS-Net's
+    heads). `dropout` only switches the two Dropout3d layers (no parameters), so state dicts load across
+    dropout=True/False. Baseline options
     (see NetworkOutput): `sdf_head`, `deep_supervision`, `num_decoders` (2 = MC-Net: decoder2 up-samples
     trilinearly + conv instead of the transposed conv of the main decoder).
     """

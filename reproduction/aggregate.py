@@ -10,46 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from reproduction.chart import draw_chart
 from reproduction.paper import paper_entry
 from reproduction.plan import describe_protocol
+from reproduction.rows import METRICS, _float, budget_order, case_means, group, scale
 from reproduction.stats import mean_sd, paired_comparison
 from utils.atomic import write_text_atomic
 
-METRICS = ("dice", "jaccard", "hd95", "asd")
-PERCENT = ("dice", "jaccard")  # fractions in the test CSVs, percent in the tables (as the paper)
 CASE_COLUMNS = ("mode", "protocol", "budget", "labelnum", "method", "role", "schedule", "iterations", "seed",
                 "checkpoint", "case", "class",
                 "class_name", "dice", "jaccard", "hd95", "asd", "assd", "empty_pred", "empty_ref")
 REFERENCE_METHOD = "ss_net"
-
-
-def budget_order(budget: str) -> tuple[int, int]:
-    return (1, 0) if budget == "all" else (0, int(budget))
-
-
-def scale(metric: str) -> float:
-    return 100.0 if metric in PERCENT else 1.0
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def case_means(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """{case: {metric: mean over the case's classes}} (LA: the one class; ACDC: RV, Myo, LV)."""
-    by_case: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_case[r["case"]].append(r)
-    out = {}
-    for case, rs in by_case.items():
-        out[case] = {}
-        for m in METRICS:
-            values = [_float(r[m]) for r in rs if math.isfinite(_float(r[m]))]
-            out[case][m] = float(np.mean(values)) if values else math.nan
-    return out
 
 
 def seed_means(rows: list[dict]) -> dict[str, float]:
@@ -64,13 +35,6 @@ def seed_means(rows: list[dict]) -> dict[str, float]:
         finite = [v for v in class_means if math.isfinite(v)]
         out[m] = float(np.mean(finite)) * scale(m) if finite else math.nan
     return out
-
-
-def group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    grouped: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        grouped[tuple(r[k] for k in keys)].append(r)
-    return grouped
 
 
 def summary_table(case_rows: list[dict], published: dict, dataset: str) -> list[dict]:
@@ -205,8 +169,6 @@ def write_results(results_dir: Path, dataset: str, case_rows: list[dict], publis
              "cases": results_dir / f"{dataset}_cases.csv", "paired": results_dir / f"{dataset}_paired.csv"}
     chart_name = ""
     if chart and case_rows:
-        from reproduction.chart import draw_chart
-
         paths["png"] = results_dir / f"{dataset}.png"
         draw_chart(paths["png"], dataset, case_rows, published, title_note=case_rows[0]["mode"])
         chart_name = paths["png"].name

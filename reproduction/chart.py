@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reproduction.aggregate import budget_order, case_means, group
 from reproduction.paper import paper_entry
+from reproduction.rows import budget_order, case_means, group
 
 
 def draw_chart(path: Path, dataset: str, case_rows: list[dict], published: dict, title_note: str = "") -> None:

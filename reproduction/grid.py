@@ -11,13 +11,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dataloaders import make_synthetic_la, read_list
+from dataloaders import get_dataset, make_synthetic_la, read_list
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
 from dataloaders.la import la_case_path
-from engine.cli import USER_ERRORS
-from engine.config import TrainConfig, build_train_parser, config_from_args
-from engine.presets import PRESETS
-from engine.tasks import get_task
 from reproduction.aggregate import write_results
 from reproduction.paper import PAPER_RESULTS, load_paper_results
 from reproduction.plan import (
@@ -31,7 +27,11 @@ from reproduction.plan import (
     plan_grid,
     timing_record,
 )
+from training.config import TrainConfig
+from training.flags import build_train_parser, config_from_args
 from utils.atomic import write_text_atomic
+from utils.cli import USER_ERRORS
+from utils.errors import UserError
 
 QUICK_MODE = "QUICK MODE: NOT a reproduction"
 SHORTENED_MODE = "SHORTENED schedule: NOT the paper's setting"
@@ -107,19 +107,19 @@ def quick_data(dataset: str, root_path: str, work: Path) -> tuple[str, str, list
     lists = work / "lists"
     if not root_path:
         if dataset != "LA":
-            raise ValueError("--quick without --root_path writes synthetic LA-like data; for ACDC pass --root_path "
+            raise UserError("--quick without --root_path writes synthetic LA-like data; for ACDC pass --root_path "
                              "with a few real cases")
         data = work / "data"
         if not (data / "test.list").is_file():
             make_synthetic_la(data, n_train=5, n_test=2, shape=(40, 40, 24), seed=0, n_val=1)
         return str(data), str(data), ["2", "all"]
-    task = get_task(dataset)
+    task = get_dataset(dataset)
     source = task.lists_dir()
     if dataset == "LA":
         present = [c for c in read_list(source / "train.list") if la_case_path(root_path, c).is_file()]
         test = [c for c in read_list(source / "test.list") if la_case_path(root_path, c).is_file()][:2]
         if len(present) < 3 or not test:
-            raise ValueError(f"--quick --root_path {root_path}: need >= 3 training and 1 test LA case there, "
+            raise UserError(f"--quick --root_path {root_path}: need >= 3 training and 1 test LA case there, "
                              f"found {len(present)} and {len(test)}")
         contents = {"train.list": present, "val.list": present[-1:], "test.list": test}
         budgets = ["2", "all"]
@@ -128,7 +128,7 @@ def quick_data(dataset: str, root_path: str, work: Path) -> tuple[str, str, list
         val = [v for v in read_list(source / "val.list") if acdc_volume_path(root_path, v).is_file()][:2]
         test = [v for v in read_list(source / "test.list") if acdc_volume_path(root_path, v).is_file()][:2]
         if len({s.split("_", 1)[0] for s in slices}) < 2 or not val or not test:
-            raise ValueError(f"--quick --root_path {root_path}: need the slices of >= 2 training patients and 1 "
+            raise UserError(f"--quick --root_path {root_path}: need the slices of >= 2 training patients and 1 "
                              f"val and 1 test ACDC volume there")
         contents = {"train_slices.list": slices, "val.list": val, "test.list": test}
         budgets = ["1", "all"]
@@ -148,21 +148,20 @@ def check_train_args(dataset: str, extra: list[str]) -> None:
     """--train_args: only flags of the train script that the grid does not set itself, with valid values."""
     reserved = [f for f in extra if f.split("=")[0] in GRID_FLAGS]
     if reserved:
-        raise ValueError(f"--train_args: {', '.join(reserved)} is set by reproduce.py for every cell; use "
+        raise UserError(f"--train_args: {', '.join(reserved)} is set by reproduce.py for every cell; use "
                          f"reproduce.py's own flags (--methods, --labelnum, --seeds, --protocol, ...)")
-    parser = build_train_parser(PRESETS[dataset], "")
+    parser = build_train_parser(dataset, "")
     parser.exit_on_error = False
     try:
         _, unknown = parser.parse_known_args(extra)
     except argparse.ArgumentError as exc:
-        raise ValueError(f"--train_args: {exc}") from None
+        raise UserError(f"--train_args: {exc}") from None
     if unknown:
-        raise ValueError(f"--train_args: {' '.join(unknown)} is not a flag of train_{dataset.lower()}.py "
+        raise UserError(f"--train_args: {' '.join(unknown)} is not a flag of train_{dataset.lower()}.py "
                          f"(python train_{dataset.lower()}.py -h lists them)")
 
 
 def train_config(run: Run, options: GridOptions, extra_flags: list[str]) -> TrainConfig:
-    preset = PRESETS[run.dataset]
     flags = ["--method", run.method, "--labelnum", str(run.labelnum), "--seed", str(run.seed), "--select", run.select,
              "--run_dir", str(run.run_dir), "--max_iteration", str(run.max_iteration), "--schedule", run.schedule,
              "--device", options.device,
@@ -173,12 +172,12 @@ def train_config(run: Run, options: GridOptions, extra_flags: list[str]) -> Trai
         flags += ["--lists_dir", options.lists_dir]
     if not options.progress:
         flags.append("--no_progress")
-    return config_from_args(build_train_parser(preset, "").parse_args(flags), preset)
+    return config_from_args(build_train_parser(run.dataset, "").parse_args(flags), run.dataset)
 
 
 def train_run(run: Run, options: GridOptions, extra_flags: list[str]) -> tuple[bool, float, int]:
     """(trained now?, seconds, iterations done now); a finished run is reused, a partial one resumes."""
-    from engine.trainer import train
+    from training import train
 
     status = run.status()
     if status == "finished":
@@ -206,7 +205,7 @@ def test_is_current(evaluation: Evaluation) -> bool:
 
 def test_evaluation(evaluation: Evaluation, options: GridOptions, lists_dir: Path) -> bool:
     """Test the checkpoint on the test list unless an up-to-date result is there; True when tested now."""
-    from engine.testing import TestOptions, run_test
+    from evaluation import TestOptions, run_test
 
     if test_is_current(evaluation):
         return False
@@ -249,9 +248,8 @@ def shortened(max_iteration: int | None, extra: list[str]) -> str:
 def run_grid(options: GridOptions) -> GridResult:
     options = replace(options, seeds=list(options.seeds), protocols=list(options.protocols))
     dataset = options.dataset
-    preset = PRESETS.get(dataset)
-    if preset is None:
-        raise ValueError(f"unknown --dataset {dataset!r}; choose from: {', '.join(PRESETS)}")
+    if dataset not in ("LA", "ACDC"):
+        raise UserError(f"unknown --dataset {dataset!r}; choose from: LA, ACDC")
     mode = mode_of(options)
     runs_dir = Path(options.runs_dir or ("model/reproduce_quick" if options.quick else "model/reproduce"))
     results_dir = Path(options.results_dir or ("results/quick" if options.quick else "results"))
@@ -281,7 +279,7 @@ def run_grid(options: GridOptions) -> GridResult:
         return result
     if banner:
         print(banner, flush=True)
-    lists_dir = get_task(dataset).lists_dir(options.lists_dir)
+    lists_dir = get_dataset(dataset).lists_dir(options.lists_dir)
 
     case_rows: list[dict] = []
     for number, run in enumerate(plan.runs, start=1):

@@ -18,10 +18,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataloaders import read_list
+from dataloaders import get_dataset, read_list
 from dataloaders.splits import patient_of
-from engine.resume import list_checkpoints
-from engine.tasks import get_task
+from training.checkpoints import list_checkpoints
+from training.config import method_schedule
+from utils.errors import UserError
 
 PROTOCOL_CHOICES = ("paper", "honest")
 REPORTS = {  # protocol asked on the command line -> reported protocols
@@ -46,7 +47,7 @@ def describe_protocol(protocol: str, dataset: str) -> str:
         return f"honest-val: best Dice on the validation list{held}; test set used once"
     if protocol == "honest-last":
         return "honest-last: final weights, no selection; test set used once"
-    raise ValueError(f"unknown protocol {protocol!r}")
+    raise UserError(f"unknown protocol {protocol!r}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Run:
             if done.get("finished") and finished_at == self.max_iteration:
                 return "finished"
             if isinstance(finished_at, int) and finished_at > self.max_iteration:
-                raise ValueError(f"{self.run_dir} holds a finished run of {finished_at} iterations, longer than the "
+                raise UserError(f"{self.run_dir} holds a finished run of {finished_at} iterations, longer than the "
                                  f"{self.max_iteration} asked; raise --max_iteration or use another --runs_dir")
         return "partial" if list_checkpoints(self.run_dir) else "new"
 
@@ -119,7 +120,7 @@ def parse_budget(text: str) -> str:
     if text == ALL:
         return ALL
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"--labelnum takes positive integers or 'all', got {text!r}")
+        raise UserError(f"--labelnum takes positive integers or 'all', got {text!r}")
     return str(int(text))
 
 
@@ -143,19 +144,16 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
     `schedule` recipe: each method trains with its authors' schedule (the published baseline rows), shared: with
     SS-Net's; `max_iteration` (not None) overrides every run's length. A baseline on SS-Net's schedule gets its
     own run folders (suffix `_shared`), so both schedules of a method can sit side by side."""
-    from engine.config import method_schedule
-    from engine.presets import PRESETS
     from methods import check_method_name
 
-    task = get_task(dataset)
-    lists = task.lists_dir(lists_dir)
+    lists = get_dataset(dataset).lists_dir(lists_dir)
     for name in methods:
         check_method_name(name)
     for protocol in protocols:
         if protocol not in PROTOCOL_CHOICES:
-            raise ValueError(f"unknown --protocol {protocol!r}; choose from: {', '.join(PROTOCOL_CHOICES)}")
+            raise UserError(f"unknown --protocol {protocol!r}; choose from: {', '.join(PROTOCOL_CHOICES)}")
     if not seeds or not methods or not budgets or not protocols:
-        raise ValueError("the grid is empty: give at least one --labelnum, --methods, --seeds and --protocol")
+        raise UserError("the grid is empty: give at least one --labelnum, --methods, --seeds and --protocol")
     budgets = list(dict.fromkeys(parse_budget(b) for b in budgets))
 
     # selection of each run -> the reported protocols it serves, and which checkpoint each one tests
@@ -175,12 +173,12 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
             for seed in dict.fromkeys(seeds):
                 for select, reports in serves.items():
                     labelnum = all_labels(dataset, select, lists) if budget == ALL else int(budget)
-                    label, method_plan = method_schedule(method, PRESETS[dataset], schedule)
-                    _, recipe_plan = method_schedule(method, PRESETS[dataset], "recipe")
+                    label, method_plan = method_schedule(method, dataset, schedule)
+                    _, recipe_plan = method_schedule(method, dataset, "recipe")
                     suffix = "_shared" if method_plan != recipe_plan else ""
                     run_dir = (Path(runs_dir) / dataset / f"{budget}_labeled" / method
                                / f"seed{seed}_select_{select}{suffix}")
-                    iterations = max_iteration if max_iteration is not None else method_plan.max_iterations
+                    iterations = max_iteration if max_iteration is not None else method_plan.max_iteration
                     run = Run(dataset, budget, labelnum, method, seed, select, iterations, run_dir, schedule, label)
                     runs.append(run)
                     by_checkpoint: dict[str, list[str]] = {}

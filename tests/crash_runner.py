@@ -1,6 +1,6 @@
 """Run train_la.py in this process and SIGKILL it at a chosen point (used by tests/test_resume.py).
 
-    python tests/crash_runner.py POINT N -- <train_la.py flags>
+    PYTHONPATH=. python tests/crash_runner.py POINT N -- <train_la.py flags>
 
 POINT: step       - after the forward pass of iteration N (before its optimiser step)
        save       - halfway through writing the N-th resume checkpoint (temp file half written)
@@ -15,14 +15,12 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-import engine.trainer as trainer  # noqa: E402
-import methods  # noqa: E402
-import train_la  # noqa: E402
-import utils.checkpoint as checkpoint  # noqa: E402
+import methods
+import train_la
+import training.checkpoints as checkpoints
+import utils.checkpoint as checkpoint
 
 
 def die() -> None:
@@ -61,7 +59,7 @@ def main() -> None:
 
         checkpoint.torch.save = half_save
     elif point == "best":
-        real = trainer.save_checkpoint
+        real = checkpoints.save_checkpoint
 
         def best_then_die(path, *args, **kwargs):
             if Path(path).name.startswith("best_model"):
@@ -70,7 +68,7 @@ def main() -> None:
                     die()
             return real(path, *args, **kwargs)
 
-        trainer.save_checkpoint = best_then_die
+        checkpoints.save_checkpoint = best_then_die
     else:
         raise SystemExit(f"unknown crash point {point!r}")
     sys.exit(train_la.main(flags))

@@ -1,6 +1,6 @@
 """Checks that need a process group, run by tests/test_distributed.py under torchrun with 2 gloo processes.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed_checks.py
+    PYTHONPATH=. python -m torch.distributed.run --nproc_per_node 2 tests/distributed_checks.py
 
 Every rank runs every check; a failed assertion exits non-zero and torchrun reports it.
 """
@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from engine.distributed import distributed_session  # noqa: E402
-from methods import Batch, Method, MethodOutput, MethodSettings, build_method  # noqa: E402
-from networks import build_network  # noqa: E402
+from methods import Batch, Method, MethodOutput, MethodSettings, build_method
+from networks import build_network
+from training.distributed import distributed_session
 
 SHAPE = (16, 16, 16)
 
@@ -83,11 +80,9 @@ def check_one_step_matches_one_process(ddp) -> None:
     ref_optimizer.step()
     moved = 0
     for (name, p), q in zip(network.named_parameters(), reference.parameters(), strict=True):
-        if name.startswith(("encoder", "decoder")):
-            assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (name, (p - q).abs().max())
-            moved += int(p.grad is not None and bool(p.grad.abs().sum() > 0))
-        else:  # heads unused by this loss: no gradient on any rank, so no update (as in one process)
-            assert p.grad is None and q.grad is None, name
+        assert name.startswith(("encoder", "decoder")), name  # the network is the backbone only
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (name, (p - q).abs().max())
+        moved += int(p.grad is not None and bool(p.grad.abs().sum() > 0))
     assert moved > 10
     assert same_on_every_rank(torch.cat([p.detach().flatten() for p in network.parameters()]))
 
@@ -99,7 +94,7 @@ def check_ss_net_memory_and_parameters(ddp) -> None:
     method = build_method("ss_net", network, MethodSettings(num_classes=2, memory_size=8))
     step = ddp.training_step(method)
     ddp.seed_rank(0)  # dropout / VAT probe directions differ per rank from here on
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     counts = []
     for iteration in range(1, 5):
         images, labels = global_batch(4, seed=100 + iteration)
@@ -111,14 +106,14 @@ def check_ss_net_memory_and_parameters(ddp) -> None:
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
-        ddp.sync_buffers(network)
+        ddp.sync_buffers([network, method.heads])
         counts.append(method.memory.counts())
         memory = method.memory.state_dict()["prototypes"]
         assert same_on_every_rank([None if p is None else p.tolist() for p in memory]), f"memory @ {iteration}"
     assert counts[-1][1] > 0, counts  # the memory was filled
-    state = {k: v.clone() for k, v in network.state_dict().items()}
+    state = {**network.state_dict(), **method.heads.state_dict()}  # SS-Net's heads are DDP-averaged too
     for key, value in state.items():
-        assert same_on_every_rank(value), key
+        assert same_on_every_rank(value.clone()), key
 
 
 def check_sassnet_discriminator_agrees(ddp) -> None:
@@ -136,7 +131,7 @@ def check_sassnet_discriminator_agrees(ddp) -> None:
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
-        ddp.sync_buffers(network)
+        ddp.sync_buffers([network])
         method.after_optimizer_step(iteration)
     for key, value in method.discriminator.state_dict().items():
         assert same_on_every_rank(value), key

@@ -12,8 +12,7 @@ import torch
 import test_la
 import train_la
 from dataloaders import la_case_path, make_synthetic_la, read_list
-from networks import build_network
-from utils.checkpoint import save_checkpoint
+from networks import build_network, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ import test_la
 import train_acdc
 import train_la
 from dataloaders import read_list
-from engine.config import build_train_parser, config_from_args
-from engine.presets import ACDC, LA
 from methods import METHODS, Batch, MethodSettings, build_method
 from methods.ema import ema_decay_at, ema_update, make_teacher
 from networks import build_network
 from networks.perturbations import element_dropout, feature_dropout, feature_noise
+from training.flags import build_train_parser, config_from_args
+from training.presets import PRESETS
 from utils.losses import (
     masked_mse,
     mutual_consistency_loss,
@@ -42,9 +42,8 @@ CASES = {
     "2d": ("unet", {"num_classes": 4}, (4, 1, 32, 32),
            MethodSettings(num_classes=4, dice_include_background=True, dice_squared_denominator=True,
                           dice_smooth=1e-10, consistency_rampup=200, lds_discrepancy="class_mean_dice",
-                          epsilon=6.0)),
+                          magnitude=6.0)),
 }
-SSNET_HEADS = ("projection_head.", "prediction_head.", "contrastive_class_selector_")
 
 
 def make(case: str, method: str, seed: int = 0):
@@ -52,7 +51,7 @@ def make(case: str, method: str, seed: int = 0):
     torch.manual_seed(seed)
     network = build_network(name, **kwargs, **METHODS[method].network_options(len(shape) - 2)).train()
     settings = copy.deepcopy(settings)
-    settings.max_iterations = 100
+    settings.max_iteration = 100
     m = build_method(method, network, settings)
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(shape, generator=g)
@@ -66,22 +65,21 @@ def make(case: str, method: str, seed: int = 0):
     return network, m, Batch(images[: shape[0] // 2], labels), Batch(images[shape[0] // 2 :], None)
 
 
-def unused_parameters(network, method: str) -> set[str]:
-    """Parameters the published method never uses: SS-Net's background selectors (no background prototypes);
-    for every other method all SS-Net heads, which the shared network carries but only SS-Net trains."""
-    if method == "ss_net":
-        prefixes = ("contrastive_class_selector_0.", "contrastive_class_selector_memory0.")
-    else:
-        prefixes = SSNET_HEADS
-    return {n for n, _ in network.named_parameters() if n.startswith(prefixes)}
+def unused_parameters(m, method: str) -> set[str]:
+    """Parameters the published method never uses: SS-Net's background selectors (no background prototypes).
+    Every other method trains exactly its network: no parameter may be left without a gradient."""
+    if method != "ss_net":
+        return set()
+    prefixes = ("contrastive_class_selector_0.", "contrastive_class_selector_memory0.")
+    return {n for n, _ in m.named_parameters() if n.startswith(prefixes)}
 
 
-def zero_gradient_parameters(network, method: str) -> set[str]:
+def zero_gradient_parameters(m, method: str) -> set[str]:
     """SS-Net's memory selectors S^mem_c (c >= 1): the official prototype weights are 1, so they sit in the
     graph with a zero gradient (weight decay and momentum still apply, as in the official step)."""
     if method != "ss_net":
         return set()
-    return {n for n, _ in network.named_parameters() if n.startswith("contrastive_class_selector_memory")
+    return {n for n, _ in m.named_parameters() if n.startswith("contrastive_class_selector_memory")
             and not n.startswith("contrastive_class_selector_memory0.")}
 
 
@@ -95,12 +93,13 @@ def test_loss_is_finite_and_every_used_parameter_gets_a_gradient(case, method):
     assert all(not v.requires_grad and math.isfinite(float(v)) for v in out.terms.values())
     assert out.labeled_logits.shape == (len(labeled), network.num_classes, *labeled.image.shape[2:])
     out.loss.backward()
-    unused, zero_gradient = unused_parameters(network, method), zero_gradient_parameters(network, method)
-    missing = [n for n, p in network.named_parameters()
+    unused, zero_gradient = unused_parameters(m, method), zero_gradient_parameters(m, method)
+    missing = [n for n, p in m.named_parameters()
                if n not in unused | zero_gradient and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
-    assert all(p.grad is None for n, p in network.named_parameters() if n in unused)
-    assert all(p.grad is not None and not p.grad.any() for n, p in network.named_parameters() if n in zero_gradient)
+    assert all(p.grad is None for n, p in m.named_parameters() if n in unused)
+    assert all(p.grad is not None and not p.grad.any() for n, p in m.named_parameters() if n in zero_gradient)
+    assert m.leaves_parameters_unused == bool(unused)  # DDP searches for unused parameters only where needed
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -334,20 +333,21 @@ def test_mc_net_second_vnet_decoder_upsamples_with_aligned_corners():
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("method", BASELINES)
 def test_config_carries_network_options_and_the_recipe_weight(method, case):
-    preset = LA if case == "3d" else ACDC
-    args = build_train_parser(preset, "").parse_args(["--method", method])
-    config = config_from_args(args, preset)
-    dims = len(preset.patch_size)
+    dataset = "LA" if case == "3d" else "ACDC"
+    args = build_train_parser(dataset, "").parse_args(["--method", method])
+    config = config_from_args(args, dataset)
+    dims = len(config.patch_size)
     assert config.network_kwargs.items() >= METHODS[method].network_options(dims).items()
     assert config.consistency == METHODS[method].recipe(dims).weight(config.labelnum)
     rebuilt = build_network(config.network, **config.network_kwargs)
     assert rebuilt.network_config()["kwargs"] == {**rebuilt.network_kwargs()}
     assert build_network(**{"name": config.network}, **rebuilt.network_config()["kwargs"]).num_decoders == \
         rebuilt.num_decoders
-    overridden = config_from_args(build_train_parser(preset, "").parse_args(["--method", method,
-                                                                            "--consistency", "0.5"]), preset)
+    overridden = config_from_args(build_train_parser(dataset, "").parse_args(["--method", method,
+                                                                             "--consistency", "0.5"]), dataset)
     assert overridden.consistency == 0.5
-    assert config_from_args(build_train_parser(preset, "").parse_args([]), preset).consistency == preset.consistency
+    assert config_from_args(build_train_parser(dataset, "").parse_args([]), dataset).consistency == \
+        PRESETS[dataset].values["consistency"]
 
 
 # -- end to end: a few iterations on real data, then the test script from the checkpoint alone --------------------

@@ -13,17 +13,18 @@ import torch
 
 import train_la
 from dataloaders import TwoStreamBatchSampler, make_synthetic_la
-from engine.distributed import (
+from methods import build_method
+from networks import build_network
+from training.checkpoints import list_checkpoints
+from training.config import make_config
+from training.distributed import (
     Distributed,
     RankBatchSampler,
-    backbone_modules,
-    convert_backbone_to_sync_bn,
+    convert_to_sync_bn,
     distributed_session,
     environment_ranks,
     rank_device,
 )
-from engine.resume import list_checkpoints
-from networks import build_network
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,12 +100,14 @@ def test_device_per_rank_and_clear_refusals():
 
 def test_sync_bn_converts_the_backbone_only_and_keeps_checkpoint_keys():
     network = build_network("vnet", num_classes=2, base_filters=4)
+    method = build_method("ss_net", network, make_config("LA"))
     keys = list(network.state_dict())
-    convert_backbone_to_sync_bn(network)
+    Distributed(world_size=2, device=torch.device("cpu")).prepare_network(network, sync_bn=True)
     assert list(network.state_dict()) == keys
-    synced = {type(m) for part in backbone_modules(network) for m in part.modules()}
+    synced = {type(m) for m in network.modules()}
     assert torch.nn.SyncBatchNorm in synced and torch.nn.BatchNorm3d not in synced
-    assert isinstance(network.projection_head[1], torch.nn.BatchNorm1d)  # heads: data-dependent calls, not synced
+    assert isinstance(method.heads.projection_head[1], torch.nn.BatchNorm1d)  # heads: data-dependent calls
+    assert convert_to_sync_bn(build_network("unet")) is not None
 
 
 # -- two gloo processes ------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_verify_reports_a_corrupt_case(la_root, tmp_path, capsys):
 def test_acdc_without_a_mirror_prints_the_manual_steps(tmp_path, capsys):
     assert download.main(["acdc", str(tmp_path / "ACDC")]) == 2
     captured = capsys.readouterr()
-    assert "SSL4MIS" in captured.out and "prepare_acdc.py" in captured.out and "error:" in captured.err
+    assert "SSL4MIS" in captured.out and "python -m data.prepare_acdc" in captured.out and "error:" in captured.err
 
 
 def test_prepare_acdc_converts_a_fake_raw_release(tmp_path):

@@ -15,10 +15,9 @@ import test_la
 import train_acdc
 import train_la
 from dataloaders import read_list
-from engine.config import build_train_parser, config_from_args
-from engine.presets import LA
-from engine.trainer import train
 from networks import build_network
+from training import train
+from training.flags import build_train_parser, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LA = ["--patch_size", "32,32,32", "--base_filters", "4", "--stride", "32,32,32", "--num_workers", "0",
@@ -127,11 +126,11 @@ def test_official_state_dict_is_evaluated(la_root, la_lists, tmp_path):
 
 
 def la_config(la_root, la_lists, run_dir, workers=0, seed=1337):
-    parser = build_train_parser(LA, "")
+    parser = build_train_parser("LA", "")
     args = parser.parse_args(["--root_path", str(la_root), "--lists_dir", str(la_lists), "--labelnum", "2",
                               "--max_iteration", "3", "--select", "last", "--run_dir", str(run_dir),
                               "--seed", str(seed), *TINY_LA])
-    config = config_from_args(args, LA)
+    config = config_from_args(args, "LA")
     config.num_workers = workers
     return config
 

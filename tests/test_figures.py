@@ -8,19 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-import compare_runs
-import feature_tsne
-import plot_runs
 import test_acdc
 import test_la
-import toy_two_moons
 from dataloaders import read_list
-from engine.config import build_train_parser, config_from_args
-from engine.presets import LA
-from engine.trainer import train
-from networks import build_network
+from networks import build_network, save_checkpoint
+from tools import compare_runs, feature_tsne, plot_runs, toy_two_moons
 from toy.two_moons import ToySettings, accuracy, make_two_moons, train_moons
-from utils.checkpoint import save_checkpoint
+from training import train
+from training.flags import build_train_parser, config_from_args
 from viz import png_size, save_png
 from viz.curves import read_log_scalars, read_run_scalars, smooth
 from viz.overlay import MontageCase, case_overlay_figure, comparison_montage, stack_views
@@ -146,12 +141,12 @@ def la_runs(la_root, tmp_path_factory):
     (folder / "test.list").write_text("\n".join(read_list(la_root / "test.list")[:2]) + "\n")
     runs = {}
     for method in ("supervised", "ss_net"):
-        args = build_train_parser(LA, "").parse_args([
+        args = build_train_parser("LA", "").parse_args([
             "--root_path", str(la_root), "--lists_dir", str(folder), "--labelnum", "2", "--max_iteration", "4",
             "--eval_every", "2", "--eval_start", "2", "--method", method, "--run_dir", str(folder / method),
             "--patch_size", "32,32,32", "--base_filters", "4", "--stride", "32,32,32", "--num_workers", "0",
             "--device", "cpu", "--no_progress"])
-        runs[method] = train(config_from_args(args, LA)).run_dir
+        runs[method] = train(config_from_args(args, "LA")).run_dir
     return folder, runs
 
 

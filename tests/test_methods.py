@@ -17,7 +17,7 @@ CASES = {
     "2d": ("unet", {"num_classes": 4}, (4, 1, 32, 32),
            MethodSettings(num_classes=4, dice_include_background=True, dice_squared_denominator=True,
                           dice_smooth=1e-10, consistency=0.1, consistency_rampup=200, lds_discrepancy="class_mean_dice",
-                          epsilon=6.0)),
+                          magnitude=6.0)),
 }
 
 
@@ -43,16 +43,16 @@ def test_loss_is_finite_and_terms_are_detached(case, method):
     assert out.labeled_logits.shape[0] == len(labeled)
 
 
-def dead_parameters(network) -> set[str]:
+def dead_parameters(method) -> set[str]:
     """SS-Net never uses the background selectors (no background prototypes): they get no gradient at all."""
-    return {n for n, _ in network.named_parameters()
+    return {n for n, _ in method.named_parameters()
             if n.startswith(("contrastive_class_selector_0.", "contrastive_class_selector_memory0."))}
 
 
-def memory_selector_parameters(network) -> set[str]:
+def memory_selector_parameters(method) -> set[str]:
     """S^mem_c, c >= 1: with the official prototype weights (beta = 1) in the graph with a zero gradient."""
-    return {n for n, _ in network.named_parameters()
-            if n.startswith("contrastive_class_selector_memory") and n not in dead_parameters(network)}
+    return {n for n, _ in method.named_parameters()
+            if n.startswith("contrastive_class_selector_memory") and n not in dead_parameters(method)}
 
 
 @pytest.mark.parametrize("memory_weights", ["ones", "learned"])
@@ -64,13 +64,13 @@ def test_ss_net_full_step_gives_every_live_parameter_a_gradient(case, memory_wei
         m.memory.prototypes[c] = torch.randn(32, 32)
     out = m.training_loss(labeled, unlabeled, iteration=6000)
     out.loss.backward()
-    zero_gradient = memory_selector_parameters(network) if memory_weights == "ones" else set()
-    expected_exceptions = dead_parameters(network) | zero_gradient
-    missing = [n for n, p in network.named_parameters()
+    zero_gradient = memory_selector_parameters(m) if memory_weights == "ones" else set()
+    expected_exceptions = dead_parameters(m) | zero_gradient
+    missing = [n for n, p in m.named_parameters()
                if n not in expected_exceptions and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
-    assert all(p.grad is None for n, p in network.named_parameters() if n in dead_parameters(network))
-    grads = {n: p.grad for n, p in network.named_parameters()}
+    assert all(p.grad is None for n, p in m.named_parameters() if n in dead_parameters(m))
+    grads = {n: p.grad for n, p in m.named_parameters()}
     assert all(grads[n] is not None and not grads[n].any() for n in zero_gradient)
 
 
@@ -93,7 +93,7 @@ def test_ss_net_memory_holds_only_correct_labeled_foreground(case):
         return out
 
     network.forward = recording_forward
-    projection_before_step = copy.deepcopy(network.projection_head).eval()  # the step moves its BN statistics
+    projection_before_step = copy.deepcopy(m.heads.projection_head).eval()  # the step moves its BN statistics
     m.training_loss(Batch(labeled.image, labels), unlabeled, iteration=1)
     logits, features = main_forward["out"][:2]  # NetworkOutput: read by name or slice
     n = len(labeled)
@@ -139,7 +139,7 @@ def test_unlabeled_terms_alone_move_the_network():
     out = m.training_loss(labeled, unlabeled, iteration=10**6)
     out.loss.backward()
     assert network.encoder.in_conv.conv_conv[0].weight.grad.abs().sum() > 0
-    assert network.prediction_head[0].weight.grad.abs().sum() > 0
+    assert m.heads.prediction_head[0].weight.grad.abs().sum() > 0
 
 
 def test_unknown_method_suggests_the_right_name():

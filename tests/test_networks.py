@@ -1,4 +1,5 @@
-"""Networks: parameter counts (§2.4), official key names/shapes, output shapes (§8.2), dropout, loading."""
+"""Networks: parameter counts, official key names/shapes (backbone + SS-Net's heads), output shapes, dropout,
+loading (the key map between the official single state dict and network + heads)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from methods.ss_net import SSNetHeads
 from networks import (
     NETWORKS,
     NetworkOutput,
@@ -14,6 +16,7 @@ from networks import (
     build_network,
     infer_num_classes,
     load_official_state_dict,
+    split_head_keys,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -49,37 +52,47 @@ def unet() -> UNet:
     return UNet()
 
 
-# -- parameter counts (§2.4, §8.1) ---------------------------------------------------------------
+def heads_of(net) -> SSNetHeads:
+    """SS-Net's heads for `net`, as the ss_net method builds them."""
+    return SSNetHeads(net.feature_channels, net.num_classes)
+
+
+# -- parameter counts: the network is the backbone, SS-Net's heads belong to the method ---------------------------
 def test_vnet_parameter_counts(vnet):
-    assert count(vnet) == 9_457_318
+    assert count(vnet) == 9_448_866
     assert count(vnet.encoder) == 7_376_896
     assert count(vnet.decoder) == 2_071_970
-    assert count(vnet.encoder) + count(vnet.decoder) == 9_448_866
-    assert count(vnet) - count(vnet.encoder) - count(vnet.decoder) == 8_452
-    assert sum(b.numel() for b in vnet.buffers()) == 6_019  # BN running stats + num_batches_tracked
+    assert count(vnet.encoder) + count(vnet.decoder) == count(vnet)
+    assert count(vnet) + count(heads_of(vnet)) == 9_457_318  # the official network, heads included
+    assert count(heads_of(vnet)) == 8_452
+    assert sum(b.numel() for b in vnet.buffers()) + sum(b.numel() for b in heads_of(vnet).buffers()) == 6_019
 
 
 def test_unet_parameter_counts(unet):
-    assert count(unet) == 1_826_828
+    assert count(unet) == 1_813_764
     assert count(unet.encoder) == 1_180_464
     assert count(unet.decoder) == 633_300
-    assert count(unet) - count(unet.encoder) - count(unet.decoder) == 13_064
+    assert count(unet) + count(heads_of(unet)) == 1_826_828
+    assert count(heads_of(unet)) == 13_064
 
 
 def test_unet_two_classes_parameter_count():
     net = UNet(num_classes=2)
-    assert count(net) == 1_821_926
-    assert count(net.encoder) + count(net.decoder) == 1_813_474
+    assert count(net) == 1_813_474
+    assert count(net) + count(heads_of(net)) == 1_821_926
 
 
 def test_head_parameter_counts(vnet, unet):
     for net in (vnet, unet):
-        assert count(net.projection_head) == 1_664
-        assert count(net.prediction_head) == 2_176
+        heads = heads_of(net)
+        assert count(heads.projection_head) == 1_664
+        assert count(heads.prediction_head) == 2_176
         for c in range(net.num_classes):
-            assert count(net.feature_selector(c)) == SELECTOR_PARAMS
-            assert count(net.memory_selector(c)) == SELECTOR_PARAMS
-        assert net.feature_selector(1) is not net.memory_selector(1)
+            assert count(heads.feature_selector(c)) == SELECTOR_PARAMS
+            assert count(heads.memory_selector(c)) == SELECTOR_PARAMS
+        assert heads.feature_selector(1) is not heads.memory_selector(1)
+        assert not any(name.startswith(("projection", "prediction", "contrastive")) for name, _ in
+                       net.named_parameters())  # no head left in the network
 
 
 VNET_BLOCKS = {
@@ -108,17 +121,22 @@ def test_per_block_parameter_counts(request, net_fixture, blocks):
 # -- official state-dict keys, shapes and dtypes -------------------------------------------------
 @pytest.mark.parametrize("name, entries", [("vnet", 259), ("unet", 226)])
 def test_state_dict_matches_official_listing(name, entries):
+    """The network's state dict, then SS-Net's heads', is the official single state dict (names, shapes, order)."""
     listing = official_listing(name)
     assert len(listing) == entries
-    state = build_network(name).state_dict()
+    network = build_network(name)
+    state = {**network.state_dict(), **heads_of(network).state_dict()}
     ours = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
     assert ours == listing  # same names, shapes, dtypes and order
+    backbone, heads = split_head_keys(state)
+    assert list(backbone) == list(network.state_dict()) and list(heads) == list(heads_of(network).state_dict())
 
 
 def test_narrow_vnet_keeps_official_keys():
     narrow = VNet(base_filters=8)
-    assert list(narrow.state_dict()) == [row[0] for row in official_listing("vnet")]
-    assert narrow.feature_channels == 8 and narrow.projection_head[0].in_features == 8
+    heads = heads_of(narrow)
+    assert [*narrow.state_dict(), *heads.state_dict()] == [row[0] for row in official_listing("vnet")]
+    assert narrow.feature_channels == 8 and heads.projection_head[0].in_features == 8
     out = narrow.eval()(torch.zeros(1, 1, 16, 16, 16))
     assert out.features.shape == (1, 8, 16, 16, 16)
 
@@ -157,19 +175,19 @@ def test_encoder_feature_widths_and_resolutions(name):
 def test_network_attributes(vnet, unet):
     for net, dims, classes in ((vnet, 3, 2), (unet, 2, 4)):
         assert (net.spatial_dims, net.num_classes, net.in_channels) == (dims, classes, 1)
-        assert (net.feature_channels, net.head_dim, net.size_divisor) == (16, 32, 16)
+        assert (net.feature_channels, net.size_divisor) == (16, 16)
 
 
 def test_heads_on_voxel_vectors(vnet):
-    vnet.train()
+    heads = heads_of(vnet).train()
     vectors = torch.randn(10, 16)
-    projected = vnet.project(vectors)
+    projected = heads.project(vectors)
     assert projected.shape == (10, 32)
-    assert vnet.predict(projected).shape == (10, 32)
-    assert vnet.feature_selector(1)(projected).shape == (10, 1)
-    assert vnet.memory_selector(0)(projected).shape == (10, 1)
+    assert heads.predict(projected).shape == (10, 32)
+    assert heads.feature_selector(1)(projected).shape == (10, 1)
+    assert heads.memory_selector(0)(projected).shape == (10, 1)
     with pytest.raises(IndexError, match="num_classes=2"):
-        vnet.feature_selector(2)
+        heads.feature_selector(2)
 
 
 # -- dropout: stochastic in train mode, deterministic in eval mode -------------------------------
@@ -212,7 +230,7 @@ def test_dropout_flag_does_not_change_state_dict():
 # -- multi-class ---------------------------------------------------------------------------------
 def test_vnet_three_classes():
     net = VNet(num_classes=3).eval()
-    names = [n for n, _ in net.named_children()]
+    names = [n for n, _ in heads_of(net).named_children()]
     assert [n for n in names if n.startswith("contrastive_class_selector_memory")] == [
         f"contrastive_class_selector_memory{c}" for c in range(3)
     ]
@@ -221,7 +239,8 @@ def test_vnet_three_classes():
     ]
     with torch.no_grad():
         assert net(torch.randn(1, 1, 16, 16, 32)).logits.shape == (1, 3, 16, 16, 32)
-    assert count(net) == 9_457_318 + 17 + 2 * SELECTOR_PARAMS  # one more out channel (16 + 1), two selectors
+    # one more out channel (16 + 1), two more selectors
+    assert count(net) + count(heads_of(net)) == 9_457_318 + 17 + 2 * SELECTOR_PARAMS
 
 
 # -- config round trip and loading ---------------------------------------------------------------
@@ -256,10 +275,25 @@ def test_load_official_state_dict_accepts_wrappers_and_prefix(tmp_path):
     assert infer_num_classes(VNet(num_classes=3).state_dict()) == 3
 
 
+def test_official_state_dict_loads_into_network_and_heads():
+    """The key map: one official state dict -> the network and SS-Net's heads, each strictly."""
+    torch.manual_seed(2)
+    source, source_heads = VNet(base_filters=4), None
+    source_heads = SSNetHeads(4, 2)
+    official = {**source.state_dict(), **source_heads.state_dict()}
+    network, heads = VNet(base_filters=4), SSNetHeads(4, 2)
+    load_official_state_dict(network, official, heads)
+    for key, value in source_heads.state_dict().items():
+        assert torch.equal(heads.state_dict()[key], value)
+    assert torch.equal(network.decoder.out_conv.weight, source.decoder.out_conv.weight)
+    load_official_state_dict(VNet(base_filters=4), official)  # only segmenting: the heads are dropped
+
+
 def test_load_official_state_dict_wrong_class_count_is_readable():
-    acdc_like = UNet(num_classes=4).state_dict()
+    network = UNet(num_classes=4)
+    acdc_like = {**network.state_dict(), **heads_of(network).state_dict()}
     with pytest.raises(ValueError) as error:
-        load_official_state_dict(UNet(num_classes=2), acdc_like)
+        load_official_state_dict(UNet(num_classes=2), acdc_like, heads_of(UNet(num_classes=2)))
     message = str(error.value)
     assert "36 unexpected keys (contrastive_class_selector_2.0.weight" in message  # 2 classes x 2 kinds x 9
     assert "in_channels=1, num_classes=2" in message

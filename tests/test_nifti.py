@@ -23,7 +23,7 @@ from dataloaders.nifti import (
     read_nifti_dataset,
     restore_labels,
 )
-from engine.nifti_task import NiftiTask
+from dataloaders.nifti_dataset import NiftiDataset
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,9 @@ def test_slice_axis_is_the_coarsest():
 
 def test_split_draws_validation_with_a_seed_and_keeps_unlabeled_label_free(dataset, tmp_path):
     info = read_nifti_dataset(dataset)
-    task = NiftiTask("3d", Preprocessing(), info, num_val=1, split_seed=3)
+    task = NiftiDataset("3d", Preprocessing(), info, num_val=1, split_seed=3)
     split = task.split(0, "val")
-    assert split.val == NiftiTask("3d", Preprocessing(), info, num_val=1, split_seed=3).split(0, "val").val
+    assert split.val == NiftiDataset("3d", Preprocessing(), info, num_val=1, split_seed=3).split(0, "val").val
     assert len(split.val) == 1 and len(split.labeled) == 2 and split.test == ["test000", "test001"]
     assert set(split.unlabeled) == {"case003", "case004", "case005"}
     assert not set(split.val) & set(split.labeled + split.unlabeled)
@@ -97,7 +97,7 @@ def test_split_draws_validation_with_a_seed_and_keeps_unlabeled_label_free(datas
     dataset_2d = task.train_dataset(dataset, ["case003"], (16, 16, 16))
     sample = dataset_2d[(0, 7)]
     assert sample["image"].shape == (2, 16, 16, 16) and (sample["label"] == UNLABELED).all()
-    slices = NiftiTask("2d", Preprocessing(slice_axis=2), info, num_val=1).split(0, "last")
+    slices = NiftiDataset("2d", Preprocessing(slice_axis=2), info, num_val=1).split(0, "last")
     assert len(slices.labeled) == 3 * 12 and slices.labeled[0] == "case000_slice_0"
     item = NiftiTrainDataset(slices.labeled, task.prepared, (16, 16), slice_axis=2)[(5, 1)]
     assert item["image"].shape == (2, 16, 16) and item["label"].min() >= 0
@@ -135,7 +135,7 @@ def test_3d_train_predict_and_score_end_to_end(dataset, tmp_path):
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["test000.nii.gz", "test001.nii.gz"]
     rows = read_csv(out / "metrics.csv")
     assert len(rows) == 4 and {r["class_name"] for r in rows} == {"ball", "box"}
-    assert json.loads((out / "summary.json").read_text())["units"].startswith("mm")
+    assert json.loads((out / "summary.json").read_text())["metrics"]["units"] == "mm"
 
 
 def test_2d_mode_trains_on_slices_and_predicts_volumes(dataset, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,15 @@ import torch
 
 import test_la
 import train_la
-from dataloaders import LAVolumes, make_synthetic_la, read_list
+from dataloaders import LAVolumes, get_dataset, make_synthetic_la, read_list
 from dataloaders.transforms import LATrainTransform, random_crop, random_rot_flip
-from engine.evaluate import evaluate_cases
-from engine.precision import Precision
-from engine.speed import build_sgd, prepare_network
-from engine.tasks import InferenceSettings, get_task
+from evaluation import evaluate_cases
+from inference import InferenceSettings, Predictor
 from methods import Batch, MethodSettings, build_method
 from networks import build_network
+from networks.speed import prepare_network
+from training.optim import build_sgd
+from training.precision import Precision
 from utils.sliding_window import sliding_window_predict, window_counts, window_starts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_fp16_skips_overflowing_step_logs_it_and_round_trips_its_state(caplog):
     assert torch.allclose(param.detach(), torch.full((3,), 0.8))
     optimizer.zero_grad()
     scale = precision.scaler.get_scale()
-    with caplog.at_level(logging.WARNING, logger="engine.precision"):
+    with caplog.at_level(logging.WARNING, logger="training.precision"):
         stepped = precision.backward_and_step((param * float("inf")).sum(), optimizer, iteration=2)
     assert stepped is False and precision.skipped_steps == 1
     assert torch.allclose(param.detach(), torch.full((3,), 0.8))  # unchanged
@@ -119,7 +119,9 @@ def test_compiled_network_keeps_names_and_outputs():
     prepare_network(net, compile=True, compile_backend="eager")  # eager: tests the wiring, no C++ toolchain
     with torch.no_grad():
         torch.testing.assert_close(net(x).logits, expected)
-    assert list(net.state_dict()) == keys and callable(net.project)
+    assert list(net.state_dict()) == keys
+    method = build_method("ss_net", net, MethodSettings(num_classes=TINY_UNET.get("num_classes", 4)))
+    assert method.heads.project(torch.randn(3, net.feature_channels)).shape == (3, 32)  # heads beside the compiled net
 
 
 @pytest.mark.parametrize("impl", ["foreach", "fused"])
@@ -240,12 +242,12 @@ def trained_synthetic(tmp_path_factory):
 
 def test_fp32_and_bf16_test_metrics_agree_on_a_fixed_checkpoint(trained_synthetic):
     net, root = trained_synthetic
-    task = get_task("LA")
+    dataset = get_dataset("LA")
     cases = read_list(root / "test.list")
     evaluations = {}
     for amp in ("off", "bf16"):
         settings = InferenceSettings((32, 32, 32), (8, 8, 4), batch_size=4 if amp == "off" else 8, nms=True, amp=amp)
-        evaluations[amp] = evaluate_cases(net, task, root, cases, settings, 2, keep_predictions=True)
+        evaluations[amp] = evaluate_cases(Predictor(net, dataset, settings), root, cases, keep_predictions=True)
     fp32, bf16 = evaluations["off"], evaluations["bf16"]
     assert fp32.mean_dice() > 0.6, "the fixture network should have learned the synthetic task"
     assert abs(bf16.mean_dice() - fp32.mean_dice()) <= BF16_DICE_TOLERANCE
@@ -291,11 +293,7 @@ def test_eval_stride_is_validated():
 
 
 def test_bench_tiny_writes_json(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    from benchmarks import bench
     out = tmp_path / "bench.json"
     args = bench.build_parser().parse_args(["--tiny", "--device", "cpu", "--output", str(out),
                                             "--eval_stride", "16,16,16"])

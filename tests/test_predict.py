@@ -10,9 +10,9 @@ from nifti_data import rotated_affine, synthetic_case, write_nifti
 
 import predict
 from dataloaders.nifti import Preprocessing
-from engine.prediction import FlipTTA, find_inputs
-from networks import build_network
-from utils.checkpoint import save_checkpoint
+from inference.predict import find_inputs
+from inference.tta import FlipTTA
+from networks import build_network, save_checkpoint
 
 
 def nifti_checkpoint(path, mode="3d", preprocessing=None, patch=(16, 16, 16)):

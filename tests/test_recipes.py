@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import build_train_parser, config_from_args, legacy_settings, resumed_config
-from engine.presets import ACDC, LA, PRESETS
 from methods import METHODS, Batch, MethodSettings, build_method
 from methods.recipe import recipe_markdown
 from networks import build_network
+from training.config import legacy_settings, resumed_config
+from training.flags import build_train_parser, config_from_args
+from training.presets import ACDC, LA, PRESETS
 from utils.losses import masked_mse
 from utils.ramps import learning_rate
 
@@ -23,7 +24,7 @@ BASELINES = ["dtc", "mc_net", "mean_teacher", "sassnet", "ua_mt", "urpc"]
 
 
 def config(preset, *flags):
-    return config_from_args(build_train_parser(preset, "").parse_args(list(flags)), preset)
+    return config_from_args(build_train_parser(preset.dataset, "").parse_args(list(flags)), preset.dataset)
 
 
 # -- every baseline has a cited recipe; the README's table is the recipes' own ------------------------------------
@@ -38,7 +39,8 @@ def test_every_method_has_a_recipe_with_its_source_or_the_reason_there_is_none(m
 
 
 def test_readme_recipe_table_is_generated_from_the_recipes():
-    shared = {3: (LA.schedule, LA.dice, LA.consistency), 2: (ACDC.schedule, ACDC.dice, ACDC.consistency)}
+    shared = {3: (LA.schedule, LA.dice, LA.values["consistency"]),
+              2: (ACDC.schedule, ACDC.dice, ACDC.values["consistency"])}
     expected = recipe_markdown(METHODS, shared)
     text = README.read_text()
     found = re.search(r"<!-- recipe table: begin -->\n(.*?)\n<!-- recipe table: end -->", text, re.S)
@@ -53,7 +55,7 @@ def test_ua_mt_la_runs_its_recipe_by_default():
                                                                                           2500, 40.0)
     assert c.rampup_zero_based and c.consistency == 0.1 and c.consistency_off == 0
     assert (c.dice_include_background, c.dice_squared_denominator, c.dice_smooth) == (False, True, 1e-5)
-    assert c.method_settings().max_iterations == 6000  # the uncertainty-threshold ramp runs over the recipe's run
+    assert c.max_iteration == 6000  # the config is the method's settings: UA-MT's threshold ramps over 6,000
 
 
 def test_acdc_mean_teacher_recipe_is_poly_lr_with_a_1000_iteration_gate():
@@ -83,7 +85,7 @@ def test_shared_schedule_is_ss_nets_and_keeps_the_methods_weight_and_dice(method
     shared = config(preset, "--method", method, "--schedule", "shared")
     s = preset.schedule
     assert (shared.max_iteration, shared.lr_policy, shared.lr_step, shared.consistency_rampup,
-            shared.rampup_zero_based, shared.consistency_off) == (s.max_iterations, s.lr_policy, s.lr_step,
+            shared.rampup_zero_based, shared.consistency_off) == (s.max_iteration, s.lr_policy, s.lr_step,
                                                                  s.consistency_rampup, s.rampup_zero_based, 0)
     assert shared.consistency == recipe_config.consistency
     assert shared.dice_smooth == recipe_config.dice_smooth
@@ -123,7 +125,7 @@ def make(method: str, dims: int, **settings):
     else:
         network = build_network("unet", num_classes=4, **METHODS[method].network_options(2))
         shape, classes = (4, 1, 32, 32), 4
-    settings = {"max_iterations": 100, **settings}
+    settings = {"max_iteration": 100, **settings}
     m = build_method(method, network.train(), MethodSettings(num_classes=classes, **settings))
     g = torch.Generator().manual_seed(1)
     images = torch.randn(shape, generator=g)
@@ -153,11 +155,11 @@ def test_mean_teacher_gate_zeroes_the_consistency_but_keeps_the_random_draws():
 
 
 def test_ua_mt_threshold_uses_the_recipe_counter_and_run_length():
-    m, labeled, unlabeled = make("ua_mt", 3, rampup_zero_based=True, max_iterations=6000)
+    m, labeled, unlabeled = make("ua_mt", 3, rampup_zero_based=True, max_iteration=6000)
     out = m.training_loss(labeled, unlabeled, iteration=1)
-    assert out.terms["uncertainty_threshold"].item() == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
+    assert out.monitors["uncertainty_threshold"].item() == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
     out = m.training_loss(labeled, unlabeled, iteration=6001)  # counter 6000 = the end of the ramp
-    assert out.terms["uncertainty_threshold"].item() == pytest.approx(math.log(2))
+    assert out.monitors["uncertainty_threshold"].item() == pytest.approx(math.log(2))
 
 
 def test_masked_mse_divides_by_two_whatever_the_class_count():
@@ -176,11 +178,10 @@ def test_settings_missing_from_an_older_config_take_the_values_the_run_had(tmp_p
                           "dice_include_background", "dice_squared_denominator", "dice_smooth")}
     legacy = legacy_settings(saved)
     assert legacy["memory_weights"] == "learned" and legacy["schedule"] == "shared"
-    assert legacy["dice_smooth"] == PRESETS["LA"].dice_smooth
+    assert legacy["dice_smooth"] == PRESETS["LA"].dice.smooth
     assert "memory_weights" not in legacy_settings({**saved, "method": "mean_teacher"})
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    args = build_train_parser(LA, "").parse_args(["--resume", str(tmp_path)])
-    resumed = resumed_config(args, {"resume"})
+    resumed = resumed_config(tmp_path, {})
     assert resumed.memory_weights == "learned" and resumed.lr_policy == "step"
 
 

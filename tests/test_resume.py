@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,9 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_la
 from dataloaders import make_synthetic_la
-from engine.resume import capture_rng, list_checkpoints, restore_rng
-from engine.speed import build_sgd
-from engine.trainer import restore_zero_gradients, zero_gradients
+from training.checkpoints import capture_rng, list_checkpoints, restore_rng
+from training.optim import build_sgd, restore_zero_gradients, zero_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 12
@@ -67,7 +67,8 @@ def reference(synthetic, tmp_path_factory) -> Path:
 def crash(point: str, n: int, synthetic: Path, run_dir: Path, *extra: str) -> None:
     cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--",
            *flags(synthetic, run_dir, *extra)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
 
 
@@ -182,8 +183,8 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    from engine.resume import ResumeState, load_resume_checkpoint, save_resume_checkpoint
     from networks import build_network
+    from training.checkpoints import ResumeState, load_resume_checkpoint, save_resume_checkpoint
 
     network = build_network("vnet", num_classes=2, base_filters=4)
     for iteration in (3, 6):
@@ -197,8 +198,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
 
 
 def test_settings_added_after_a_run_started_count_as_their_defaults():
-    from engine.config import legacy_settings
-    from engine.resume import config_differences
+    from training.config import config_differences, legacy_settings
 
     older = {"seed": 3, "consistency": 1.0}  # written before sync_bn / amp existed
     same_as_then = {"seed": 3, "consistency": 1.0, **legacy_settings(older)}  # the behaviour that run had
@@ -208,8 +208,7 @@ def test_settings_added_after_a_run_started_count_as_their_defaults():
 
 
 def test_settings_whose_default_changed_count_as_the_value_the_older_run_had():
-    from engine.config import legacy_settings
-    from engine.resume import config_differences
+    from training.config import config_differences, legacy_settings
 
     older = {"seed": 3, "method": "ss_net"}  # written before the official prototype weights became the default
     now = {**older, **legacy_settings(older), "memory_weights": "ones"}

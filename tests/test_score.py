@@ -1,4 +1,4 @@
-"""score.py: folders of NIfTI / h5 label maps scored like the test scripts, checked against medpy."""
+"""tools.score: folders of NIfTI / h5 label maps scored like the test scripts, checked against medpy."""
 from __future__ import annotations
 
 import csv
@@ -10,13 +10,13 @@ import pytest
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-import score
 from dataloaders import read_list
 from dataloaders.acdc import load_acdc_volume
 from dataloaders.la import la_case_path, load_la_case
 from dataloaders.splits import DATA_DIR
-from engine.report import CSV_COLUMNS
-from reproduction.scoring import ScoreOptions, score_folders
+from evaluation.scoring import ScoreOptions, score_folders
+from tools import score
+from utils.report import CSV_COLUMNS
 
 
 def write_h5(path, label):

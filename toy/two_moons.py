@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from sklearn.datasets import make_moons
 from torch import Tensor, nn
 
+from utils.errors import UserError
 from utils.losses import class_separation_loss, pooled_dice_discrepancy, vat_lds_loss
 from utils.prototype_memory import PrototypeMemory
 from utils.ramps import sigmoid_rampup
@@ -62,9 +63,9 @@ def make_two_moons(n_labeled: int, gamma: float, *, n_unlabeled: int = 1000, n_t
     set is drawn independently.
     """
     if n_labeled < 2 or n_labeled % 2:
-        raise ValueError(f"n_labeled must be an even number >= 2 (half per class), got {n_labeled}")
+        raise UserError(f"n_labeled must be an even number >= 2 (half per class), got {n_labeled}")
     if gamma < 0:
-        raise ValueError(f"gamma (noise) must be >= 0, got {gamma}")
+        raise UserError(f"gamma (noise) must be >= 0, got {gamma}")
     rng = np.random.default_rng(seed)
     pool_x, pool_y = make_moons(n_labeled + n_unlabeled, noise=gamma, random_state=int(rng.integers(2**31)))
     test_x, test_y = make_moons(n_test, noise=gamma, random_state=int(rng.integers(2**31)))
@@ -122,10 +123,10 @@ class ToySettings:
 def train_moons(data: MoonsData, method: str, settings: ToySettings | None = None, seed: int = 0) -> MoonsMLP:
     """Full-batch training (all labeled + all unlabeled points every step); returns the model in eval mode."""
     if method not in TOY_METHODS:
-        raise ValueError(f"unknown toy method {method!r}; choose from: {', '.join(TOY_METHODS)}")
+        raise UserError(f"unknown toy method {method!r}; choose from: {', '.join(TOY_METHODS)}")
     s = settings or ToySettings()
     if s.discrepancy not in TOY_DISCREPANCIES:
-        raise ValueError(f"unknown discrepancy {s.discrepancy!r}; choose from: {', '.join(TOY_DISCREPANCIES)}")
+        raise UserError(f"unknown discrepancy {s.discrepancy!r}; choose from: {', '.join(TOY_DISCREPANCIES)}")
     torch.manual_seed(seed)
     model = MoonsMLP(s.hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)

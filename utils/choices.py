@@ -4,10 +4,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from utils.errors import UserError
 
-def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> ValueError:
-    """ValueError("unknown method 'ssnet'; did you mean 'ss_net'? choose from: ss_net, supervised")."""
+
+def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UserError:
+    """UserError("unknown method 'ssnet'; did you mean 'ss_net'? choose from: ss_net, supervised")."""
     options = sorted(choices)
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ";"
-    return ValueError(f"unknown {kind} {name!r}{hint} choose from: {', '.join(options)}")
+    return UserError(f"unknown {kind} {name!r}{hint} choose from: {', '.join(options)}")

@@ -13,16 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import UserError
+
 Series = tuple[np.ndarray, np.ndarray]  # (iterations, values)
 
 _EVAL_LINE = re.compile(r"iteration (\d+): (\w+) mean Dice ([-+0-9.eEnaif]+)")
 _TERMS_LINE = re.compile(r"iteration (\d+): (.*) lr ([-+0-9.eE]+)\s*$")
-# log.txt name -> TensorBoard tag, as engine/trainer.py names them
-_TRAIN_PREFIXES = ("memory", "consistency")
+# log.txt lines are "iteration N: <loss terms> | <monitors> lr X" (training/run_logger.py); logs written before
+# the separator existed name their monitors by these prefixes
+_OLD_MONITOR_PREFIXES = ("memory", "consistency")
 
 
-def tag_for_term(name: str) -> str:
-    return f"train/{name}" if name.startswith(_TRAIN_PREFIXES) else f"loss/{name}"
+def tag_for_term(name: str, monitor: bool | None = None) -> str:
+    if monitor is None:  # an older log.txt without the " | " separator
+        monitor = name.startswith(_OLD_MONITOR_PREFIXES)
+    return f"train/{name}" if monitor else f"loss/{name}"
 
 
 def _series(points: dict[int, float]) -> Series:
@@ -47,14 +52,18 @@ def read_log_scalars(log_path: str | Path) -> dict[str, Series]:
                 continue
             if (match := _TERMS_LINE.search(line)) is None:
                 continue
-            step, words = int(match[1]), match[2].split()
+            step, groups = int(match[1]), match[2].split(" | ")
             try:
-                values = {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+                pairs = []
+                for position, group in enumerate(groups):
+                    words = group.split()
+                    monitor = None if len(groups) == 1 else position == 1
+                    pairs += [(words[i], float(words[i + 1]), monitor) for i in range(0, len(words) - 1, 2)]
                 lr = float(match[3])
             except ValueError:
                 continue
-            for name, value in values.items():
-                add(tag_for_term(name), step, value)
+            for name, value, monitor in pairs:
+                add(tag_for_term(name, monitor), step, value)
             add("train/lr", step, lr)
     return {tag: _series(p) for tag, p in points.items()}
 
@@ -126,7 +135,7 @@ def curves_figure(runs: dict[str, dict[str, Series]], *, smoothing: float = 0.9,
 
     tags = tag_order({t for scalars in runs.values() for t in scalars})
     if not tags:
-        raise ValueError("the runs hold no scalars yet (no iteration finished?)")
+        raise UserError("the runs hold no scalars yet (no iteration finished?)")
     n_cols = min(columns, len(tags))
     n_rows = math.ceil(len(tags) / n_cols)
     figure, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * panel_inches[0], n_rows * panel_inches[1]),

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import UserError
+
 
 @dataclass
 class RunSource:
@@ -63,25 +65,16 @@ def read_nifti_labels(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj).astype(np.uint8)
 
 
-class Predictor:
-    """Label maps of one source for any case (predicting on demand for checkpoints)."""
+class RunPredictions:
+    """Label maps of one source for any case: read from its predictions/ folder, or predicted on demand by
+    the checkpoint's predictor (its stored inference settings, as the test scripts)."""
 
-    def __init__(self, source: RunSource, task, device: str = "cpu"):
-        self.source, self.task = source, task
+    def __init__(self, source: RunSource, dataset, device: str = "cpu"):
+        self.source, self.dataset = source, dataset
         if source.kind == "checkpoint":
-            from engine.tasks import InferenceSettings
-            from utils.checkpoint import load_network
+            from inference import Predictor
 
-            preset = task.preset
-            loaded = load_network(source.path, preset.network, preset.network_kwargs, device)
-            stored = loaded.metadata.get("inference", {})
-            self.network = loaded.network
-            self.settings = InferenceSettings(
-                patch_size=tuple(stored.get("patch_size") or preset.patch_size),
-                stride=tuple(stored.get("stride") or preset.stride),
-                batch_size=int(stored.get("batch_size", 4)),
-                nms=bool(stored.get("nms", preset.nms)),
-            )
+            self.predictor = Predictor.from_checkpoint(source.path, device=device, dataset=dataset.name)
 
     def labels(self, case: str, image: np.ndarray) -> np.ndarray:
         if self.source.kind == "predictions":
@@ -90,8 +83,8 @@ class Predictor:
                 raise FileNotFoundError(f"{path} missing: {self.source.path} has no prediction for case {case}")
             labels = read_nifti_labels(path)
         else:
-            labels = self.task.predict(self.network, image, self.settings, self.network.num_classes)
+            labels = self.predictor.predict_stored(image)
         if labels.shape != image.shape:
-            raise ValueError(f"{self.source.name}: prediction for {case} has shape {labels.shape}, "
-                             f"the image {image.shape}; was it made for another dataset?")
+            raise UserError(f"{self.source.name}: prediction for {case} has shape {labels.shape}, the image "
+                            f"{image.shape}; was it made for another dataset?")
         return labels

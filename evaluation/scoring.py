@@ -1,0 +1,158 @@
+"""tools.score's job: score a folder of predicted label maps against a folder of references, with the test
+scripts' metrics.
+
+Files are NIfTI (`.nii`, `.nii.gz`) or h5 with a `label` dataset, matched by case id: the file name without
+its extension, or the parent folder's name for LA's `<ID>/mri_norm2.h5` layout. Metrics, the empty-mask rule,
+the CSV columns and the JSON report are those of test_la.py / test_acdc.py (utils.metrics, utils.report).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dataloaders.cases import check_label_values
+from utils.errors import UserError
+from utils.metrics import EMPTY_POLICIES, case_metrics
+from utils.postprocess import keep_largest_component_per_class
+from utils.report import empty_rule, format_table, report, write_csv, write_json
+
+SUFFIXES = (".nii.gz", ".nii", ".h5")
+LA_FILE_NAME = "mri_norm2.h5"  # the LA layout names the case by its folder
+SPACING_CHOICES = ("voxel", "mm")
+
+
+@dataclass
+class ScoreOptions:
+    predictions: str
+    references: str
+    labels: list[int] = field(default_factory=list)  # empty: the non-zero classes present in each reference
+    spacing: str = "voxel"
+    nms: bool = False
+    empty_policy: str = "official"
+    csv: str = ""
+    json: str = ""
+
+
+def case_id(path: Path) -> str:
+    if path.name == LA_FILE_NAME:
+        return path.parent.name
+    for suffix in SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def find_cases(folder: str | Path, what: str) -> dict[str, Path]:
+    """{case id: file} of every label file under `folder` (searched recursively)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    found: dict[str, Path] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)):
+        case = case_id(path)
+        if case in found:
+            raise UserError(f"{what}: case id {case!r} appears twice ({found[case]} and {path}); keep one file per "
+                             f"case")
+        found[case] = path
+    if not found:
+        raise FileNotFoundError(f"{what} folder {folder} holds no .nii, .nii.gz or .h5 files")
+    return found
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """(labels uint8, voxel size in mm from the NIfTI header, or None for h5 which stores none)."""
+    if path.name.endswith(".h5"):
+        try:
+            with h5py.File(path, "r") as f:
+                if "label" not in f:
+                    raise UserError(f"{path} has no 'label' dataset (found {sorted(f.keys())}); store the label map "
+                                     f"under 'label'")
+                labels = np.asarray(f["label"][()])
+        except OSError as exc:
+            raise UserError(f"{path} is not a readable h5 file ({exc})") from None
+        spacing = None
+    else:
+        import nibabel as nib
+
+        try:
+            image = nib.load(str(path))
+        except Exception as exc:  # nibabel raises several types for broken files
+            raise UserError(f"{path} is not a readable NIfTI file ({exc})") from None
+        labels = np.asarray(image.dataobj)
+        spacing = tuple(float(z) for z in image.header.get_zooms()[: labels.ndim])
+    return check_label_values(labels, path, "label map", None), spacing
+
+
+def case_spacing(option: str, pred_path: Path, pred_spacing, ref_path: Path, ref_spacing) -> tuple | None:
+    if option == "voxel":
+        return None
+    if ref_spacing is None:
+        raise UserError(f"--spacing mm: {ref_path} is h5, which stores no voxel size; use NIfTI references or "
+                         f"--spacing voxel")
+    if pred_spacing is not None and not np.allclose(pred_spacing, ref_spacing, rtol=1e-4):
+        raise UserError(f"--spacing mm: {pred_path} has voxel size {pred_spacing}, its reference {ref_path} "
+                         f"{ref_spacing}; resample the prediction onto the reference grid")
+    return ref_spacing
+
+
+def score_folders(options: ScoreOptions) -> dict:
+    """Per case and class metrics, their mean, and the files written; prints the table."""
+    if options.spacing not in SPACING_CHOICES:
+        raise UserError(f"--spacing must be one of {', '.join(SPACING_CHOICES)}, got {options.spacing!r}")
+    if options.empty_policy not in EMPTY_POLICIES:
+        raise UserError(f"--empty_policy must be one of {', '.join(EMPTY_POLICIES)}, got {options.empty_policy!r}")
+    if any(c < 1 for c in options.labels):
+        raise UserError(f"--labels takes foreground classes >= 1, got {options.labels}")
+    predictions = find_cases(options.predictions, "predictions")
+    references = find_cases(options.references, "references")
+    missing = sorted(set(references) - set(predictions))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} reference case(s) have no prediction in {options.predictions}, "
+                                f"e.g. {', '.join(missing[:5])}; predict every case (files are matched by case id)")
+    extra = sorted(set(predictions) - set(references))
+
+    rows = []
+    for case in sorted(references):
+        ref, ref_spacing = read_label_map(references[case])
+        pred, pred_spacing = read_label_map(predictions[case])
+        if pred.shape != ref.shape:
+            raise UserError(f"case {case}: prediction {predictions[case]} has shape {pred.shape}, reference "
+                             f"{references[case]} {ref.shape}; they must be on the same grid")
+        spacing = case_spacing(options.spacing, predictions[case], pred_spacing, references[case], ref_spacing)
+        classes = list(options.labels) or [int(c) for c in np.unique(ref) if c != 0]
+        if options.nms:
+            pred = keep_largest_component_per_class(pred, classes)
+        for row in case_metrics(pred, ref, classes, spacing, options.empty_policy):
+            rows.append({"case": case, **row, "class_name": f"label {row['class']}"})
+    if not rows:
+        raise UserError("no class to score: every reference is empty; name the classes with --labels")
+
+    class_names = {c: f"label {c}" for c in sorted({r["class"] for r in rows})}
+    units = "mm" if options.spacing == "mm" else "voxel"
+    with warnings.catch_warnings():  # a class whose distances are all NaN (empty_policy nan) has a NaN mean
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        payload = report(rows, class_names, units=units,
+                         spacing="each reference's NIfTI voxel size" if units == "mm" else None,
+                         empty_policy=options.empty_policy,
+                         predictions=str(Path(options.predictions).resolve()),
+                         references=str(Path(options.references).resolve()), n_cases=len(references),
+                         cases=sorted(references), ignored_predictions=extra,
+                         labels=list(options.labels) or "non-zero classes present in each reference",
+                         nms=options.nms)
+    empty, rule = payload["empty_predictions"], empty_rule(options.empty_policy)
+    if options.csv:
+        write_csv(Path(options.csv), rows)
+    if options.json:
+        write_json(Path(options.json), payload)
+    title = (f"{len(references)} cases: {options.predictions} vs {options.references}\nLCC post-processing: "
+             f"{'on' if options.nms else 'off'}; empty predictions: {empty} ({rule})")
+    if extra:
+        title += f"\nignored {len(extra)} prediction(s) without a reference, e.g. {', '.join(extra[:3])}"
+    print(format_table(payload, units, title))
+    if options.csv:
+        print(f"per-case metrics: {options.csv}")
+    return {**payload, "rows": rows}

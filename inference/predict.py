@@ -1,0 +1,136 @@
+"""predict.py's job: label maps for new scans with any checkpoint (NIfTI datasets, LA, ACDC, official weights).
+
+Each scan goes through the preprocessing its model was trained with, the predictor (whole-volume sliding window,
+or the slice-wise path of 2-D models), optional flip test-time augmentation and largest-component clean-up, and
+is mapped back to the scan's own grid: the label NIfTI has the input's affine, header and shape.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dataloaders.nifti import read_label, read_scan
+from utils.atomic import make_writable_folder
+from utils.errors import UserError
+from utils.metrics import case_metrics
+from utils.report import format_table, report, write_csv, write_json
+
+from .nifti import write_labels_nifti
+from .predictor import Predictor
+
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+
+@dataclass
+class PredictOptions:
+    checkpoint: str
+    input: str
+    output: str
+    device: str = "cpu"
+    largest_component: bool | None = None  # None: as the model was evaluated (LA on, others off)
+    tta: bool = False
+    batch_size: int = 4
+    dataset: str = ""  # LA / ACDC for official state dicts (default: guessed from the weights)
+    labels: str = ""  # folder of reference label files <case>.nii.gz: score the predictions (mm)
+    progress: bool = True
+
+
+@dataclass
+class InputCase:
+    case: str
+    paths: list[Path]  # one per channel (NIfTI) or the h5 file
+
+
+def find_inputs(path: str | Path, in_channels: int) -> list[InputCase]:
+    """NIfTI files (nnU-Net channel files `<case>_0000.nii.gz` grouped) and h5 files under `path`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--input {path} does not exist; give a NIfTI / h5 file or a folder of them")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    cases: dict[str, list[Path]] = {}
+    for file in files:
+        if file.suffix == ".h5":
+            case = file.parent.name if file.name == "mri_norm2.h5" else file.stem  # LA layout: <ID>/mri_norm2.h5
+            paths = [file]
+        elif _NIFTI.search(file.name):
+            match = _CHANNEL_FILE.match(file.name)
+            if match and in_channels > 1:
+                if int(match["channel"]) != 0:
+                    continue  # gathered with channel 0
+                case = match["case"]
+                paths = [file.with_name(f"{case}_{c:04d}{file.name[len(case) + 5:]}") for c in range(in_channels)]
+                missing = [p for p in paths if not p.is_file()]
+                if missing:
+                    raise FileNotFoundError(f"{case}: the model takes {in_channels} channels; {missing[0]} not found")
+            else:
+                case = match["case"] if match else _NIFTI.sub("", file.name)
+                paths = [file]
+        else:
+            continue
+        if case in cases:
+            raise UserError(f"two inputs give case id {case!r}: {cases[case][0]} and {paths[0]}")
+        cases[case] = paths
+    if not cases:
+        raise FileNotFoundError(f"--input {path}: no .nii/.nii.gz or .h5 files found")
+    return [InputCase(c, p) for c, p in cases.items()]
+
+
+def read_h5_image(path: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "image" not in f:
+            raise UserError(f"{path} has no dataset 'image'; found {sorted(f.keys())}")
+        return np.asarray(f["image"][()], dtype=np.float32)
+
+
+def run_predict(options: PredictOptions) -> list[Path]:
+    """Write `<output>/<case>.nii.gz` for every input case; with `labels`, also metrics.csv / summary.json."""
+    predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device, dataset=options.dataset,
+                                          batch_size=options.batch_size, nms=options.largest_component,
+                                          tta=options.tta)
+    cases = find_inputs(options.input, predictor.network.in_channels)
+    output = make_writable_folder(options.output, "output folder", "--output")
+    references = Path(options.labels) if options.labels else None
+    if references is not None and not references.is_dir():
+        raise FileNotFoundError(f"--labels {references} is not a folder of <case>.nii.gz references")
+
+    written, rows = [], []
+    for item in tqdm(cases, desc="predicting", disable=not options.progress, dynamic_ncols=True):
+        if item.paths[0].suffix == ".h5":
+            labels = predictor.predict_h5_array(read_h5_image(item.paths[0]))
+            # an h5 array carries no geometry: the dataset's voxel size (LA 0.625 mm) or unit voxels
+            zooms = predictor.dataset.spacing_mm or (1.0,) * labels.ndim
+            target = write_labels_nifti(output / f"{item.case}.nii.gz", labels, spacing_mm=zooms)
+        else:
+            scan = read_scan(item.paths)
+            labels = predictor.predict_scan(scan)
+            zooms = scan.spacing
+            target = write_labels_nifti(output / f"{item.case}.nii.gz", labels, affine=scan.affine,
+                                        header=scan.header)
+        written.append(target)
+        if references is not None:
+            reference = references / f"{item.case}.nii.gz"
+            if not reference.is_file():
+                raise FileNotFoundError(f"--labels: no reference {reference} for case {item.case}")
+            ref = read_label(reference, labels.shape)
+            rows += [{"case": item.case, **r} for r in case_metrics(labels, ref, range(1, predictor.num_classes),
+                                                                    spacing=zooms)]
+    if references is not None:
+        names = predictor.class_names()
+        rows = [{**r, "class_name": names[r["class"]]} for r in rows]
+        payload = report(rows, names, units="mm", spacing="each scan's voxel size (NIfTI header)",
+                         empty_policy="official", checkpoint=str(Path(options.checkpoint).resolve()),
+                         references=str(references.resolve()), n_cases=len(cases), cases=[c.case for c in cases],
+                         tta=options.tta, largest_component=predictor.settings.nms)
+        write_csv(output / "metrics.csv", rows)
+        write_json(output / "summary.json", payload)
+        print(format_table(payload, "mm", f"{len(cases)} case(s) scored against {references}"))
+    print(f"{len(written)} label map(s) written to {output}", file=sys.stderr)
+    return written

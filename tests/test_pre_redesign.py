@@ -1,0 +1,101 @@
+"""Checkpoints and run folders written by the code before the architecture redesign (tests/data/pre_redesign,
+written when every network carried SS-Net's heads) still evaluate and resume, with the same numbers."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import test_la
+import train_la
+from dataloaders import make_synthetic_la
+from inference import Predictor
+
+FIXTURES = Path(__file__).parent / "data" / "pre_redesign"
+METHODS = ("ss_net", "mean_teacher", "mc_net")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """The synthetic data the fixtures were trained on (regenerated: make_synthetic_la is seeded)."""
+    return make_synthetic_la(tmp_path_factory.mktemp("pre_redesign_data"), n_train=6, n_test=1, shape=(24, 24, 20),
+                             seed=3, n_val=1)
+
+
+@pytest.mark.parametrize("name", sorted(json.loads((FIXTURES / "expected_logits.json").read_text())))
+def test_old_checkpoints_predict_the_logits_they_did(name):
+    expected = json.loads((FIXTURES / "expected_logits.json").read_text())[name]
+    predictor = Predictor.from_checkpoint(FIXTURES / name, device="cpu", expect_dataset="LA")
+    x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = predictor.network(x).logits
+    assert float(logits.sum()) == pytest.approx(expected["logits_sum"], rel=1e-6)
+    assert float(logits.abs().sum()) == pytest.approx(expected["logits_abs_sum"], rel=1e-6)
+    assert logits.flatten()[:5].tolist() == pytest.approx(expected["logits_first"], rel=1e-6)
+    assert int((logits.argmax(1) == 1).sum()) == expected["foreground_voxels"]
+
+
+def test_test_script_evaluates_an_old_best_model(synthetic, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert test_la.main(["--checkpoint", str(FIXTURES / "ss_net" / "best_model.pth"), "--root_path", str(synthetic),
+                         "--list", str(synthetic / "test.list"), "--stride", "8,8,8", "--output_dir", str(out),
+                         "--device", "cpu", "--no_progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "ss_net" and summary["trained_iterations"] == 1
+    assert summary["mean"]["dice"]["mean"] == pytest.approx(0.128807, abs=1e-6)  # what the old code measured
+
+
+def copy_run(method: str, synthetic: Path, tmp_path: Path) -> Path:
+    """The fixture run folder, pointed at the regenerated data (config.json and the checkpoint's config)."""
+    run = tmp_path / method
+    shutil.copytree(FIXTURES / method, run)
+    config = json.loads((run / "config.json").read_text())
+    config.update(root_path=str(synthetic), lists_dir=str(synthetic), run_dir=str(run), resume="")
+    (run / "config.json").write_text(json.dumps(config))
+    path = next((run / "checkpoints").glob("iter_*.pth"))
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"].update(root_path=str(synthetic), lists_dir=str(synthetic), run_dir=str(run))
+    torch.save(checkpoint, path)
+    return run
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_old_runs_resume_to_the_weights_the_old_code_reached(method, synthetic, tmp_path):
+    """Resumed from iteration 2 to 4 by today's code: every network tensor as the old code's resumed run (SS-Net's
+    heads move from the network into the method; the optimiser state is re-indexed by parameter name)."""
+    expected = json.loads((FIXTURES / "expected_resume.json").read_text())[method]
+    run = copy_run(method, synthetic, tmp_path)
+    assert train_la.main(["--resume", str(run), "--max_iteration", "4", "--device", "cpu", "--num_workers", "0",
+                          "--no_progress"]) == 0
+    last = torch.load(run / "last_model.pth", weights_only=True)
+    tensors = dict(last["state_dict"])
+    if method == "ss_net":
+        tensors.update(last["method_state"]["heads"])
+    sums = {k: float(v.double().sum()) for k, v in tensors.items() if v.dtype.is_floating_point}
+    old_heads = {k for k in expected["sums"] if k.startswith(("projection_head", "prediction_head", "contrastive"))}
+    assert set(sums) == set(expected["sums"]) - (old_heads if method != "ss_net" else set())
+    for key, value in sums.items():
+        assert value == expected["sums"][key], key  # bitwise: the same float tensors sum to the same double
+    result = json.loads((run / "result.json").read_text())
+    assert result["best_score"] == pytest.approx(expected["best_score"], abs=1e-9)
+
+
+def test_a_fresh_ss_net_run_is_numerically_unchanged(synthetic, tmp_path):
+    """SS-Net initialises and trains its heads in the order the network used to: same draws, same weights."""
+    expected = json.loads((FIXTURES / "expected_fresh.json").read_text())["ss_net"]
+    run = tmp_path / "fresh"
+    assert train_la.main(["--root_path", str(synthetic), "--lists_dir", str(synthetic), "--labelnum", "2",
+                          "--method", "ss_net", "--max_iteration", "3", "--patch_size", "16,16,16", "--base_filters",
+                          "2", "--stride", "8,8,8", "--batch_size", "4", "--labeled_bs", "2", "--eval_every", "1",
+                          "--eval_start", "1", "--save_every", "1", "--select", "val", "--num_workers", "0",
+                          "--device", "cpu", "--no_progress", "--image_every", "0", "--run_dir", str(run)]) == 0
+    last = torch.load(run / "last_model.pth", weights_only=True)
+    tensors = {**last["state_dict"], **last["method_state"]["heads"]}
+    sums = {k: float(v.double().sum()) for k, v in tensors.items() if v.dtype.is_floating_point}
+    assert set(sums) == set(expected["sums"])
+    for key, value in sums.items():
+        assert value == expected["sums"][key], key  # bitwise: the same float tensors sum to the same double
+    assert json.loads((run / "result.json").read_text())["best_score"] == pytest.approx(expected["result"], abs=1e-9)

@@ -1,0 +1,87 @@
+"""What every entry point shares: one-line errors, argument types, help formatting, the device flag."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import torch
+
+from utils.errors import UserError
+
+# What a user can cause and fix: bad input (UserError) and the file system (missing files, permissions, disk).
+USER_ERRORS = (UserError, OSError)
+
+
+def run_cli(job: Callable[[], object], debug: bool = False) -> int:
+    """Run job(); a user error prints `error: ...` on stderr and returns 2 (its traceback with --debug).
+
+    Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
+    """
+    try:
+        job()
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not state its default already and X says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+class DocstringHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """A script's module docstring as the description, kept as written, plus the defaults of its flags."""
+
+
+def help_text(text: str) -> str:
+    """argparse formats help strings with %: a literal percent sign must be doubled."""
+    return text.replace("%", "%%")
+
+
+def int_list(text: str) -> list[int]:
+    """`112,112,80` or `112x112x80` -> [112, 112, 80] (positive integers)."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 112,112,80, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 112,112,80, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    """`1,1,2.5` -> three positive voxel sizes in mm."""
+    try:
+        values = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1.0,1.0,2.5, got {text!r}") from None
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected 3 positive spacings in mm like 1.0,1.0,2.5, got {text!r}")
+    return values
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device NAME as a torch.device, refused with the fix when it does not exist here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name (use cuda, cuda:0, cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available here; use --device cpu")
+    return device
