@@ -6,7 +6,7 @@ with the real LA code path (h5 layout, two-stream sampler, V-Net, sliding window
 
 A synthetic "atrium" (a union of ellipsoids among bright distractors, bias field and noise) replaces the LA
 scans; a narrow V-Net (8 base filters) and 48x48x32 crops replace the paper's 16 filters and 112x112x80.
-The numbers say whether the machinery works, not what SS-Net achieves on LA (see README for that).
+The numbers say whether the machinery works, not what SS-Net achieves on LA (see docs/reproduction.md for that).
 """
 from __future__ import annotations
 

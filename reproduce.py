@@ -7,7 +7,7 @@
 
 Re-running the same command never redoes finished work: finished runs are reused, interrupted ones resume
 from their newest checkpoint, tested checkpoints are not tested again. Results: results/<dataset>.md, .csv,
-_cases.csv, _paired.csv, .png. Protocols: see README "Reproducing the paper".
+_cases.csv, _paired.csv, .png. Protocols: see docs/reproduction.md.
 """
 from __future__ import annotations
 

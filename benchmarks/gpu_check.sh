@@ -4,7 +4,7 @@
 #      fast mode, ratios and the projected full LA run; JSON to $OUT/bench_gpu.json.
 #   2. bench.py --compile 1, fast mode only (torch.compile cost and gain), JSON to $OUT/bench_gpu_compile.json.
 #   3. a short real LA SS-Net training with periodic evaluation (fast options), then test_la.py on its best
-#      checkpoint in fp32 and in bf16 (same metrics within the README tolerance).
+#      checkpoint in fp32 and in bf16 (same metrics within the tolerance of docs/speed.md).
 # Checkpoints and TensorBoard files stay in $WORK (they exceed what a device call returns); $OUT gets at most
 # 8 flat files: the two bench JSONs, bench/train logs and both test summaries. The figures are also printed.
 #

@@ -24,7 +24,7 @@ def read_image_label(path: Path, ndim: int, what: str, num_classes: int | None =
     if not path.is_file():
         raise FileNotFoundError(
             f"{what}: {path} not found; expected an h5 file with datasets 'image' and 'label'. "
-            f"Restore or prepare the dataset (see README 'Data') and check the data root."
+            f"Restore or prepare the dataset (see docs/data.md) and check the data root."
         )
     try:
         with h5py.File(path, "r") as f:

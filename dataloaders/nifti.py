@@ -111,11 +111,11 @@ def read_nifti_dataset(root: str | Path) -> NiftiDatasetInfo:
     meta_path = root / "dataset.json"
     if not root.is_dir():
         raise FileNotFoundError(f"--data {root} does not exist; it should be an nnU-Net raw folder with dataset.json, "
-                                f"imagesTr/ and labelsTr/ (see README 'Your own data')")
+                                f"imagesTr/ and labelsTr/ (see docs/own-data.md)")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found; write one with 'labels' (e.g. {{\"background\": 0, "
                                 f"\"organ\": 1}}) and 'channel_names' (e.g. {{\"0\": \"MRI\"}}) "
-                                f"(see README 'Your own data')")
+                                f"(see docs/own-data.md)")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:

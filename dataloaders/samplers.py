@@ -4,7 +4,7 @@ Batch t is a pure function of (seed, t) (`batch_at`), so resuming at any iterati
 batches do not depend on the number of DataLoader workers. Each entry is `(index, sample_seed)`; the
 datasets seed the augmentation of that sample with `sample_seed`.
 
-Difference from the official code (spec §3.1): it restarts the unlabeled permutation chain at every
+Difference from the official code (docs/method.md §3.1): it restarts the unlabeled permutation chain at every
 labeled epoch, so with few labeled cases (2 iterations per epoch on LA-4) mostly the head of each fresh
 permutation is used. We read one endless chain of permutations continuously, so the unlabeled pool is
 visited uniformly. The labeled stream is as the official code: one permutation per epoch, cut into

@@ -25,7 +25,7 @@ def read_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         what = _LIST_CONTENTS.get(path.name, "one id per line")
-        raise FileNotFoundError(f"split list {path} not found; it should contain {what} (see README 'Data')")
+        raise FileNotFoundError(f"split list {path} not found; it should contain {what} (see docs/data.md)")
     ids = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         case_id = line.strip()

@@ -1,6 +1,6 @@
 """Training augmentation of image/label pairs (numpy), all randomness drawn from an explicit Generator.
 
-Behaviour follows the official SS-Net code (spec §3.2); only the random-number source differs.
+Behaviour follows the official SS-Net code (docs/method.md §3.2); only the random-number source differs.
 Functions never modify their inputs in place (the datasets cache the stored arrays).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def crop_padding(shape: Sequence[int], patch_size: Sequence[int]) -> list[int]:
 
 def random_crop(image: np.ndarray, label: np.ndarray, patch_size: Sequence[int], rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random `patch_size` crop; small inputs are zero-padded first (spec §3.2 rule).
+    """Random `patch_size` crop; small inputs are zero-padded first (docs/method.md §3.2 rule).
 
     Offsets are uniform in [0, size - patch) with the upper bound exclusive, as the official code, so the
     last possible position is never drawn; size == patch gives offset 0.

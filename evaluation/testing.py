@@ -41,7 +41,7 @@ class TestOptions:
     save_predictions: bool = False
     save_png: bool = False  # per case: image with truth and prediction on representative slices (viz.overlay)
     progress: bool = True
-    # speed options (README "Speed"): off/False = the official fp32 path
+    # speed options (docs/speed.md): off/False = the official fp32 path
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False

@@ -65,7 +65,7 @@ class Recipe:
     dice: Dice | None = None  # None: SS-Net's Dice of the dataset
     consistency_by_labelnum: tuple[tuple[int, float], ...] = ()  # (at most N labeled, weight), first match wins
     note: str = ""  # where there is no authors' recipe: what is used instead, and why
-    extra: dict = field(default_factory=dict, compare=False)  # method constants shown in the README table
+    extra: dict = field(default_factory=dict, compare=False)  # method constants shown in the recipe table
 
     def weight(self, labelnum: int | None = None) -> float:
         if labelnum is not None:
@@ -91,7 +91,7 @@ SSL4MIS_DICE = Dice(include_background=True, squared_denominator=True, smooth=1e
 
 
 def recipe_markdown(methods: dict, shared: dict[int, tuple[Schedule, Dice, float]]) -> str:
-    """The README's recipe table: one row per method and dimensionality (3 = LA, 2 = ACDC), from the recipes.
+    """The recipe table of docs/baselines.md: one row per method and dimensionality (3 = LA, 2 = ACDC).
 
     `shared[dims]` = (SS-Net's schedule, Dice and warm-up weight) of the LA / ACDC preset: what a method without a
     recipe value uses.

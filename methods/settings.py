@@ -11,7 +11,7 @@ from utils.losses import LDS_DISCREPANCIES, MEMORY_WEIGHTS
 from utils.prototype_memory import KEEP_CHOICES
 from utils.settings import setting
 
-RECIPE = "the method's recipe (README 'Baselines')"
+RECIPE = "the method's recipe (docs/baselines.md)"
 SCHEDULE = "--schedule"
 # sections of the train scripts' -h
 OPTIMISATION = "optimisation and schedule"

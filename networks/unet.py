@@ -1,4 +1,4 @@
-"""2-D U-Net used for ACDC (SS-Net §2.2): LeakyReLU(0.01), BatchNorm2d, encoder dropout, concatenating skips.
+"""2-D U-Net used for ACDC (docs/method.md §2): LeakyReLU(0.01), BatchNorm2d, encoder dropout, concatenating skips.
 
 Tensors are (B, C, H, W). Submodule names reproduce the official state-dict keys
 (`encoder.in_conv.conv_conv.0.weight`, `encoder.down1.maxpool_conv.1.conv_conv.4.weight`,

@@ -1,4 +1,4 @@
-"""3-D V-Net used for LA (SS-Net §2.1): plain encoder–decoder, BatchNorm3d, ReLU, additive skips.
+"""3-D V-Net used for LA (docs/method.md §2): plain encoder–decoder, BatchNorm3d, ReLU, additive skips.
 
 Tensors are (B, C, D, H, W); the network does not care which physical axis each spatial dim is (the LA volumes
 are stored (W, H, D) and fed in that order). Submodule names reproduce the official state-dict keys

@@ -330,7 +330,7 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
                      if options.quick else "A shortened run is never the paper's setting."), ""]
     seeds = sorted({r.seed for r in plan.runs})
     which = ("each baseline on its authors' recipe, SS-Net and the labeled-only bounds on SS-Net's "
-             "(`--schedule recipe`; README \"Baselines\")" if options.schedule == "recipe" else
+             "(`--schedule recipe`; docs/baselines.md)" if options.schedule == "recipe" else
              "SS-Net's schedule for every method (`--schedule shared`), not the baselines' published recipes")
     lengths = ", ".join(f"{m} {n:,}" for m, n in dict.fromkeys((r.method, r.max_iteration) for r in plan.runs))
     lines += [f"Mode: **{mode}**. Schedules: {which}; iterations per run: {lengths}"

@@ -1,4 +1,4 @@
-"""Transforms, LA / ACDC datasets (real data where available) and the synthetic LA set (spec §3.2)."""
+"""Transforms, LA / ACDC datasets (real data where available) and the synthetic LA set (docs/method.md §3.2)."""
 from __future__ import annotations
 
 from itertools import islice
@@ -145,7 +145,7 @@ def test_transforms_deterministic_given_seed_and_do_not_modify_input(transform, 
 
 
 def test_missing_la_case_names_path_and_readme(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"mri_norm2\.h5 not found.*README 'Data'"):
+    with pytest.raises(FileNotFoundError, match=r"mri_norm2\.h5 not found.*docs/data.md"):
         load_la_case(tmp_path, "NOPE")
 
 

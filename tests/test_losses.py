@@ -306,7 +306,7 @@ def test_memory_highest_mode_and_state_roundtrip():
 # ---------------------------------------------------------------- ramps and schedules
 @pytest.mark.parametrize(
     "iteration, weight",
-    # spec §3.8 reference values, to their printed precision
+    # reference values of docs/method.md §3.8, to their printed precision
     [(0, 0.00674), (149, 0.00674), (1500, 0.0601), (3000, 0.287), (4500, 0.732), (6000, 1.0), (15000, 1.0)],
 )
 def test_la_warmup_reference_values(iteration, weight):

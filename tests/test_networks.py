@@ -141,7 +141,7 @@ def test_narrow_vnet_keeps_official_keys():
     assert out.features.shape == (1, 8, 16, 16, 16)
 
 
-# -- shapes (§8.2) -------------------------------------------------------------------------------
+# -- shapes --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_small_input_shapes(name):
     net = build_network(name).eval()

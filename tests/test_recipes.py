@@ -1,5 +1,5 @@
 """Recipes: each method's schedule, weight and Dice as its authors' code runs it, resolved into the config by
---schedule recipe|shared; LR policies and ramp counters; the README table is generated from the recipes."""
+--schedule recipe|shared; LR policies and ramp counters; the docs' recipe table is generated from the recipes."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ from training.presets import ACDC, LA, PRESETS
 from utils.losses import masked_mse
 from utils.ramps import learning_rate
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+BASELINES_DOC = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 BASELINES = ["dtc", "mc_net", "mean_teacher", "sassnet", "ua_mt", "urpc"]
 
 
@@ -27,7 +27,7 @@ def config(preset, *flags):
     return config_from_args(build_train_parser(preset.dataset, "").parse_args(list(flags)), preset.dataset)
 
 
-# -- every baseline has a cited recipe; the README's table is the recipes' own ------------------------------------
+# -- every baseline has a cited recipe; the docs' table is the recipes' own ------------------------------------
 @pytest.mark.parametrize("method", BASELINES + ["ss_net"])
 @pytest.mark.parametrize("dims", [3, 2])
 def test_every_method_has_a_recipe_with_its_source_or_the_reason_there_is_none(method, dims):
@@ -38,14 +38,14 @@ def test_every_method_has_a_recipe_with_its_source_or_the_reason_there_is_none(m
         assert recipe.note  # falls back to SS-Net's setting: says so
 
 
-def test_readme_recipe_table_is_generated_from_the_recipes():
+def test_the_recipe_table_of_the_docs_is_generated_from_the_recipes():
     shared = {3: (LA.schedule, LA.dice, LA.values["consistency"]),
               2: (ACDC.schedule, ACDC.dice, ACDC.values["consistency"])}
     expected = recipe_markdown(METHODS, shared)
-    text = README.read_text()
+    text = BASELINES_DOC.read_text()
     found = re.search(r"<!-- recipe table: begin -->\n(.*?)\n<!-- recipe table: end -->", text, re.S)
-    assert found, "README.md lacks the recipe table markers"
-    assert found.group(1) == expected, "README recipe table is stale; paste:\n" + expected
+    assert found, "docs/baselines.md lacks the recipe table markers"
+    assert found.group(1) == expected, "docs/baselines.md recipe table is stale; paste:\n" + expected
 
 
 # -- --schedule recipe | shared ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Two-stream batch sampler (spec §3.1, check 8)."""
+"""Two-stream batch sampler (docs/method.md §3.1)."""
 from __future__ import annotations
 
 from collections import Counter

@@ -75,7 +75,7 @@ def test_la_test_set_needs_1128_windows():
         packed = np.load(io.BytesIO(lzma.decompress((SHARED_LA / f"{case_id}.npz.xz").read_bytes())))
         per_case.append(count_windows(packed["index"].shape, LA_PATCH, LA_STRIDE))
     assert sum(per_case) == 1128
-    assert (min(per_case), max(per_case)) == (45, 84)  # spec §4.1's "27-96" is the range over all 100 cases
+    assert (min(per_case), max(per_case)) == (45, 84)  # 27-96 windows is the range over all 100 cases
 
 
 # --- averaging, padding, batching ----------------------------------------------------------------------

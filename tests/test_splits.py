@@ -1,4 +1,4 @@
-"""Split lists and labeled cuts (spec §1, check 12)."""
+"""Split lists and labeled cuts (docs/method.md §1)."""
 from __future__ import annotations
 
 import pytest

@@ -81,7 +81,7 @@ class TrainConfig(MethodSettings):
                                         "--base_filters)", factory=dict, flag=False)
     # -- optimisation and schedule
     schedule: str = setting(
-        "recipe", "recipe = each method's authors' schedule (iterations, LR policy, warm-up; README 'Baselines'); "
+        "recipe", "recipe = each method's authors' schedule (iterations, LR policy, warm-up; docs/baselines.md); "
                   "shared = SS-Net's schedule of the dataset for every method. Flags marked 'from --schedule' "
                   "override single values", choices=SCHEDULE_CHOICES, group=OPTIMISATION)
     batch_size: int = setting(4, "labeled + unlabeled samples per batch", group=OPTIMISATION)

@@ -1,4 +1,4 @@
-"""Loss functions of SS-Net (spec §3.4, §3.5, §3.7) and of the baselines, as pure functions of tensors.
+"""Loss functions of SS-Net (docs/method.md §3.4, §3.5, §3.7) and of the baselines, as pure functions of tensors.
 
 Shapes: probabilities/logits (B, K, *spatial) with K classes including background, labels (B, *spatial) int64;
 per-voxel feature vectors (N, dim).
@@ -34,7 +34,7 @@ def dice_loss(
     """Soft Dice loss averaged over classes: mean_c 1 - (2 sum p_c g_c + s) / (sum p_c^q + sum g_c^q + s).
 
     The official scripts differ by dataset: LA uses the foreground channel only with plain sums and s = 1e-8,
-    ACDC averages all 4 classes including background with squared sums and s = 1e-10 (spec §3.4). For two
+    ACDC averages all 4 classes including background with squared sums and s = 1e-10 (docs/method.md §3.4). For two
     classes without background this is exactly the official binary Dice on channel 1.
     """
     num_classes = probs.shape[1]
@@ -49,7 +49,7 @@ def dice_loss(
 def pooled_dice_discrepancy(probs_hat: Tensor, probs: Tensor, smooth: float = 1e-8) -> Tensor:
     """The official 3D LDS discrepancy: one soft Dice over all classes, samples and voxels pooled.
 
-    As every voxel's probabilities sum to 1 this equals 1 - mean_voxels sum_c p_hat_c p_c (spec §3.5, §8.4).
+    As every voxel's probabilities sum to 1 this equals 1 - mean_voxels sum_c p_hat_c p_c (docs/method.md §3.5).
     """
     intersection = (probs_hat * probs).sum()
     return 1.0 - (2.0 * intersection + smooth) / (probs_hat.sum() + probs.sum() + smooth)
@@ -77,7 +77,7 @@ def frozen_bn_running_stats(module: nn.Module) -> Iterator[None]:
     """BatchNorm keeps normalising with batch statistics but stops updating running mean/var/counter.
 
     The perturbed VAT passes see x + r, not data; letting them move the running statistics would make
-    evaluation depend on the adversary (spec §3.5 step 3).
+    evaluation depend on the adversary (docs/method.md §3.5).
     """
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for m in norms:
@@ -128,7 +128,7 @@ def vat_lds_loss(
     epsilon: float = 10.0,
     power_iterations: int = 1,
 ) -> Tensor:
-    """SS-Net's local distributional smoothness loss: VAT with a Dice-type discrepancy (spec §3.5).
+    """SS-Net's local distributional smoothness loss: VAT with a Dice-type discrepancy (docs/method.md §3.5).
 
     The target is the soft prediction of a separate training-mode forward without gradient (it updates BN
     running statistics, as the official code); the probe and adversarial passes run with BN statistics frozen.

@@ -1,6 +1,6 @@
 """Overlap and surface-distance metrics with medpy's semantics, written on scipy.ndimage.
 
-The numbers reproduce `medpy.metric.binary.{dc, jc, hd95, asd, assd}` (spec §4.3):
+The numbers reproduce `medpy.metric.binary.{dc, jc, hd95, asd, assd}` (docs/method.md §4.3):
 
 * surface of a mask = the mask minus its binary erosion with the face-connected (connectivity-1) structuring
   element; the erosion treats everything outside the array as background, so an object touching the array

@@ -1,4 +1,4 @@
-"""SS-Net's per-class prototype memory (spec §3.6)."""
+"""SS-Net's per-class prototype memory (docs/method.md §3.6)."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""Warm-up weights and learning-rate schedules of the official SS-Net scripts (spec §3.8, §3.9)."""
+"""Warm-up weights and learning-rate schedules of the official SS-Net scripts (docs/method.md §3.8)."""
 from __future__ import annotations
 
 import math

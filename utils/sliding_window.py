@@ -1,4 +1,4 @@
-"""Inference over whole volumes: the LA sliding window (spec §4.1) and ACDC slice-wise prediction (§4.2).
+"""Inference over whole volumes: the LA sliding window (docs/method.md §4.1) and ACDC slice-wise prediction (§4.2).
 
 Both take `predict_logits`, a callable mapping an input batch (B, C_in, *patch) to logits (B, K, *patch).
 The caller wraps the network (e.g. `lambda x: net(x).logits`) and puts it in eval mode; the functions here
@@ -172,7 +172,7 @@ def predict_slices_2d(
     device: torch.device | str = "cpu",
     edge_mode: str = "constant",
 ) -> np.ndarray:
-    """Slice-wise label map (S, H, W) int64 of an (S, H, W) volume, as the ACDC test (spec §4.2).
+    """Slice-wise label map (S, H, W) int64 of an (S, H, W) volume, as the ACDC test (docs/method.md §4.2).
 
     Each slice is resized to `output_size` with nearest neighbour (scipy zoom order=0), the slices run through
     `predict_logits` as (B, 1, *output_size) float32 batches on `device`, the argmax over K is taken, and
