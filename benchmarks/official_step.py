@@ -150,7 +150,7 @@ class Ours:
             group["lr"] = step_learning_rate(iteration, 0.01, self.config.lr_step)
         keys = ("dice", "lds", "separation_labeled", "separation_unlabeled", "total")
         return {"terms": {k: float(output.terms[k]) for k in keys}, "grads": grads,
-                "weight": float(output.terms["consistency_weight"])}
+                "weight": float(output.monitors["consistency_weight"])}
 
 
 def group_of(name: str) -> str:
