@@ -23,15 +23,19 @@ from .transforms import ACDCTrainTransform, LATrainTransform
 INFERENCE_KINDS = ("volume", "slices_resized", "slices")
 
 
-def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str) -> None:
-    """Fail before training starts (and before a run folder is written) when cases are missing."""
+def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str, dataset: str = "") -> None:
+    """Fail before training or testing starts (and before anything is written) when cases are missing."""
     missing = [p for p in paths if not p.is_file()]
     if missing:
         if not Path(root).is_dir():
             raise FileNotFoundError(f"--root_path {root} does not exist; it should hold {layout} "
                                     f"(see docs/data.md)")
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} {what} missing under --root_path {root}, "
-                                f"e.g. {missing[0]} (see docs/data.md)")
+        shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        subset = (f"; to use only the cases you have, write lists of them (python -m data.lists "
+                  f"{dataset.lower()} {root} --out DIR) and pass --lists_dir DIR / --list DIR/test.list"
+                  if dataset else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} {what} missing under --root_path {root}: "
+                                f"{shown}{subset} (see docs/data.md#a-subset-of-the-cases)")
 
 
 @dataclass
@@ -109,7 +113,7 @@ class LADataset(DatasetAdapter):
 
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         paths = [la_case_path(root, c) for c in [*train_ids, *eval_ids]]
-        check_files_exist(paths, "LA cases", root, f"'{LA_FOLDER}/<case>/mri_norm2.h5'")
+        check_files_exist(paths, "LA cases", root, f"'{LA_FOLDER}/<case>/mri_norm2.h5'", self.name)
 
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         return LAVolumes(root, case_ids, transform=LATrainTransform(tuple(patch_size)))
@@ -141,7 +145,8 @@ class ACDCDataset(DatasetAdapter):
 
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         paths = [acdc_slice_path(root, s) for s in train_ids] + [acdc_volume_path(root, v) for v in eval_ids]
-        check_files_exist(paths, "ACDC slices/volumes", root, "'data/<volume>.h5' and 'data/slices/<slice>.h5'")
+        check_files_exist(paths, "ACDC slices/volumes", root, "'data/<volume>.h5' and 'data/slices/<slice>.h5'",
+                          self.name)
 
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         return ACDCSlices(root, case_ids, transform=ACDCTrainTransform(tuple(patch_size)))

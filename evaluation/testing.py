@@ -88,6 +88,9 @@ def run_test(options: TestOptions) -> dict:
     case_ids = read_list(list_path)
     if not case_ids:
         raise UserError(f"--list {list_path} names no cases")
+    # every listed case present and readable before the first inference, not after minutes of it
+    dataset.check_data(options.root_path, [], case_ids)
+    dataset.check_cases(options.root_path, case_ids)
 
     predictor = Predictor.from_checkpoint(
         options.checkpoint, device=options.device, expect_dataset=dataset.name, batch_size=options.batch_size,
