@@ -6,9 +6,10 @@
 
 Files: NIfTI (.nii / .nii.gz) or h5 with a 'label' dataset, matched by case id (file name without extension;
 for LA's <ID>/mri_norm2.h5 the folder name), searched recursively, symbolic links followed. Every reference
-needs a prediction unless --cases / --list name the cases to score. Per case and class: Dice, Jaccard, 95HD, ASD (medpy semantics,
-the official empty-prediction rule unless --empty_policy nan), and their mean. Classes: --labels, else the
-non-zero classes present in each reference (a class absent from a reference is then not scored for that case).
+needs a prediction unless --cases / --list name the cases to score. Per case and class: Dice, Jaccard, 95HD,
+ASD (medpy semantics, the official empty-prediction rule unless --empty_policy nan), and their mean. Classes:
+--labels, else the non-zero classes present in each reference (a class absent from a reference is then not
+scored for that case).
 """
 from __future__ import annotations
 
