@@ -55,6 +55,8 @@ class DatasetAdapter:
     has_channel_axis: bool = False  # stored images are (C, *spatial) rather than single-channel (*spatial)
     slice_axis: int | None = None  # 2-D models on volumes: the spatial axis sliced
     scan_preprocessing: Preprocessing = field(default_factory=Preprocessing)  # for new scans (predict.py)
+    # how the stored arrays are normalised ("zscore", "minmax"); "" = the model normalises an h5 array itself
+    stored_normalization: str = ""
     labelnum_meaning: str = ""  # -h text of --labelnum
     root_help: str = "dataset folder"  # -h text of --root_path
 
@@ -103,6 +105,7 @@ class LADataset(DatasetAdapter):
             # The original LA scans are 0.625 mm isotropic; the h5 crops keep that grid.
             spacing_mm=(0.625, 0.625, 0.625), test_nms=True,
             scan_preprocessing=Preprocessing(normalization="zscore", target_spacing=(0.625, 0.625, 0.625)),
+            stored_normalization="zscore",  # UA-MT's preprocessing: each scan z-scored, then cropped
             labelnum_meaning="labeled training scans (first N of data/LA/train.list; 4 = 5 %, 8 = 10 %)",
             root_help=f"folder holding '{LA_FOLDER}/' (see docs/data.md)",
         )
@@ -135,6 +138,7 @@ class ACDCDataset(DatasetAdapter):
             num_classes=4, class_names=("RV", "Myo", "LV"), inference="slices_resized", patch_size=(256, 256),
             spacing_mm=None,  # the public h5 volumes carry no voxel size
             test_nms=False, scan_preprocessing=Preprocessing(normalization="minmax"),
+            stored_normalization="minmax",  # SSL4MIS: each volume min-max scaled to [0, 1]
             labelnum_meaning=("labeled training patients (first N patients of data/ACDC/train_slices.list; "
                               "3 -> 68 slices, 7 -> 136)"),
             root_help="folder holding 'data/' with the ACDC h5 volumes and 'data/slices/' (see docs/data.md)",
