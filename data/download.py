@@ -31,6 +31,7 @@ from dataloaders.manifest import (
 )
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.progress import progress_bar
 
 LA_URL = "https://github.com/yulequan/UA-MT/raw/master/data"
 ACDC_STEPS = """The ACDC h5 files (the SSL4MIS preprocessing the paper uses) are shared through cloud drives that a
@@ -107,8 +108,6 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
              manifest: str | Path = MANIFEST, retries: int = 3, timeout: float = 60.0, progress: bool = True
              ) -> list[Path]:
     """Fetch every manifest case of `dataset` (or `cases`) into `dest`; existing verified files are kept."""
-    from tqdm import tqdm
-
     dataset = dataset.upper()
     dest = Path(dest)
     if dataset == "ACDC" and not base_url:
@@ -124,7 +123,7 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
         keys = [f"{dataset}/{c}" for c in cases]
     partial_dir = dest / ".partial"
     written = []
-    for key in tqdm(keys, desc=f"downloading {dataset}", disable=not progress, dynamic_ncols=True):
+    for key in progress_bar(keys, enabled=progress, desc=f"downloading {dataset}"):
         relative = relative_path(key)
         target = dest / relative
         if target.is_file():

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from dataloaders.nifti import read_label, read_scan
 from utils.atomic import make_writable_folder
 from utils.errors import UserError
 from utils.metrics import case_metrics
+from utils.progress import progress_bar
 from utils.report import format_table, report, write_csv, write_json
 
 from .input_check import InputDescription, ModelExpectation, check_inputs, describe_h5, describe_nifti
@@ -116,7 +116,7 @@ def run_predict(options: PredictOptions) -> list[Path]:
         raise FileNotFoundError(f"--labels {references} is not a folder of <case>.nii.gz references")
 
     written, rows = [], []
-    for item in tqdm(cases, desc="predicting", disable=not options.progress, dynamic_ncols=True):
+    for item in progress_bar(cases, enabled=options.progress, desc="predicting"):
         if item.paths[0].suffix == ".h5":
             labels = predictor.predict_h5_array(read_h5_image(item.paths[0]))
             # an h5 array carries no geometry: the dataset's voxel size (LA 0.625 mm) or unit voxels
