@@ -15,12 +15,16 @@ from torch.utils.data import Dataset
 from .acdc import ACDCSlices, acdc_slice_path, acdc_volume_path, load_acdc_volume
 from .la import LA_FOLDER, LAVolumes, la_case_path, load_la_case
 from .nifti import Preprocessing
-from .splits import DATA_DIR, Split, acdc_split, la_split
+from .splits import DATA_DIR, Split, acdc_split, la_split, patient_of
 from .transforms import ACDCTrainTransform, LATrainTransform
 
 # How a case is predicted (inference/predictor.py): a 3-D sliding window over the stored volume, 2-D slices
 # resized to the training size (ACDC's official test), or 2-D sliding windows along a slice axis.
 INFERENCE_KINDS = ("volume", "slices_resized", "slices")
+
+
+def count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str, dataset: str = "") -> None:
@@ -87,6 +91,10 @@ class DatasetAdapter:
     def class_name(self, c: int) -> str:
         return self.class_names[c - 1] if 0 < c <= len(self.class_names) else f"class {c}"
 
+    def describe_items(self, ids: list[str]) -> str:
+        """How many training items `ids` are, in what the loader draws and what --labelnum counts."""
+        return count(len(ids), "case")
+
     # a preprocessed NIfTI scan (C, X, Y, Z) <-> the stored array layout this dataset's models read
     def stored_from_scan(self, image: np.ndarray) -> np.ndarray:
         return image
@@ -146,6 +154,10 @@ class ACDCDataset(DatasetAdapter):
 
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         return acdc_split(labelnum, lists_dir=self.lists_dir(lists_dir))
+
+    def describe_items(self, ids: list[str]) -> str:
+        # the loader draws slices; --labelnum counts patients
+        return f"{count(len(ids), 'slice')} ({count(len({patient_of(i) for i in ids}), 'patient')})"
 
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         paths = [acdc_slice_path(root, s) for s in train_ids] + [acdc_volume_path(root, v) for v in eval_ids]
