@@ -88,15 +88,15 @@ def run_test(options: TestOptions) -> dict:
     case_ids = read_list(list_path)
     if not case_ids:
         raise UserError(f"--list {list_path} names no cases")
-    # every listed case present and readable before the first inference, not after minutes of it
-    dataset.check_data(options.root_path, [], case_ids)
-    dataset.check_cases(options.root_path, case_ids)
 
     predictor = Predictor.from_checkpoint(
         options.checkpoint, device=options.device, expect_dataset=dataset.name, batch_size=options.batch_size,
         nms=options.nms, amp=options.amp, patch_size=tuple(options.patch_size), stride=tuple(options.stride),
         channels_last=options.channels_last, compile=options.compile)
     settings, meta = predictor.settings, predictor.checkpoint
+    # every listed case present and readable before the first inference, not after minutes of it
+    dataset.check_data(options.root_path, [], case_ids)
+    dataset.check_cases(options.root_path, case_ids)
     spacing, units = resolve_spacing(options.spacing, dataset, 3)  # LA (W, H, D) and ACDC (S, H, W) are both 3-D
     class_names = predictor.class_names()
 
