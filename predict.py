@@ -5,7 +5,9 @@
 
 Input: a NIfTI file, an h5 file (the LA / ACDC layout), or a folder of them (nnU-Net channel files
 `<case>_0000.nii.gz, <case>_0001.nii.gz, ...` are grouped). Output: `<output>/<case>.nii.gz` with the input's
-affine, header and shape; with --labels, per-case metrics in mm (metrics.csv, summary.json) too.
+affine, header and shape; with --labels, per-case metrics in mm (metrics.csv, summary.json) too. Inputs that
+cannot match what the checkpoint was trained on (dimensionality, channels, the intensities of h5 arrays, voxel
+size) are refused, naming the reason, before anything is written.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("LA", "ACDC"), default="",
                    help="for official state dicts only (default: guessed from the weights)")
     p.add_argument("--labels", default="", help="folder of reference <case>.nii.gz: score the predictions in mm")
+    p.add_argument("--skip_input_checks", action="store_true",
+                   help="predict inputs whose intensities or voxel size do not look like the model's training data "
+                        "(inputs of the wrong dimensionality or channel count stay refused)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
@@ -40,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint, input=args.input, output=args.output, device=args.device,
         largest_component=None if args.largest_component is None else bool(args.largest_component), tta=args.tta,
         batch_size=args.batch_size, dataset=args.dataset, labels=args.labels, progress=not args.no_progress,
+        skip_input_checks=args.skip_input_checks,
     )
     return run_cli(lambda: run_predict(options), debug=args.debug)
 

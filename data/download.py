@@ -3,6 +3,7 @@
     python -m data.download la ./data/LA          # LA from the UA-MT repository's data/ folder on GitHub
     python -m data.download acdc ./data/ACDC      # prints the manual steps (no scriptable public host)
     python -m data.download acdc DEST --base_url https://mirror.example/ACDC   # a mirror with the h5 layout
+    python -m data.download la ./data/LA --cases A,B,C --write_lists lists/LA      # a subset and its split lists
 
 Interrupted transfers resume with HTTP Range requests (rerun the same command); the bytes received so far wait
 in DEST/.partial/ and nothing appears under the dataset layout until its content hash matches. A corrupt,
@@ -20,6 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from data.lists import write_lists
 from dataloaders.manifest import (
     MANIFEST,
     dataset_keys,
@@ -29,6 +31,7 @@ from dataloaders.manifest import (
 )
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.progress import progress_bar
 
 LA_URL = "https://github.com/yulequan/UA-MT/raw/master/data"
 ACDC_STEPS = """The ACDC h5 files (the SSL4MIS preprocessing the paper uses) are shared through cloud drives that a
@@ -105,8 +108,6 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
              manifest: str | Path = MANIFEST, retries: int = 3, timeout: float = 60.0, progress: bool = True
              ) -> list[Path]:
     """Fetch every manifest case of `dataset` (or `cases`) into `dest`; existing verified files are kept."""
-    from tqdm import tqdm
-
     dataset = dataset.upper()
     dest = Path(dest)
     if dataset == "ACDC" and not base_url:
@@ -122,7 +123,7 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
         keys = [f"{dataset}/{c}" for c in cases]
     partial_dir = dest / ".partial"
     written = []
-    for key in tqdm(keys, desc=f"downloading {dataset}", disable=not progress, dynamic_ncols=True):
+    for key in progress_bar(keys, enabled=progress, desc=f"downloading {dataset}"):
         relative = relative_path(key)
         target = dest / relative
         if target.is_file():
@@ -153,11 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
     p.add_argument("--manifest", default=str(MANIFEST))
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--write_lists", default="", metavar="DIR",
+                   help="then write split lists of the cases present in DEST to DIR (python -m data.lists)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c] or None
-    return run_cli(lambda: download(args.dataset, args.dest, args.base_url, cases, args.manifest, args.retries,
-                                    args.timeout, not args.no_progress), debug=args.debug)
+
+    def job() -> None:
+        download(args.dataset, args.dest, args.base_url, cases, args.manifest, args.retries, args.timeout,
+                 not args.no_progress)
+        if args.write_lists:
+            write_lists(args.dataset, args.dest, args.write_lists)
+
+    return run_cli(job, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m data.verify /data/LA            # the folder holding '2018LA_Seg_Training Set/'
     python -m data.verify /data/ACDC          # the folder holding 'data/'
     python -m data.verify /data/LA --complete # also fail when cases are missing
+    python -m data.verify /data/LA --write_lists lists/LA   # and write split lists of the cases present
 
 Exit code 0 when every present case matches (and, with --complete, none is missing), 1 otherwise.
 """
@@ -12,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.lists import write_lists
 from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder
 from utils.cli import run_cli
 
@@ -24,7 +26,8 @@ def detect_dataset(root: Path) -> str:
     raise FileNotFoundError(f"{root} holds neither '{LA_FOLDER}/' (LA) nor 'data/' (ACDC); pass the dataset root")
 
 
-def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST, complete: bool = False) -> bool:
+def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST, complete: bool = False,
+           lists_out: str | Path = "") -> bool:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
@@ -39,6 +42,11 @@ def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST,
         return False
     if not report["ok"]:
         raise FileNotFoundError(f"no {dataset} case found under {root}; is this the dataset root?")
+    if lists_out:
+        write_lists(dataset, root, lists_out)
+    elif report["missing"]:
+        print(f"to train or test on the cases present: python -m data.lists {dataset.lower()} {root} --out DIR, "
+              f"then --lists_dir DIR (docs/data.md#a-subset-of-the-cases)")
     return True
 
 
@@ -48,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=("la", "acdc", "LA", "ACDC"), default="", help="default: detected")
     p.add_argument("--manifest", default=str(MANIFEST))
     p.add_argument("--complete", action="store_true", help="fail when manifest cases are missing")
+    p.add_argument("--write_lists", default="", metavar="DIR",
+                   help="when every present case matches, write split lists of them to DIR (python -m data.lists)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     result = {}
-    code = run_cli(lambda: result.setdefault("ok", verify(args.root, args.dataset, args.manifest, args.complete)),
+    code = run_cli(lambda: result.setdefault("ok", verify(args.root, args.dataset, args.manifest, args.complete,
+                                                          args.write_lists)),
                    debug=args.debug)
     return code if code else (0 if result["ok"] else 1)
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from .acdc import ACDCSlices, acdc_slice_path, acdc_volume_path, load_acdc_volume
 from .la import LA_FOLDER, LAVolumes, la_case_path, load_la_case
 from .nifti import Preprocessing
-from .splits import DATA_DIR, Split, acdc_split, la_split
+from .splits import DATA_DIR, Split, acdc_split, la_split, patient_of
 from .transforms import ACDCTrainTransform, LATrainTransform
 
 # How a case is predicted (inference/predictor.py): a 3-D sliding window over the stored volume, 2-D slices
@@ -23,15 +23,23 @@ from .transforms import ACDCTrainTransform, LATrainTransform
 INFERENCE_KINDS = ("volume", "slices_resized", "slices")
 
 
-def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str) -> None:
-    """Fail before training starts (and before a run folder is written) when cases are missing."""
+def count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+def check_files_exist(paths: list[Path], what: str, root: str | Path, layout: str, dataset: str = "") -> None:
+    """Fail before training or testing starts (and before anything is written) when cases are missing."""
     missing = [p for p in paths if not p.is_file()]
     if missing:
         if not Path(root).is_dir():
             raise FileNotFoundError(f"--root_path {root} does not exist; it should hold {layout} "
                                     f"(see docs/data.md)")
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} {what} missing under --root_path {root}, "
-                                f"e.g. {missing[0]} (see docs/data.md)")
+        shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        subset = (f"; to use only the cases you have, write lists of them (python -m data.lists "
+                  f"{dataset.lower()} {root} --out DIR) and pass --lists_dir DIR / --list DIR/test.list"
+                  if dataset else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} {what} missing under --root_path {root}: "
+                                f"{shown}{subset} (see docs/data.md#a-subset-of-the-cases)")
 
 
 @dataclass
@@ -51,6 +59,8 @@ class DatasetAdapter:
     has_channel_axis: bool = False  # stored images are (C, *spatial) rather than single-channel (*spatial)
     slice_axis: int | None = None  # 2-D models on volumes: the spatial axis sliced
     scan_preprocessing: Preprocessing = field(default_factory=Preprocessing)  # for new scans (predict.py)
+    # how the stored arrays are normalised ("zscore", "minmax"); "" = the model normalises an h5 array itself
+    stored_normalization: str = ""
     labelnum_meaning: str = ""  # -h text of --labelnum
     root_help: str = "dataset folder"  # -h text of --root_path
 
@@ -81,6 +91,10 @@ class DatasetAdapter:
     def class_name(self, c: int) -> str:
         return self.class_names[c - 1] if 0 < c <= len(self.class_names) else f"class {c}"
 
+    def describe_items(self, ids: list[str]) -> str:
+        """How many training items `ids` are, in what the loader draws and what --labelnum counts."""
+        return count(len(ids), "case")
+
     # a preprocessed NIfTI scan (C, X, Y, Z) <-> the stored array layout this dataset's models read
     def stored_from_scan(self, image: np.ndarray) -> np.ndarray:
         return image
@@ -99,6 +113,7 @@ class LADataset(DatasetAdapter):
             # The original LA scans are 0.625 mm isotropic; the h5 crops keep that grid.
             spacing_mm=(0.625, 0.625, 0.625), test_nms=True,
             scan_preprocessing=Preprocessing(normalization="zscore", target_spacing=(0.625, 0.625, 0.625)),
+            stored_normalization="zscore",  # UA-MT's preprocessing: each scan z-scored, then cropped
             labelnum_meaning="labeled training scans (first N of data/LA/train.list; 4 = 5 %, 8 = 10 %)",
             root_help=f"folder holding '{LA_FOLDER}/' (see docs/data.md)",
         )
@@ -109,7 +124,7 @@ class LADataset(DatasetAdapter):
 
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         paths = [la_case_path(root, c) for c in [*train_ids, *eval_ids]]
-        check_files_exist(paths, "LA cases", root, f"'{LA_FOLDER}/<case>/mri_norm2.h5'")
+        check_files_exist(paths, "LA cases", root, f"'{LA_FOLDER}/<case>/mri_norm2.h5'", self.name)
 
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         return LAVolumes(root, case_ids, transform=LATrainTransform(tuple(patch_size)))
@@ -131,6 +146,7 @@ class ACDCDataset(DatasetAdapter):
             num_classes=4, class_names=("RV", "Myo", "LV"), inference="slices_resized", patch_size=(256, 256),
             spacing_mm=None,  # the public h5 volumes carry no voxel size
             test_nms=False, scan_preprocessing=Preprocessing(normalization="minmax"),
+            stored_normalization="minmax",  # SSL4MIS: each volume min-max scaled to [0, 1]
             labelnum_meaning=("labeled training patients (first N patients of data/ACDC/train_slices.list; "
                               "3 -> 68 slices, 7 -> 136)"),
             root_help="folder holding 'data/' with the ACDC h5 volumes and 'data/slices/' (see docs/data.md)",
@@ -139,9 +155,14 @@ class ACDCDataset(DatasetAdapter):
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         return acdc_split(labelnum, lists_dir=self.lists_dir(lists_dir))
 
+    def describe_items(self, ids: list[str]) -> str:
+        # the loader draws slices; --labelnum counts patients
+        return f"{count(len(ids), 'slice')} ({count(len({patient_of(i) for i in ids}), 'patient')})"
+
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         paths = [acdc_slice_path(root, s) for s in train_ids] + [acdc_volume_path(root, v) for v in eval_ids]
-        check_files_exist(paths, "ACDC slices/volumes", root, "'data/<volume>.h5' and 'data/slices/<slice>.h5'")
+        check_files_exist(paths, "ACDC slices/volumes", root, "'data/<volume>.h5' and 'data/slices/<slice>.h5'",
+                          self.name)
 
     def train_dataset(self, root: str | Path, case_ids: list[str], patch_size: tuple[int, ...]) -> Dataset:
         return ACDCSlices(root, case_ids, transform=ACDCTrainTransform(tuple(patch_size)))

@@ -176,6 +176,13 @@ def _read_volume(path: Path):
     return img, shape
 
 
+def read_scan_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(3-D shape, voxel size in mm) of one channel file as read_scan sees it, without reading the voxels."""
+    img, shape = _read_volume(Path(path))
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return tuple(int(s) for s in shape), zooms + (1.0,) * (3 - len(zooms))
+
+
 def read_scan(paths: Sequence[Path]) -> Scan:
     """Read the channel files of one case; they must share shape and affine."""
     channels, first = [], None

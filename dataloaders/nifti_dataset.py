@@ -16,11 +16,12 @@ from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
-from .datasets import DatasetAdapter
+from .datasets import DatasetAdapter, count
 from .nifti import (
     NiftiDatasetInfo,
     NiftiTrainDataset,
     Preprocessing,
+    parse_slice_id,
     preprocess,
     read_label,
     read_nifti_dataset,
@@ -136,6 +137,11 @@ class NiftiDataset(DatasetAdapter):
         if self.mode == "2d":
             labeled, unlabeled = self._slices(labeled), self._slices(unlabeled)
         return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
+
+    def describe_items(self, ids: list[str]) -> str:
+        if self.mode != "2d":
+            return count(len(ids), "case")
+        return f"{count(len(ids), 'slice')} ({count(len({parse_slice_id(i)[0] for i in ids}), 'case')})"
 
     def check_data(self, root: str | Path, train_ids: list[str], eval_ids: list[str]) -> None:
         info = self._need_info()

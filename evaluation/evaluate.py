@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from inference import Predictor
 from utils.metrics import case_metrics, dice_score
+from utils.progress import progress_bar
 
 
 @dataclass
@@ -57,7 +57,7 @@ def evaluate_cases(
     result = Evaluation()
     case_ids = list(case_ids)
     try:
-        for case_id in tqdm(case_ids, desc=description, disable=not progress, leave=False):
+        for case_id in progress_bar(case_ids, enabled=progress, desc=description, leave=False):
             image, label = predictor.dataset.load_case(root, case_id)
             prediction = predictor.predict_stored(image)
             if full_metrics:

@@ -2,11 +2,13 @@
 scripts' metrics.
 
 Files are NIfTI (`.nii`, `.nii.gz`) or h5 with a `label` dataset, matched by case id: the file name without
-its extension, or the parent folder's name for LA's `<ID>/mri_norm2.h5` layout. Metrics, the empty-mask rule,
-the CSV columns and the JSON report are those of test_la.py / test_acdc.py (utils.metrics, utils.report).
+its extension, or the parent folder's name for LA's `<ID>/mri_norm2.h5` layout. Folders are searched
+recursively, symbolic links to files and folders included. Metrics, the empty-mask rule, the CSV columns and
+the JSON report are those of test_la.py / test_acdc.py (utils.metrics, utils.report).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ import h5py
 import numpy as np
 
 from dataloaders.cases import check_label_values
+from dataloaders.splits import read_list
 from utils.errors import UserError
 from utils.metrics import EMPTY_POLICIES, case_metrics
 from utils.postprocess import keep_largest_component_per_class
@@ -35,6 +38,8 @@ class ScoreOptions:
     empty_policy: str = "official"
     csv: str = ""
     json: str = ""
+    cases: list[str] = field(default_factory=list)  # score only these case ids (empty: every reference)
+    list_path: str = ""  # a split list of the case ids to score (added to `cases`)
 
 
 def case_id(path: Path) -> str:
@@ -46,13 +51,26 @@ def case_id(path: Path) -> str:
     return path.stem
 
 
+def label_files(folder: Path) -> list[Path]:
+    """Every NIfTI / h5 file under `folder`, following symbolic links (a folder reached twice is read once)."""
+    files, seen = [], set()
+    for current, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:  # a link cycle, or two links to one folder
+            subfolders.clear()
+            continue
+        seen.add(real)
+        files += [Path(current) / n for n in names if n.endswith(SUFFIXES) and (Path(current) / n).is_file()]
+    return sorted(files)
+
+
 def find_cases(folder: str | Path, what: str) -> dict[str, Path]:
-    """{case id: file} of every label file under `folder` (searched recursively)."""
+    """{case id: file} of every label file under `folder` (searched recursively, links followed)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     found: dict[str, Path] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)):
+    for path in label_files(folder):
         case = case_id(path)
         if case in found:
             raise UserError(f"{what}: case id {case!r} appears twice ({found[case]} and {path}); keep one file per "
@@ -99,6 +117,25 @@ def case_spacing(option: str, pred_path: Path, pred_spacing, ref_path: Path, ref
     return ref_spacing
 
 
+def chosen_cases(options: ScoreOptions) -> list[str]:
+    """--cases and --list together, in order, each once (empty: score every reference)."""
+    listed = read_list(options.list_path) if options.list_path else []
+    if options.list_path and not listed:
+        raise UserError(f"--list {options.list_path} names no cases")
+    return list(dict.fromkeys([*options.cases, *listed]))
+
+
+def check_chosen(chosen: list[str], references: dict[str, Path], predictions: dict[str, Path],
+                 options: ScoreOptions) -> None:
+    """Every chosen case needs a reference and a prediction; all are checked before any is scored."""
+    for found, folder, what in ((references, options.references, "reference"),
+                                (predictions, options.predictions, "prediction")):
+        absent = [c for c in chosen if c not in found]
+        if absent:
+            raise FileNotFoundError(f"{len(absent)} of the {len(chosen)} case(s) to score have no {what} in {folder}: "
+                                    f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+
+
 def score_folders(options: ScoreOptions) -> dict:
     """Per case and class metrics, their mean, and the files written; prints the table."""
     if options.spacing not in SPACING_CHOICES:
@@ -109,10 +146,15 @@ def score_folders(options: ScoreOptions) -> dict:
         raise UserError(f"--labels takes foreground classes >= 1, got {options.labels}")
     predictions = find_cases(options.predictions, "predictions")
     references = find_cases(options.references, "references")
+    chosen = chosen_cases(options)
+    if chosen:
+        check_chosen(chosen, references, predictions, options)
+        references = {case: references[case] for case in chosen}
     missing = sorted(set(references) - set(predictions))
     if missing:
         raise FileNotFoundError(f"{len(missing)} reference case(s) have no prediction in {options.predictions}, "
-                                f"e.g. {', '.join(missing[:5])}; predict every case (files are matched by case id)")
+                                f"e.g. {', '.join(missing[:5])}; predict every case (files are matched by case id), "
+                                f"or name the cases to score with --cases / --list")
     extra = sorted(set(predictions) - set(references))
 
     rows = []
@@ -141,6 +183,7 @@ def score_folders(options: ScoreOptions) -> dict:
                          predictions=str(Path(options.predictions).resolve()),
                          references=str(Path(options.references).resolve()), n_cases=len(references),
                          cases=sorted(references), ignored_predictions=extra,
+                         scored_cases="named by --cases / --list" if chosen else "every reference",
                          labels=list(options.labels) or "non-zero classes present in each reference",
                          nms=options.nms)
     empty, rule = payload["empty_predictions"], empty_rule(options.empty_policy)
@@ -151,7 +194,8 @@ def score_folders(options: ScoreOptions) -> dict:
     title = (f"{len(references)} cases: {options.predictions} vs {options.references}\nLCC post-processing: "
              f"{'on' if options.nms else 'off'}; empty predictions: {empty} ({rule})")
     if extra:
-        title += f"\nignored {len(extra)} prediction(s) without a reference, e.g. {', '.join(extra[:3])}"
+        why = "not named by --cases / --list" if chosen else "without a reference"
+        title += f"\nignored {len(extra)} prediction(s) {why}, e.g. {', '.join(extra[:3])}"
     print(format_table(payload, units, title))
     if options.csv:
         print(f"per-case metrics: {options.csv}")

@@ -94,6 +94,9 @@ def run_test(options: TestOptions) -> dict:
         nms=options.nms, amp=options.amp, patch_size=tuple(options.patch_size), stride=tuple(options.stride),
         channels_last=options.channels_last, compile=options.compile)
     settings, meta = predictor.settings, predictor.checkpoint
+    # every listed case present and readable before the first inference, not after minutes of it
+    dataset.check_data(options.root_path, [], case_ids)
+    dataset.check_cases(options.root_path, case_ids)
     spacing, units = resolve_spacing(options.spacing, dataset, 3)  # LA (W, H, D) and ACDC (S, H, W) are both 3-D
     class_names = predictor.class_names()
 

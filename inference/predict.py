@@ -1,8 +1,10 @@
 """predict.py's job: label maps for new scans with any checkpoint (NIfTI datasets, LA, ACDC, official weights).
 
-Each scan goes through the preprocessing its model was trained with, the predictor (whole-volume sliding window,
-or the slice-wise path of 2-D models), optional flip test-time augmentation and largest-component clean-up, and
-is mapped back to the scan's own grid: the label NIfTI has the input's affine, header and shape.
+Every input is first checked against what the model was trained on (inference/input_check.py): one that cannot
+match is refused before anything is written. Each scan then goes through the preprocessing its model was trained
+with, the predictor (whole-volume sliding window, or the slice-wise path of 2-D models), optional flip test-time
+augmentation and largest-component clean-up, and is mapped back to the scan's own grid: the label NIfTI has the
+input's affine, header and shape.
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from dataloaders.nifti import read_label, read_scan
 from utils.atomic import make_writable_folder
 from utils.errors import UserError
 from utils.metrics import case_metrics
+from utils.progress import progress_bar
 from utils.report import format_table, report, write_csv, write_json
 
+from .input_check import InputDescription, ModelExpectation, check_inputs, describe_h5, describe_nifti
 from .nifti import write_labels_nifti
 from .predictor import Predictor
 
@@ -39,6 +42,7 @@ class PredictOptions:
     dataset: str = ""  # LA / ACDC for official state dicts (default: guessed from the weights)
     labels: str = ""  # folder of reference label files <case>.nii.gz: score the predictions (mm)
     progress: bool = True
+    skip_input_checks: bool = False  # predict inputs that look implausible for the model (wrong ones stay refused)
 
 
 @dataclass
@@ -90,19 +94,29 @@ def read_h5_image(path: Path) -> np.ndarray:
         return np.asarray(f["image"][()], dtype=np.float32)
 
 
+def describe_input(item: InputCase) -> InputDescription:
+    if item.paths[0].suffix == ".h5":
+        return describe_h5(item.case, item.paths[0], read_h5_image(item.paths[0]))
+    return describe_nifti(item.case, item.paths)
+
+
 def run_predict(options: PredictOptions) -> list[Path]:
     """Write `<output>/<case>.nii.gz` for every input case; with `labels`, also metrics.csv / summary.json."""
     predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device, dataset=options.dataset,
                                           batch_size=options.batch_size, nms=options.largest_component,
                                           tta=options.tta)
     cases = find_inputs(options.input, predictor.network.in_channels)
+    expectation = ModelExpectation.of(predictor.dataset, predictor.network.in_channels)
+    for warning in check_inputs([describe_input(item) for item in cases], expectation, options.skip_input_checks,
+                                options.checkpoint):
+        print(f"WARNING: {warning}", file=sys.stderr)
     output = make_writable_folder(options.output, "output folder", "--output")
     references = Path(options.labels) if options.labels else None
     if references is not None and not references.is_dir():
         raise FileNotFoundError(f"--labels {references} is not a folder of <case>.nii.gz references")
 
     written, rows = [], []
-    for item in tqdm(cases, desc="predicting", disable=not options.progress, dynamic_ncols=True):
+    for item in progress_bar(cases, enabled=options.progress, desc="predicting"):
         if item.paths[0].suffix == ".h5":
             labels = predictor.predict_h5_array(read_h5_image(item.paths[0]))
             # an h5 array carries no geometry: the dataset's voxel size (LA 0.625 mm) or unit voxels

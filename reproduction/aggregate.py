@@ -1,5 +1,6 @@
 """From per-case test metrics of every cell to the result tables: mean ± sd over seeds, paper numbers beside
-them, paired per-case comparisons against SS-Net, written as Markdown and CSV."""
+them (not in quick mode: tiny synthetic runs are no comparison), paired per-case comparisons against SS-Net,
+written as Markdown and CSV."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ import numpy as np
 from reproduction.chart import draw_chart
 from reproduction.paper import paper_entry
 from reproduction.plan import describe_protocol
-from reproduction.rows import METRICS, _float, budget_order, case_means, group, scale
+from reproduction.rows import METRICS, QUICK_MODE, _float, budget_order, case_means, group, scale
 from reproduction.stats import mean_sd, paired_comparison
 from utils.atomic import write_text_atomic
 
@@ -108,20 +109,22 @@ def _p(value: float) -> str:
 
 
 def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: list[str],
-             chart_name: str = "") -> str:
+             chart_name: str = "", with_paper: bool = True) -> str:
+    """with_paper=False (quick mode) leaves the published numbers and the differences out."""
     lines = [f"# {dataset}: SS-Net reproduction", ""] + header_lines + [""]
     units = "Dice / Jaccard in %, 95HD / ASD in voxels"
     for protocol in dict.fromkeys(r["protocol"] for r in table):
+        paper_words = "paper = published number (data/paper_results.json); Δ = ours − paper; " if with_paper else ""
         lines += [f"## protocol {protocol}", "", f"*{describe_protocol(protocol, dataset)}*", "",
                   f"{units}; ours = mean ± sd over seeds (each seed: the test-set mean) under protocol "
-                  f"{protocol}; paper = published number (data/paper_results.json); Δ = ours − paper; empty pred. "
+                  f"{protocol}; {paper_words}empty pred. "
                   "= (case, class, seed) pairs with an empty prediction, which score 0 on every metric (official "
                   "rule; flatters 95HD / ASD).", ""]
         head = "| budget | labeled | method | schedule | seeds |"
         rule = "|---|---|---|---|---|"
         for name in ("Dice (%)", "Jaccard (%)", "95HD", "ASD"):
-            head += f" {name} | paper | Δ |"
-            rule += "---|---|---|"
+            head += f" {name} | paper | Δ |" if with_paper else f" {name} |"
+            rule += "---|---|---|" if with_paper else "---|"
         head += " empty pred. |"
         rule += "---|"
         lines += [head, rule]
@@ -131,8 +134,9 @@ def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: 
             cells = (f"| {r['budget']} | {r['labelnum']} | {r['method']}{role} | {r.get('schedule', '')}{iterations} |"
                      f" {r['n_seeds']} |")
             for m in METRICS:
-                cells += (f" {_cell(r[m + '_mean'], r[m + '_sd'])} | {_cell(r[m + '_paper'])} |"
-                          f" {_diff(r[m + '_diff'])} |")
+                cells += f" {_cell(r[m + '_mean'], r[m + '_sd'])} |"
+                if with_paper:
+                    cells += f" {_cell(r[m + '_paper'])} | {_diff(r[m + '_diff'])} |"
             lines.append(cells + f" {r['n_empty_pred']} |")
         rows = [r for r in paired if r["protocol"] == protocol]
         if rows:
@@ -155,6 +159,7 @@ SUMMARY_COLUMNS = ["mode", "protocol", "budget", "labelnum", "method", "role", "
                    "seeds", "n_cases",
                    *[f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "paper", "diff")],
                    "n_empty_pred", "paper_source", "paper_verified"]
+PAPER_COLUMNS = {*(f"{m}_{k}" for m in METRICS for k in ("paper", "diff")), "paper_source", "paper_verified"}
 PAIRED_COLUMNS = ["mode", "protocol", "budget", "reference", "method", "metric", "n_cases", "seeds",
                   "mean_difference", "ci95_low", "ci95_high", "wilcoxon_p"]
 
@@ -163,6 +168,8 @@ def write_results(results_dir: Path, dataset: str, case_rows: list[dict], publis
                   header_lines: list[str], chart: bool = True) -> dict[str, Path]:
     """results/<dataset>.md, .csv, _cases.csv, _paired.csv and .png; returns the paths written."""
     results_dir = Path(results_dir)
+    with_paper = not any(r["mode"] == QUICK_MODE for r in case_rows)
+    published = published if with_paper else {}
     table = summary_table(case_rows, published, dataset)
     paired = paired_table(case_rows)
     paths = {"md": results_dir / f"{dataset}.md", "csv": results_dir / f"{dataset}.csv",
@@ -172,8 +179,9 @@ def write_results(results_dir: Path, dataset: str, case_rows: list[dict], publis
         paths["png"] = results_dir / f"{dataset}.png"
         draw_chart(paths["png"], dataset, case_rows, published, title_note=case_rows[0]["mode"])
         chart_name = paths["png"].name
-    write_text_atomic(paths["csv"], to_csv(table, SUMMARY_COLUMNS))
+    columns = SUMMARY_COLUMNS if with_paper else [c for c in SUMMARY_COLUMNS if c not in PAPER_COLUMNS]
+    write_text_atomic(paths["csv"], to_csv(table, columns))
     write_text_atomic(paths["cases"], to_csv(case_rows, CASE_COLUMNS))
     write_text_atomic(paths["paired"], to_csv(paired, PAIRED_COLUMNS))
-    write_text_atomic(paths["md"], markdown(dataset, table, paired, header_lines, chart_name))
+    write_text_atomic(paths["md"], markdown(dataset, table, paired, header_lines, chart_name, with_paper))
     return paths

@@ -49,7 +49,7 @@ def draw_chart(path: Path, dataset: str, case_rows: list[dict], published: dict,
                 ax.set_ylabel("per-case Dice (%), mean over seeds")
             if marked:
                 ax.legend(fontsize=7, loc="lower right")
-    title = f"{dataset}: per-case test Dice (box + cases; red diamond = published mean)"
+    title = f"{dataset}: per-case test Dice (box + cases{'; red diamond = published mean' if published else ''})"
     if title_note and title_note != "full":
         title = f"{title_note}\n{title}"
     fig.suptitle(title, fontsize=10, color="red" if title_note and title_note != "full" else "black")

@@ -27,15 +27,13 @@ from reproduction.plan import (
     plan_grid,
     timing_record,
 )
+from reproduction.rows import FULL_MODE, QUICK_MODE, SHORTENED_MODE
 from training.config import TrainConfig
 from training.flags import build_train_parser, config_from_args
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
 from utils.errors import UserError
 
-QUICK_MODE = "QUICK MODE: NOT a reproduction"
-SHORTENED_MODE = "SHORTENED schedule: NOT the paper's setting"
-FULL_MODE = "full"
 QUICK_BANNER = ("*" * 100 + "\n*** QUICK MODE: a tiny schedule on tiny data. It proves the machinery; it is NOT a "
                 "reproduction of the paper. ***\n" + "*" * 100)
 QUICK_ITERATIONS = 20
@@ -333,12 +331,13 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
              "(`--schedule recipe`; docs/baselines.md)" if options.schedule == "recipe" else
              "SS-Net's schedule for every method (`--schedule shared`), not the baselines' published recipes")
     lengths = ", ".join(f"{m} {n:,}" for m, n in dict.fromkeys((r.method, r.max_iteration) for r in plan.runs))
+    published = ("Published numbers: left out (synthetic or tiny data cannot be compared with them)."
+                 if options.quick else f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` "
+                                       f"(source of each row in the CSV).")
     lines += [f"Mode: **{mode}**. Schedules: {which}; iterations per run: {lengths}"
               f"{' (shortened)' if max_iteration else ''}"
               f"{'; extra train flags: ' + shlex.join(extra) if extra else ''}.",
-              f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. "
-              f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` (source of each "
-              f"row in the CSV).",
+              f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. {published}",
               f"Files: `{options.dataset}.csv` (this table), `{options.dataset}_cases.csv` (every case, class, "
               f"seed and protocol), `{options.dataset}_paired.csv` (paired statistics), `{options.dataset}.png`."]
     lines += [f"Note: {n}." for n in plan.notes]

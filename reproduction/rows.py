@@ -7,6 +7,11 @@ from collections import defaultdict
 
 import numpy as np
 
+# the `mode` column: what kind of grid produced a row (quick and shortened rows are never a reproduction)
+QUICK_MODE = "QUICK MODE: NOT a reproduction"
+SHORTENED_MODE = "SHORTENED schedule: NOT the paper's setting"
+FULL_MODE = "full"
+
 METRICS = ("dice", "jaccard", "hd95", "asd")
 PERCENT = ("dice", "jaccard")  # fractions in the test CSVs, percent in the tables (as the paper)
 def budget_order(budget: str) -> tuple[int, int]:

@@ -211,6 +211,33 @@ def test_wrong_checkpoints_are_refused(make, fragments, clean_data, tmp_path, ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize("how", ["missing", "no_label_key"])
+def test_every_listed_test_case_is_checked_before_any_inference(how, data, tmp_path, capsys, monkeypatch):
+    """A bad case at the end of the list stops the test script before the first case is predicted."""
+    from inference import Predictor
+
+    checkpoint = tmp_path / "model.pth"
+    save_checkpoint(checkpoint, build_network("vnet", num_classes=2, base_filters=4), dataset="LA", num_classes=2)
+    listed = read_list(data / "train.list")[:3]
+    if how == "missing":
+        listed.append("NO_SUCH_CASE")
+        fragments = ("1 of 4 LA cases missing", "NO_SUCH_CASE", "python -m data.lists la")
+    else:
+        bad = la_case_path(data, listed[-1])
+        with h5py.File(bad, "r") as f:
+            image = f["image"][()]
+        rewrite(bad, image=image)
+        fragments = (str(bad), "'label'")
+    (data / "subset.list").write_text("".join(f"{c}\n" for c in listed))
+    predicted = []
+    monkeypatch.setattr(Predictor, "predict_stored", lambda self, image: predicted.append(image.shape))
+    out = tmp_path / "eval"
+    code = test_la.main(["--checkpoint", str(checkpoint), "--root_path", str(data), "--list",
+                         str(data / "subset.list"), "--output_dir", str(out), "--device", "cpu", "--no_progress"])
+    expect_error(capsys, code, *fragments)
+    assert predicted == [] and not out.exists()
+
+
 def test_an_unwritable_test_output_is_refused(clean_data, tmp_path, capsys):
     checkpoint = tmp_path / "model.pth"
     save_checkpoint(checkpoint, build_network("vnet", num_classes=2, base_filters=4), dataset="LA", num_classes=2)

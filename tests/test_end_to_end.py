@@ -80,6 +80,12 @@ def test_acdc_train_then_test(acdc_root, tmp_path, capsys):
                             "--batch_size", "4", "--labeled_bs", "2", "--num_workers", "0", "--device", "cpu",
                             "--no_progress", "--run_dir", str(run)])
     assert code == 0 and (run / "best_model.pth").is_file()
+    # --labelnum counts patients, the loader draws slices: the log says both
+    labeled, unlabeled = (read_list(run / "splits" / f"{name}.list") for name in ("labeled", "unlabeled"))
+    patients = {name: len({s.split("_")[0] for s in ids}) for name, ids in (("l", labeled), ("u", unlabeled))}
+    assert patients["l"] == 1
+    assert (f"labeled {len(labeled)} slices (1 patient), unlabeled {len(unlabeled)} slices ({patients['u']} patient"
+            in (run / "log.txt").read_text())
     out = tmp_path / "eval"
     code = test_acdc.main(["--checkpoint", str(run / "best_model.pth"), "--root_path", str(acdc_root),
                            "--list", str(acdc_root / "test.list"), "--output_dir", str(out), "--device", "cpu",

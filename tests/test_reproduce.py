@@ -9,7 +9,7 @@ import pytest
 
 import reproduce
 from methods import METHODS
-from reproduction.aggregate import paired_table, seed_means, summary_table
+from reproduction.aggregate import paired_table, seed_means, summary_table, write_results
 from reproduction.grid import QUICK_MODE, GridOptions, run_grid
 from reproduction.paper import load_paper_results, paper_entry
 from reproduction.plan import Run, estimate_hours, format_plan, load_timings, plan_grid
@@ -76,6 +76,24 @@ def test_summary_table_mean_sd_over_seeds_with_paper_numbers():
     assert ss["hd95_mean"] == 2.0 and ss["hd95_sd"] == 0.0
     lower = next(r for r in table if r["method"] == "supervised")
     assert lower["dice_paper"] == 82.74 and lower["dice_sd"] == 0.0  # the V-Net lower-bound row
+
+
+@pytest.mark.parametrize("mode", ["full", QUICK_MODE])
+def test_quick_mode_tables_leave_the_published_numbers_out(mode, tmp_path):
+    rows = [{**case_row(method, 1, case, dice, budget="all"), "mode": mode}
+            for method, case, dice in (("ss_net", "a", 0.70), ("ss_net", "b", 0.66), ("supervised", "a", 0.6),
+                                       ("supervised", "b", 0.5))]
+    paths = write_results(tmp_path, "LA", rows, load_paper_results(), ["header"], chart=False)
+    text, csv_header = paths["md"].read_text(), paths["csv"].read_text().splitlines()[0].split(",")
+    table_head = next(line for line in text.splitlines() if line.startswith("| budget"))
+    published = "91.44"  # V-Net with all 80 LA scans labeled, data/paper_results.json
+    if mode == "full":
+        assert "| paper | Δ |" in table_head and published in text and "Δ = ours − paper" in text
+        assert {"dice_paper", "dice_diff", "paper_source"} <= set(csv_header)
+    else:
+        assert "paper" not in table_head and "Δ" not in text and published not in text
+        assert not any("paper" in column or "diff" in column for column in csv_header)
+        assert "dice_mean" in csv_header and "68.00" in text  # ss_net's mean Dice is still there
 
 
 def test_seed_means_average_classes_like_the_test_scripts():
@@ -196,6 +214,8 @@ def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
     for name in ("LA.md", "LA.csv", "LA_cases.csv", "LA_paired.csv", "LA.png"):
         assert (results / name).is_file(), name
     assert QUICK_MODE in (results / "LA.md").read_text()
+    assert "| paper | Δ |" not in (results / "LA.md").read_text() and "| paper | Δ |" not in out
+    assert "Published numbers: left out" in out
     for name in ("LA.csv", "LA_cases.csv", "LA_paired.csv"):
         lines = (results / name).read_text().splitlines()
         assert lines[0].startswith("mode,protocol") and all(line.startswith(QUICK_MODE) for line in lines[1:])

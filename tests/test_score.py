@@ -133,6 +133,47 @@ def test_clear_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_subset_is_scored_with_cases_or_a_list(tmp_path, capsys):
+    ref = cube((10, 10, 10), (2, 2, 2), 4)
+    for case in ("a", "b", "c"):
+        write_h5(tmp_path / "gt" / f"{case}.h5", ref)
+    write_h5(tmp_path / "pred" / "a.h5", ref)
+    write_h5(tmp_path / "pred" / "c.h5", np.zeros_like(ref))
+    assert score.main([str(tmp_path / "pred"), str(tmp_path / "gt")]) == 2  # b has no prediction
+    assert "--cases / --list" in capsys.readouterr().err
+    result = run(tmp_path, cases=["c", "a"])
+    assert [(r["case"], r["dice"]) for r in result["rows"]] == [("a", 1.0), ("c", 0.0)]
+    assert result["cases"] == ["a", "c"] and result["n_cases"] == 2
+    (tmp_path / "subset.list").write_text("a\n\n")
+    out = tmp_path / "scores.csv"
+    assert score.main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--list", str(tmp_path / "subset.list"),
+                       "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 cases" in printed and "ignored 1 prediction(s) not named by --cases / --list, e.g. c" in printed
+    with open(out, newline="") as f:
+        assert [r["case"] for r in csv.DictReader(f)] == ["a"]
+    # a named case without a prediction or a reference: refused before any case is scored
+    assert score.main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--cases", "a", "b"]) == 2
+    assert "1 of the 2 case(s) to score have no prediction" in capsys.readouterr().err
+    assert score.main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--cases", "a", "zz"]) == 2
+    captured = capsys.readouterr()
+    assert "have no reference in" in captured.err and "zz" in captured.err and captured.out == ""
+
+
+def test_symlinked_case_folders_and_files_are_followed(tmp_path):
+    ref = cube((10, 10, 10), (2, 2, 2), 4)
+    write_h5(tmp_path / "data" / "A" / "mri_norm2.h5", ref)  # LA layout, elsewhere on disk
+    write_nifti(tmp_path / "data" / "b.nii.gz", ref)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "A").symlink_to(tmp_path / "data" / "A", target_is_directory=True)
+    (tmp_path / "gt" / "b.nii.gz").symlink_to(tmp_path / "data" / "b.nii.gz")
+    (tmp_path / "gt" / "loop").symlink_to(tmp_path / "gt", target_is_directory=True)  # a cycle is read once
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "all").symlink_to(tmp_path / "data", target_is_directory=True)
+    rows = run(tmp_path)["rows"]
+    assert [(r["case"], r["dice"]) for r in rows] == [("A", 1.0), ("b", 1.0)]
+
+
 # ---- real labels --------------------------------------------------------------------------------------------
 
 

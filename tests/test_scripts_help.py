@@ -38,3 +38,29 @@ def test_help_prints_usage_and_exits_0(script, monkeypatch):
         runpy.run_path(str(ROOT / script), run_name="__main__")
     assert exit_info.value.code in (0, None), out.getvalue()
     assert out.getvalue().startswith("usage:"), out.getvalue()[:500]
+
+
+def help_entries(text: str) -> list[str]:
+    """The help of each flag: from a line that starts with '  -' to the next one."""
+    entries: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            entries.append(line)
+        elif entries and line.startswith("   "):
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append("")
+    return [e for e in entries if e]
+
+
+@pytest.mark.parametrize("script", scripts(), ids=str)
+def test_no_flag_states_its_default_twice(script, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(script), "-h"])
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    entries = help_entries(out.getvalue())
+    assert entries, out.getvalue()[:500]
+    doubled = [e for e in entries if e.lower().count("default:") > 1]
+    assert not doubled, doubled

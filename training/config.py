@@ -112,7 +112,8 @@ class TrainConfig(MethodSettings):
                                factory=default_num_workers, runtime=True, group=MACHINE)
     image_every: int = setting(200, "iterations between TensorBoard image panels; 0 = none", runtime=True,
                                group=MACHINE)
-    progress: bool = setting(True, "tqdm progress bar", inverse_flag="--no_progress", runtime=True, group=MACHINE)
+    progress: bool = setting(True, "progress bar (on a terminal; written to a file, a line every 30 s)",
+                             inverse_flag="--no_progress", runtime=True, group=MACHINE)
     save_every: int = setting(500, "iterations between resume checkpoints", unit="iterations", runtime=True,
                               group=MACHINE)
     keep_checkpoints: int = setting(3, "newest resume checkpoints to keep", runtime=True, group=MACHINE)

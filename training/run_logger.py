@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from dataloaders import Split
 from utils.atomic import make_writable_folder, write_text_atomic
+from utils.progress import progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,8 +178,8 @@ class RunLogger:
 
     def progress(self, start: int, stop: int):
         """Iterations start+1 .. stop, with a bar (initial = start) when the progress bar is on."""
-        self._bar = tqdm(range(start + 1, stop + 1), desc=self.title, disable=not self.show_progress,
-                         dynamic_ncols=True, initial=start, total=stop)
+        self._bar = progress_bar(range(start + 1, stop + 1), enabled=self.show_progress, desc=self.title,
+                                 initial=start, total=stop)  # in a log file: a line every 30 s, not per iteration
         return self._bar
 
     def iteration(self, iteration: int, loss: float, terms: dict[str, float], monitors: dict[str, float],

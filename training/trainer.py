@@ -115,6 +115,7 @@ class Training:
         self.device = ddp.device or resolve_device(config.device)
         configure_determinism(bool(config.deterministic), self.device)
         dataset, split, train_data, eval_lists = self._load_data()
+        self.dataset = dataset
         self.run_dir = run_dir = default_run_dir(config)
         resume = ddp.on_main(lambda: find_resume(run_dir, config))  # only rank 0 reads the run folder
         if resume:
@@ -191,7 +192,7 @@ class Training:
         self.batches = labeled_and_unlabeled(iter(loader), sampler.labeled_bs, self.uses_unlabeled, self.device)
         if resume and ddp.rank_rng(resume[1]) is not None:
             restore_rng(ddp.rank_rng(resume[1]))
-        self._describe(n_labeled, len(self.unlabeled_ids), sampler, batch_size, resume is not None)
+        self._describe(split.labeled, self.unlabeled_ids, sampler, batch_size, resume is not None)
 
     def _restore(self, path: Path, state: dict) -> None:
         self.store.restore(state, self.network, self.optimizer, self.method, self.parameter_names)
@@ -208,12 +209,12 @@ class Training:
             self.store.restore_best_files(self.selector.bests, self.start_iteration, self.network,
                                           self.method.state_dict(), self.log)
 
-    def _describe(self, n_labeled: int, n_unlabeled: int, sampler, batch_size: int, resumed: bool) -> None:
+    def _describe(self, labeled: list[str], unlabeled: list[str], sampler, batch_size: int, resumed: bool) -> None:
         c = self.config
         if not resumed:
             self.log.info("run folder %s", self.run_dir)
-            self.log.info("%s on %s: %d labeled, %d unlabeled, selection: %s", c.method, c.dataset, n_labeled,
-                          n_unlabeled, c.protocol)
+            self.log.info("%s on %s: labeled %s, unlabeled %s, selection: %s", c.method, c.dataset,
+                          self.dataset.describe_items(labeled), self.dataset.describe_items(unlabeled), c.protocol)
             self.log.info("network %s, %s parameters (+ %s trained by %s), device %s", c.network,
                           f"{sum(p.numel() for p in self.network.parameters()):,}",
                           f"{sum(p.numel() for m in self.method.extra_modules.values() for p in m.parameters()):,}",
