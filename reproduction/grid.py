@@ -278,13 +278,13 @@ def check_launcher(options: GridOptions) -> None:
 
 
 def claimed_elsewhere(cell: Cell) -> str:
-    """Why another launch has this cell ('' when it is free): a live lock, or a batch job that is still queued."""
+    """Why another launch has this cell ('' when it is free): a live lock, or a batch job that has not ended."""
     holder = live_holder(cell.run_dir)
     if holder is not None:
         return f"being worked on by {holder.describe()}"
     job = submitted_job(cell.run_dir)
     if job and job_active(job.get("job_id", "")) and not cell_complete(cell):
-        return f"submitted as job {short_job_id(job['job_id'])}, which is still queued"
+        return f"submitted as job {short_job_id(job['job_id'])}, which has not ended"
     return ""
 
 

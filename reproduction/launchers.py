@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import socket
 import time
@@ -22,9 +23,6 @@ from pathlib import Path
 from reproduction.cell import BUSY_EXIT_CODE, JOB_FILE, JOB_LOG, Cell, CellJob, cell_process, last_error
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
-POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -55,7 +53,6 @@ def local_slots(gpus: list[str], jobs: int | None, device: str) -> list[str | No
 def cell_environment(slot: str | None, slots: int) -> dict[str, str]:
     """The environment of a cell's process: this one's, with its GPU pinned or its share of the CPU cores."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     elif "OMP_NUM_THREADS" not in env:  # CPU cells share the cores instead of each taking all of them
@@ -63,7 +60,7 @@ def cell_environment(slot: str | None, slots: int) -> dict[str, str]:
     return env
 
 
-# Imported once by the fork server instead of by every cell (~5 s a cell on a small CPU). Our modules touch no
+# Imported once by the fork server instead of by every cell (seconds per cell on a small CPU). Our modules touch no
 # CUDA when imported (tests/test_launchers.py checks), so each cell's CUDA_VISIBLE_DEVICES still decides; torch's
 # compiler stack (what torch.use_deterministic_algorithms imports, ~2 s) is preloaded for CPU cells only.
 PRELOAD = ["reproduction.cell", "training.trainer", "evaluation"]
@@ -125,7 +122,7 @@ def run_local(cells: list[Cell], slots: list[str | None], keep_going: bool,
                 running[index] = (process, cell, number, time.perf_counter())
                 where = f"GPU {slots[index]}" if slots[index] is not None else f"slot {index}"
                 say(f"[{number}/{len(cells)}] {cell.label()}: started on {where} (pid {process.pid})")
-            time.sleep(POLL_SECONDS)
+            multiprocessing.connection.wait([process.sentinel for process, _, _, _ in running.values()])
             for index, (process, cell, number, start) in list(running.items()):
                 code = process.exitcode
                 if code is None:
