@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import csv
 import json
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,21 +13,23 @@ from dataloaders import get_dataset, make_synthetic_la, read_list
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
 from dataloaders.la import la_case_path
 from reproduction.aggregate import write_results
-from reproduction.paper import PAPER_RESULTS, load_paper_results
-from reproduction.plan import (
-    DEFAULT_BUDGETS,
-    TIMING_FILE,
-    Evaluation,
-    Plan,
-    Run,
-    format_plan,
-    load_timings,
-    plan_grid,
-    timing_record,
+from reproduction.cell import (
+    JOB_LOG,
+    Cell,
+    CellSettings,
+    cell_complete,
+    run_cell,
+    submitted_job,
+    test_is_current,
+    train_config,
 )
+from reproduction.launchers import LaunchReport, SlurmSettings, local_slots, run_local, submit_cells, wait_for_jobs
+from reproduction.lock import CellBusy, job_active, live_holder, short_job_id
+from reproduction.paper import PAPER_RESULTS, load_paper_results
+from reproduction.plan import DEFAULT_BUDGETS, Evaluation, Plan, Run, format_plan, load_timings, plan_grid
 from reproduction.rows import FULL_MODE, QUICK_MODE, SHORTENED_MODE
-from training.config import TrainConfig
-from training.flags import build_train_parser, config_from_args
+from reproduction.status import cell_state, format_status
+from training.flags import build_train_parser
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
 from utils.errors import UserError
@@ -37,6 +37,8 @@ from utils.errors import UserError
 QUICK_BANNER = ("*" * 100 + "\n*** QUICK MODE: a tiny schedule on tiny data. It proves the machinery; it is NOT a "
                 "reproduction of the paper. ***\n" + "*" * 100)
 QUICK_ITERATIONS = 20
+LAUNCHERS = ("sequential", "local", "slurm", "submitit_local")
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_local")
 
 
 @dataclass
@@ -60,6 +62,13 @@ class GridOptions:
     timing: str = ""
     keep_going: bool = False
     progress: bool = False
+    status: bool = False  # print where every cell stands, run nothing
+    aggregate: bool = False  # write the tables from the finished cells, run nothing
+    launcher: str = "sequential"  # one of LAUNCHERS
+    gpus: list[str] = field(default_factory=list)  # --launcher local: CUDA_VISIBLE_DEVICES of each slot
+    jobs: int | None = None  # --launcher local: cells at a time (default: one per --gpus entry, else 1)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # --launcher slurm / submitit_local
+    wait: bool = False  # --launcher slurm: wait for the jobs, then write the tables
 
 
 @dataclass
@@ -69,6 +78,9 @@ class GridResult:
     skipped: list[Path] = field(default_factory=list)  # finished runs reused
     tested: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)  # cells another live launch holds: skipped
+    missing: list[str] = field(default_factory=list)  # cells left out of the tables (not finished)
+    jobs: dict[str, str] = field(default_factory=dict)  # run folder -> submitted batch job id
     outputs: dict[str, Path] = field(default_factory=dict)
     mode: str = FULL_MODE
 
@@ -159,68 +171,7 @@ def check_train_args(dataset: str, extra: list[str]) -> None:
                          f"(python train_{dataset.lower()}.py -h lists them)")
 
 
-def train_config(run: Run, options: GridOptions, extra_flags: list[str]) -> TrainConfig:
-    flags = ["--method", run.method, "--labelnum", str(run.labelnum), "--seed", str(run.seed), "--select", run.select,
-             "--run_dir", str(run.run_dir), "--max_iteration", str(run.max_iteration), "--schedule", run.schedule,
-             "--device", options.device,
-             "--num_workers", str(options.num_workers), "--exp", f"{run.dataset}_reproduce", *extra_flags]
-    if options.root_path:
-        flags += ["--root_path", options.root_path]
-    if options.lists_dir:
-        flags += ["--lists_dir", options.lists_dir]
-    if not options.progress:
-        flags.append("--no_progress")
-    return config_from_args(build_train_parser(run.dataset, "").parse_args(flags), run.dataset)
-
-
-def train_run(run: Run, options: GridOptions, extra_flags: list[str]) -> tuple[bool, float, int]:
-    """(trained now?, seconds, iterations done now); a finished run is reused, a partial one resumes."""
-    from training import train
-
-    status = run.status()
-    if status == "finished":
-        return False, 0.0, 0
-    config = train_config(run, options, extra_flags)
-    start = time.perf_counter()
-    result = train(config)
-    seconds = time.perf_counter() - start
-    iterations = run.max_iteration - result.resumed_from
-    environment = json.loads((run.run_dir / "environment.json").read_text()) \
-        if (run.run_dir / "environment.json").is_file() else {}
-    record = timing_record(run, iterations, result.seconds, config.device,
-                           environment.get("device_name") or config.device)
-    if iterations > 0:
-        write_text_atomic(run.run_dir / TIMING_FILE, json.dumps(record, indent=2) + "\n")
-    return True, seconds, iterations
-
-
-def test_is_current(evaluation: Evaluation) -> bool:
-    checkpoint = evaluation.run.run_dir / evaluation.checkpoint
-    summary = evaluation.output_dir / "summary.json"
-    return (summary.is_file() and (evaluation.output_dir / "metrics.csv").is_file() and checkpoint.is_file()
-            and summary.stat().st_mtime >= checkpoint.stat().st_mtime)
-
-
-def test_evaluation(evaluation: Evaluation, options: GridOptions, lists_dir: Path) -> bool:
-    """Test the checkpoint on the test list unless an up-to-date result is there; True when tested now."""
-    from evaluation import TestOptions, run_test
-
-    if test_is_current(evaluation):
-        return False
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):  # the per-run table goes to a file; the grid prints its own summary
-        run_test(TestOptions(dataset=evaluation.run.dataset, checkpoint=str(evaluation.run.run_dir /
-                                                                            evaluation.checkpoint),
-                             root_path=options.root_path or f"./data/{evaluation.run.dataset}",
-                             list_path=str(lists_dir / "test.list"), device=options.device, progress=False,
-                             output_dir=str(evaluation.output_dir)))
-    write_text_atomic(evaluation.output_dir / "table.txt", out.getvalue())
-    return True
-
-
 def case_rows_of(evaluation: Evaluation, mode: str) -> list[dict]:
-    import csv
-
     run = evaluation.run
     with open(evaluation.output_dir / "metrics.csv", newline="") as f:
         metrics = list(csv.DictReader(f))
@@ -248,6 +199,7 @@ def run_grid(options: GridOptions) -> GridResult:
     dataset = options.dataset
     if dataset not in ("LA", "ACDC"):
         raise UserError(f"unknown --dataset {dataset!r}; choose from: LA, ACDC")
+    check_launcher(options)
     mode = mode_of(options)
     runs_dir = Path(options.runs_dir or ("model/reproduce_quick" if options.quick else "model/reproduce"))
     results_dir = Path(options.results_dir or ("results/quick" if options.quick else "results"))
@@ -266,8 +218,13 @@ def run_grid(options: GridOptions) -> GridResult:
     check_train_args(dataset, list(options.train_args))
     plan = plan_grid(dataset, budgets, methods, options.seeds, options.protocols, runs_dir, max_iteration,
                      options.lists_dir, options.schedule)
-    for run in plan.runs:  # every cell's settings are checked before the first hour of training
-        train_config(run, options, extra)
+    lists_dir = get_dataset(dataset).lists_dir(options.lists_dir)
+    settings = CellSettings(device=options.device, num_workers=options.num_workers, root_path=options.root_path,
+                            lists_dir=options.lists_dir, test_list=str(lists_dir / "test.list"),
+                            progress=options.progress, extra_flags=extra)
+    cells = [Cell(run, [e for e in plan.evaluations if e.run == run], settings) for run in plan.runs]
+    for cell in cells:  # every cell's settings are checked before the first hour of training
+        train_config(cell.run, settings)
     banner = QUICK_BANNER if options.quick else (f"*** {SHORTENED_MODE} ({shortened(max_iteration, extra)}) ***"
                                                  if mode == SHORTENED_MODE else "")
     timings = load_timings(runs_dir, options.timing)
@@ -275,39 +232,201 @@ def run_grid(options: GridOptions) -> GridResult:
     if options.dry_run:
         print(format_plan(plan, timings, banner))
         return result
+    if options.status:
+        print(format_status([cell_state(cell) for cell in cells], timings, banner))
+        return result
     if banner:
         print(banner, flush=True)
-    lists_dir = get_dataset(dataset).lists_dir(options.lists_dir)
 
-    case_rows: list[dict] = []
-    for number, run in enumerate(plan.runs, start=1):
-        label = (f"[{number}/{len(plan.runs)}] {dataset} {run.budget} labeled ({run.labelnum}), {run.method}, "
-                 f"seed {run.seed}, --select {run.select}")
-        try:
-            status = run.status()
-            print(f"{label}: {'finished, reused' if status == 'finished' else status + ', training'}", flush=True)
-            trained, seconds, iterations = train_run(run, options, extra)
-            (result.trained if trained else result.skipped).append(run.run_dir)
-            if trained:
-                print(f"{label}: trained {iterations} iterations in {seconds:.0f} s", flush=True)
-            note = selection_note(run)
-            if note and note not in plan.notes:
-                plan.notes.append(note)
-            for evaluation in (e for e in plan.evaluations if e.run == run):
-                if test_evaluation(evaluation, options, lists_dir):
-                    result.tested.append(evaluation.output_dir)
-                case_rows += case_rows_of(evaluation, mode)
-        except USER_ERRORS as exc:
-            if not options.keep_going:
-                raise
-            result.failed[str(run.run_dir)] = str(exc)
-            print(f"{label}: FAILED ({exc}); continuing (--keep_going)", file=sys.stderr, flush=True)
-
+    if options.aggregate:
+        pass
+    elif options.launcher == "sequential":
+        run_sequential(cells, options.keep_going, result)
+    elif options.launcher == "local":
+        run_in_processes(cells, options, result)
+    elif not submit_grid(cells, options, runs_dir, result):
+        return result  # submitted without --wait: the tables come from a later --aggregate
     header = header_lines(options, plan, mode, max_iteration, extra, banner, runs_dir)
-    result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header)
-    print(result.outputs["md"].read_text())
+    write_tables(cells, results_dir, dataset, mode, header, result)
     print(format_summary(result, banner))
     return result
+
+
+# ---- the launchers -------------------------------------------------------------------------------------------
+
+
+def check_launcher(options: GridOptions) -> None:
+    """Flags of one launcher given to another are refused rather than ignored."""
+    launcher = options.launcher
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown --launcher {launcher!r}; choose from: {', '.join(LAUNCHERS)}")
+    if (options.gpus or options.jobs is not None) and launcher != "local":
+        raise UserError("--gpus and --jobs set how many cells --launcher local runs at a time; add --launcher local")
+    if options.jobs is not None and options.jobs < 1:
+        raise UserError(f"--jobs {options.jobs}: give 1 or more cells at a time")
+    if launcher == "local":
+        local_slots(options.gpus, options.jobs, options.device)  # refuses what cannot work (--gpus on CPU, ...)
+    if options.wait and launcher not in SUBMITIT_LAUNCHERS:
+        raise UserError("--wait is for --launcher slurm (the other launchers always wait)")
+    if options.slurm.gpus_per_job is None:
+        options.slurm = replace(options.slurm, gpus_per_job=0 if options.device == "cpu" else 1)
+    if options.slurm.gpus_per_job not in (0, 1):
+        raise UserError(f"--gpus_per_job {options.slurm.gpus_per_job}: a cell trains in one process on one GPU "
+                        f"(0 = a CPU job); to train one run on several GPUs use torchrun (docs/multi-gpu.md)")
+
+
+def claimed_elsewhere(cell: Cell) -> str:
+    """Why another launch has this cell ('' when it is free): a live lock, or a batch job that has not ended."""
+    holder = live_holder(cell.run_dir)
+    if holder is not None:
+        return f"being worked on by {holder.describe()}"
+    job = submitted_job(cell.run_dir)
+    if job and job_active(job.get("job_id", "")) and not cell_complete(cell):
+        return f"submitted as job {short_job_id(job['job_id'])}, which has not ended"
+    return ""
+
+
+def run_sequential(cells: list[Cell], keep_going: bool, result: GridResult) -> None:
+    """Every cell in this process, one after another (the default launcher)."""
+    for number, cell in enumerate(cells, start=1):
+        label = f"[{number}/{len(cells)}] {cell.label()}"
+        try:
+            claimed = claimed_elsewhere(cell)
+            if claimed:
+                result.busy[str(cell.run_dir)] = claimed
+                print(f"{label}: {claimed}; skipped", flush=True)
+                continue
+            status = cell.run.status()
+            print(f"{label}: {'finished, reused' if status == 'finished' else status + ', training'}", flush=True)
+            outcome = run_cell(cell)
+            (result.trained if outcome.trained else result.skipped).append(cell.run_dir)
+            if outcome.took_over:
+                print(f"{label}: took over a stale lock ({outcome.took_over})", flush=True)
+            if outcome.trained:
+                print(f"{label}: trained {outcome.iterations} iterations in {outcome.seconds:.0f} s", flush=True)
+            result.tested += outcome.tested
+        except CellBusy as exc:
+            result.busy[str(cell.run_dir)] = str(exc)
+            print(f"{label}: {exc}", flush=True)
+        except USER_ERRORS as exc:
+            if not keep_going:
+                raise
+            result.failed[str(cell.run_dir)] = str(exc)
+            print(f"{label}: FAILED ({exc}); continuing (--keep_going)", file=sys.stderr, flush=True)
+
+
+def cells_to_launch(cells: list[Cell], result: GridResult, keep_going: bool) -> list[Cell]:
+    """The cells that still need work and that no other launch has; the finished ones count as reused."""
+    todo = []
+    for number, cell in enumerate(cells, start=1):
+        try:
+            complete = cell_complete(cell)
+        except UserError as exc:  # e.g. its folder holds a longer finished run
+            if not keep_going:
+                raise
+            result.failed[str(cell.run_dir)] = str(exc)
+            print(f"[{number}/{len(cells)}] {cell.label()}: FAILED ({exc}); continuing (--keep_going)",
+                  file=sys.stderr, flush=True)
+            continue
+        if complete:
+            result.skipped.append(cell.run_dir)
+            continue
+        claimed = claimed_elsewhere(cell)
+        if claimed:
+            result.busy[str(cell.run_dir)] = claimed
+            print(f"[{number}/{len(cells)}] {cell.label()}: {claimed}; skipped", flush=True)
+            continue
+        todo.append(cell)
+    return todo
+
+
+def collect(cells: list[Cell], report: LaunchReport, before: dict[Path, tuple[bool, set[Path]]],
+            result: GridResult) -> None:
+    """What the launched cells did, from their run folders (trained, tested) and the launcher's report."""
+    for cell in cells:
+        key = str(cell.run_dir)
+        if key in report.failed:
+            result.failed[key] = report.failed[key]
+        elif key in report.busy:
+            result.busy[key] = report.busy[key]
+        elif key in report.finished:
+            was_trained, was_tested = before[cell.run_dir]
+            (result.skipped if was_trained else result.trained).append(cell.run_dir)
+            result.tested += [e.output_dir for e in cell.evaluations if e.output_dir not in was_tested]
+
+
+def state_before(cells: list[Cell]) -> dict[Path, tuple[bool, set[Path]]]:
+    return {cell.run_dir: (cell.run.status() == "finished",
+                           {e.output_dir for e in cell.evaluations if test_is_current(e)}) for cell in cells}
+
+
+def run_in_processes(cells: list[Cell], options: GridOptions, result: GridResult) -> None:
+    """--launcher local: one process per cell, as many at a time as there are slots (GPUs or --jobs)."""
+    slots = local_slots(options.gpus, options.jobs, options.device)
+    todo = cells_to_launch(cells, result, options.keep_going)
+    print(f"{len(todo)} of {len(cells)} cells to run, {len(slots)} at a time "
+          f"({'GPUs ' + ','.join(map(str, slots)) if options.gpus else 'CPU'}); each cell's output: "
+          f"<run folder>/{JOB_LOG}", flush=True)
+    before = state_before(todo)
+    report = run_local(todo, slots, options.keep_going)
+    collect(todo, report, before, result)
+    if report.failed and not options.keep_going:
+        raise UserError(f"{len(report.failed)} cell(s) failed, e.g. {next(iter(report.failed))}: "
+                        f"{next(iter(report.failed.values()))} (--keep_going writes the tables of the others)")
+
+
+def submit_grid(cells: list[Cell], options: GridOptions, runs_dir: Path, result: GridResult) -> bool:
+    """--launcher slurm (or submitit_local): submit every cell that needs work; True when the jobs were waited
+    for (then the tables follow)."""
+    todo = cells_to_launch(cells, result, options.keep_going)
+    if not todo:
+        print("nothing to submit: every cell is finished or held by another launch", flush=True)
+        return True
+    cluster = "slurm" if options.launcher == "slurm" else "local"
+    folder = runs_dir / "submitit"
+    before = state_before(todo)
+    jobs = submit_cells(todo, cluster, folder, options.slurm, options.num_workers)
+    result.jobs = {str(cell.run_dir): job.job_id for cell, job in zip(todo, jobs, strict=True)}
+    if not options.wait:
+        print(f"submitted {len(jobs)} job(s); job logs: {folder}. Follow them with the same command plus --status "
+              f"(on any machine that sees {runs_dir}); when every cell is finished, the same command plus "
+              f"--aggregate writes the tables.", flush=True)
+        return False
+    report = wait_for_jobs(jobs, todo, poll_seconds=30.0 if cluster == "slurm" else 1.0)
+    collect(todo, report, before, result)
+    return True
+
+
+# ---- the tables ----------------------------------------------------------------------------------------------
+
+
+def write_tables(cells: list[Cell], results_dir: Path, dataset: str, mode: str, header: list[str],
+                 result: GridResult) -> None:
+    """The tables from the finished cells only; the cells still missing are named in the header."""
+    case_rows: list[dict] = []
+    notes: list[str] = []
+    for cell in cells:
+        try:
+            complete = cell_complete(cell)
+        except UserError:
+            complete = False
+        if not complete:
+            result.missing.append(str(cell.run_dir))
+            continue
+        note = selection_note(cell.run)
+        if note and note not in notes:
+            notes.append(note)
+        for evaluation in cell.evaluations:
+            case_rows += case_rows_of(evaluation, mode)
+    header = header + [f"Note: {n}." for n in notes]
+    if result.missing:
+        header.append(f"**Missing: {len(result.missing)} of {len(cells)} cells are not finished and are left out "
+                      f"of these tables** (`reproduce.py ... --status` lists them).")
+    if not case_rows:
+        print(f"no finished cell yet ({len(cells)} missing): no tables written", flush=True)
+        return
+    result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header)
+    print(result.outputs["md"].read_text())
 
 
 def selection_note(run: Run) -> str:
@@ -349,6 +468,10 @@ def format_summary(result: GridResult, banner: str) -> str:
              f"tested now: {len(result.tested)}"]
     lines += [f"{name}: {path}" for name, path in result.outputs.items()]
     lines += [f"FAILED {path}: {message}" for path, message in result.failed.items()]
+    lines += [f"SKIPPED {path}: {message}" for path, message in result.busy.items()]
+    cells = len(result.plan.runs)
+    lines.append(f"cells in the tables: {cells - len(result.missing)} of {cells}"
+                 f"{' (the others are not finished: --status lists them)' if result.missing else ''}")
     if banner:
         lines.append(banner)
     return "\n".join(lines)
