@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from inference.predict import PredictOptions, run_predict
+from inference.settings import add_fold_bn_argument
 from utils.cli import DocstringHelpFormatter, default_device, run_cli
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("LA", "ACDC"), default="",
                    help="for official state dicts only (default: guessed from the weights)")
     p.add_argument("--labels", default="", help="folder of reference <case>.nii.gz: score the predictions in mm")
+    add_fold_bn_argument(p)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint, input=args.input, output=args.output, device=args.device,
         largest_component=None if args.largest_component is None else bool(args.largest_component), tta=args.tta,
         batch_size=args.batch_size, dataset=args.dataset, labels=args.labels, progress=not args.no_progress,
+        fold_bn=bool(args.fold_bn),
     )
     return run_cli(lambda: run_predict(options), debug=args.debug)
 

@@ -26,15 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dataloaders import get_dataset
-from training.config import make_config
-from training.optim import zero_gradients
-from utils.atomic import write_text_atomic
-from utils.cli import int_list
-from utils.precision import autocast
-from utils.profiling import recording, section
-
-from .bench import (
+from benchmarks.bench import (
     GIB,
     RESULT_PREFIX,
     build_training,
@@ -43,6 +35,13 @@ from .bench import (
     process_memory_gib,
     synchronize,
 )
+from dataloaders import get_dataset
+from training.config import make_config
+from training.optim import zero_gradients
+from utils.atomic import write_text_atomic
+from utils.cli import int_list
+from utils.precision import autocast
+from utils.profiling import recording, section
 
 MODES = ("official", "default")
 

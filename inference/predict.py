@@ -22,6 +22,7 @@ from utils.report import format_table, report, write_csv, write_json
 
 from .nifti import write_labels_nifti
 from .predictor import Predictor
+from .settings import InferenceSettings
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
@@ -39,6 +40,7 @@ class PredictOptions:
     dataset: str = ""  # LA / ACDC for official state dicts (default: guessed from the weights)
     labels: str = ""  # folder of reference label files <case>.nii.gz: score the predictions (mm)
     progress: bool = True
+    fold_bn: bool = InferenceSettings.fold_bn  # BatchNorm folded into the convolutions (same function)
 
 
 @dataclass
@@ -94,7 +96,7 @@ def run_predict(options: PredictOptions) -> list[Path]:
     """Write `<output>/<case>.nii.gz` for every input case; with `labels`, also metrics.csv / summary.json."""
     predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device, dataset=options.dataset,
                                           batch_size=options.batch_size, nms=options.largest_component,
-                                          tta=options.tta)
+                                          tta=options.tta, fold_bn=options.fold_bn)
     cases = find_inputs(options.input, predictor.network.in_channels)
     output = make_writable_folder(options.output, "output folder", "--output")
     references = Path(options.labels) if options.labels else None

@@ -171,8 +171,10 @@ class Training:
                                       batch_size=config.eval_batch_size, nms=False)
         self.store = CheckpointStore(self.run_dir, config, {**inference.to_dict(), "nms": dataset.test_nms})
         bests = {name: Best(name, self.store.best_path(name)) for name in eval_lists}
-        # in-training evaluation may be cheaper (coarser stride, autocast) than the test the checkpoints record
-        evaluation = replace(inference, stride=tuple(config.eval_stride or config.stride), amp=config.amp)
+        # in-training evaluation may be cheaper (coarser stride, autocast) than the test the checkpoints record;
+        # it runs the live network (its weights change between evaluations), not a folded snapshot
+        evaluation = replace(inference, stride=tuple(config.eval_stride or config.stride), amp=config.amp,
+                             fold_bn=False)
         self.selector = Selector(config, eval_lists, bests, Predictor(self.network, dataset, evaluation),
                                  config.root_path, ddp.evaluate)
 
