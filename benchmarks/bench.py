@@ -15,7 +15,8 @@ Modes
 * default: what train_la.py / test_la.py do without speed flags: the same fp32 math; training with the
   memory-saving step (--low_memory 1: the main pass backpropagated before the VAT passes, head activations
   recomputed in backward, VAT's clean target from the main pass's encoder trunk; gradients equal bit for bit),
-  testing with the Predictor's default path (--batch_size 4).
+  testing with the Predictor's default path (--batch_size 4 windows per forward under torch.inference_mode, on
+  a copy with BatchNorm folded into the convolutions: --fold_bn 1).
 * fast: --amp (bf16), --channels_last, optionally --compile, fused SGD, cuDNN autotuning, the memory-saving
   step; testing under bf16 with --eval_batch_size windows per forward.
 
