@@ -12,8 +12,9 @@ class InferenceSettings:
     batch_size: int = 4  # windows or slices per forward
     nms: bool = False  # keep the largest connected component of each foreground class
     amp: str = "off"  # autocast dtype of the network's forward: off (fp32) | bf16 | fp16
-    # BatchNorm folded into the convolutions of an evaluation copy (networks/speed.py: fold_batchnorm): the same
-    # function with fewer passes, rounded differently (labels differ only where two classes tie within rounding)
+    # an evaluation copy with BatchNorm folded into the convolutions (networks/speed.py: fold_batchnorm), stored
+    # channels-last for a 3-D network on a CPU: the same function with fewer passes and faster kernels, rounded
+    # differently (labels differ only where two classes tie within rounding)
     fold_bn: bool = True
 
     def to_dict(self) -> dict:
@@ -24,5 +25,6 @@ class InferenceSettings:
 def add_fold_bn_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--fold_bn for the scripts that predict (test_la.py, test_acdc.py, predict.py); default as declared above."""
     parser.add_argument("--fold_bn", type=int, choices=(0, 1), default=int(InferenceSettings.fold_bn),
-                        help="evaluate a copy with BatchNorm folded into the convolutions (same function, fewer "
-                             "passes; labels may differ where two classes tie within rounding); 0 = unfolded")
+                        help="evaluate a copy with BatchNorm folded into the convolutions, channels-last for 3-D "
+                             "networks on a CPU (same function, faster; labels may differ where two classes tie "
+                             "within rounding); 0 = the network as it is")

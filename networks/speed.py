@@ -3,7 +3,8 @@
 Channels-last and compile are opt-in; `--amp` (utils/precision.py) is the only one that changes the precision.
 cuDNN autotuning follows `--deterministic` (training/trainer.py: benchmark = not deterministic); the SGD kernels
 are training/optim.py's. `fold_batchnorm` (the evaluation default, inference/predictor.py) gives an evaluation
-copy whose convolutions absorb the BatchNorm that follows them: the same function, rounded differently.
+copy whose convolutions absorb the BatchNorm that follows them: the same function, rounded differently; on a CPU
+the predictor also stores that copy channels-last (oneDNN's fp32 3-D convolutions run faster so, docs/speed.md).
 """
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ def _input_to_format(memory_format: torch.memory_format, ndim: int):
 def use_channels_last(network: nn.Module) -> nn.Module:
     """Store the conv weights channels-last and convert every input of `network(x)` too (a forward pre-hook),
     so callers (methods, sliding window) need no change. Same values; only the memory layout differs."""
+    if getattr(network, "uses_channels_last", False):
+        return network  # once: a copy of a channels-last network is one already
     spatial_dims = int(network.spatial_dims)
     memory_format = channels_last_format(spatial_dims)
     network.to(memory_format=memory_format)
     network.register_forward_pre_hook(_input_to_format(memory_format, spatial_dims + 2))
+    network.uses_channels_last = True
     return network
 
 

@@ -99,6 +99,13 @@ def test_predictor_runs_a_folded_copy_by_default_and_the_network_itself_without(
     network = with_trained_looking_norms(build_network("vnet", **TINY_VNET))
     default = Predictor(network, get_dataset("LA"), InferenceSettings((32, 32, 32)))
     assert default.settings.fold_bn and default.network is network and count_norms(default.runner) == 0
+    # on a CPU the 3-D copy is stored channels-last (faster oneDNN kernels); the network itself stays as it was
+    conv = default.runner.encoder.block_two.conv[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    assert network.encoder.block_two.conv[0].weight.is_contiguous()
+    unet = with_trained_looking_norms(build_network("unet", **TINY_UNET))
+    assert not getattr(Predictor(unet, get_dataset("ACDC"), InferenceSettings((64, 64))).runner,
+                       "uses_channels_last", False)
     assert tiny_la_predictor(False, network).runner is network
 
 
@@ -117,3 +124,16 @@ def test_predictor_default_labels_equal_the_unfolded_ones_except_ties():
     assert labels_unfolded.dtype == np.uint8 and 0 < labels_unfolded.mean() < 1  # both classes are predicted
     assert int(differ.sum()) <= int((margin < 1e-5).sum())  # ties within rounding only
     assert np.all(margin[differ] < 1e-5)
+
+
+def test_scripts_take_fold_bn_with_the_declared_default():
+    import predict
+    from evaluation.testing import build_test_parser, options_from_args
+
+    dataset = get_dataset("LA")
+    parser = build_test_parser(dataset, "test")
+    assert options_from_args(parser.parse_args(["--checkpoint", "c.pth"]), dataset).fold_bn is True
+    assert options_from_args(parser.parse_args(["--checkpoint", "c.pth", "--fold_bn", "0"]), dataset).fold_bn is False
+    arguments = ["--checkpoint", "c.pth", "--input", "in", "--output", "out"]
+    assert predict.build_parser().parse_args(arguments).fold_bn == int(InferenceSettings.fold_bn) == 1
+    assert predict.build_parser().parse_args([*arguments, "--fold_bn", "0"]).fold_bn == 0
