@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from inference.predict import PredictOptions, run_predict
+from inference.settings import add_fold_bn_argument
 from utils.cli import DocstringHelpFormatter, default_device, run_cli
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_input_checks", action="store_true",
                    help="predict inputs whose intensities or voxel size do not look like the model's training data "
                         "(inputs of the wrong dimensionality or channel count stay refused)")
+    add_fold_bn_argument(p)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         largest_component=None if args.largest_component is None else bool(args.largest_component), tta=args.tta,
         batch_size=args.batch_size, dataset=args.dataset, labels=args.labels, progress=not args.no_progress,
         skip_input_checks=args.skip_input_checks,
+        fold_bn=bool(args.fold_bn),
     )
     return run_cli(lambda: run_predict(options), debug=args.debug)
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check for the speed work (issue 6): fits one device call of under 8 minutes on one H100.
-#   1. bench.py on the GPU: SS-Net training it/s (LA, ACDC shapes) and LA test-volume throughput, official vs
-#      fast mode, ratios and the projected full LA run; JSON to $OUT/bench_gpu.json.
+# GPU check for the speed work (issues 6 and 15): fits one device call of under 8 minutes on one H100.
+#   1. bench.py on the GPU: the table of docs/speed.md: SS-Net training s/iteration and peak memory
+#      (torch.cuda.max_memory_allocated) on the LA and ACDC shapes and LA test-volume time, official vs default
+#      vs fast, ratios to official, the largest LA batch that fits $FITS_GB GiB (2..8 tried) and the projected
+#      full LA run; JSON to $OUT/bench_gpu.json (put it under results/gpu/ with the device name).
 #   2. bench.py --compile 1, fast mode only (torch.compile cost and gain), JSON to $OUT/bench_gpu_compile.json.
 #   3. a short real LA SS-Net training with periodic evaluation (fast options), then test_la.py on its best
 #      checkpoint in fp32 and in bf16 (same metrics within the tolerance of docs/speed.md).
@@ -38,11 +40,14 @@ torch.version.cuda, 'available', torch.cuda.is_available())"
 
 if [ "$TINY" = 1 ]; then
     BENCH=(--tiny --threads 1)
+    FITS=()
     TRAIN=(--patch_size 32,32,32 --base_filters 4 --stride 16,16,16 --eval_stride 32,32,32 --max_iteration 4
            --eval_every 2 --eval_start 2 --num_workers 0)
     TEST=(--batch_size 4)
 else
-    BENCH=(--iterations 10 --warmup 3 --volumes 3 --eval_batch_size 8)
+    # 3 modes x (LA, ACDC) x (3 + 5 iterations) + 3 x 3 test volumes + 3 x 4 --fits_gb processes: ~3 minutes
+    BENCH=(--iterations 5 --warmup 3 --volumes 2 --eval_batch_size 8)
+    FITS=(--fits_gb "${FITS_GB:-24}" --fits_max_batch 8)
     # 300 iterations, evaluation on the 4 restored test cases every 100 from 100 (the paper protocol's
     # procedure on fewer cases), coarse evaluation stride, fast options
     TRAIN=(--max_iteration 300 --eval_every 100 --eval_start 100 --eval_stride 56,56,40 --num_workers 6
@@ -50,8 +55,9 @@ else
     TEST=(--batch_size 8)
 fi
 
-stamp "1. bench: official vs fast (bf16, channels-last, fused SGD, autotuning)"
-$PY -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" --eval_stride 56,56,40 --output "$OUT/bench_gpu.json" \
+stamp "1. bench: official vs default (fp32, memory-saving step, folded BatchNorm) vs fast (bf16, channels-last, fused SGD)"
+$PY -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" ${FITS[@]+"${FITS[@]}"} --eval_stride 56,56,40 \
+    --output "$OUT/bench_gpu.json" \
     2>&1 | tee "$OUT/bench_gpu.log"
 
 stamp "2. bench: fast mode with torch.compile"

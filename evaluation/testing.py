@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataloaders import DatasetAdapter, get_dataset, read_list
-from inference import Predictor
+from inference import InferenceSettings, Predictor
 from inference.nifti import write_labels_nifti
+from inference.settings import add_fold_bn_argument
 from utils.atomic import make_writable_folder
 from utils.cli import DefaultsHelpFormatter, default_device, int_list
 from utils.errors import UserError
@@ -45,6 +46,7 @@ class TestOptions:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    fold_bn: bool = InferenceSettings.fold_bn  # BatchNorm folded into the convolutions (same function)
 
 
 def resolve_spacing(option: str, dataset: DatasetAdapter, ndim: int) -> tuple[tuple[float, ...] | None, str]:
@@ -92,7 +94,7 @@ def run_test(options: TestOptions) -> dict:
     predictor = Predictor.from_checkpoint(
         options.checkpoint, device=options.device, expect_dataset=dataset.name, batch_size=options.batch_size,
         nms=options.nms, amp=options.amp, patch_size=tuple(options.patch_size), stride=tuple(options.stride),
-        channels_last=options.channels_last, compile=options.compile)
+        channels_last=options.channels_last, compile=options.compile, fold_bn=options.fold_bn)
     settings, meta = predictor.settings, predictor.checkpoint
     # every listed case present and readable before the first inference, not after minutes of it
     dataset.check_data(options.root_path, [], case_ids)
@@ -184,6 +186,7 @@ def add_inference_speed_arguments(p: argparse.ArgumentParser) -> None:
                    help="channels-last memory format for the convolutions (helps with --amp on GPUs)")
     g.add_argument("--compile", type=int, default=0, choices=(0, 1),
                    help="torch.compile the network (minutes of compilation first; pays off on long runs)")
+    add_fold_bn_argument(g)
 
 
 def options_from_args(args: argparse.Namespace, dataset: DatasetAdapter) -> TestOptions:
@@ -194,5 +197,5 @@ def options_from_args(args: argparse.Namespace, dataset: DatasetAdapter) -> Test
         output_dir=args.output_dir, csv=args.csv, json=args.json, save_predictions=args.save_predictions,
         save_png=args.save_png,
         progress=not args.no_progress and sys.stderr.isatty(),
-        amp=args.amp, channels_last=bool(args.channels_last), compile=bool(args.compile),
+        amp=args.amp, channels_last=bool(args.channels_last), compile=bool(args.compile), fold_bn=bool(args.fold_bn),
     )

@@ -25,6 +25,7 @@ from utils.report import format_table, report, write_csv, write_json
 from .input_check import InputDescription, ModelExpectation, check_inputs, describe_h5, describe_nifti
 from .nifti import write_labels_nifti
 from .predictor import Predictor
+from .settings import InferenceSettings
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
@@ -43,6 +44,7 @@ class PredictOptions:
     labels: str = ""  # folder of reference label files <case>.nii.gz: score the predictions (mm)
     progress: bool = True
     skip_input_checks: bool = False  # predict inputs that look implausible for the model (wrong ones stay refused)
+    fold_bn: bool = InferenceSettings.fold_bn  # BatchNorm folded into the convolutions (same function)
 
 
 @dataclass
@@ -104,7 +106,7 @@ def run_predict(options: PredictOptions) -> list[Path]:
     """Write `<output>/<case>.nii.gz` for every input case; with `labels`, also metrics.csv / summary.json."""
     predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device, dataset=options.dataset,
                                           batch_size=options.batch_size, nms=options.largest_component,
-                                          tta=options.tta)
+                                          tta=options.tta, fold_bn=options.fold_bn)
     cases = find_inputs(options.input, predictor.network.in_channels)
     expectation = ModelExpectation.of(predictor.dataset, predictor.network.in_channels)
     for warning in check_inputs([describe_input(item) for item in cases], expectation, options.skip_input_checks,

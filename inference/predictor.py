@@ -10,6 +10,11 @@ How a case is run depends on the adapter's `inference` kind, never on the datase
 (mean softmax over windows, argmax), 2-D slices resized to the network's input (ACDC's official test), or 2-D
 sliding windows along the slice axis (NIfTI 2-D models). Predictions are uint8 label maps; `nms` keeps the
 largest connected component of each foreground class.
+
+The forward runs under `torch.inference_mode` on `runner`: with `settings.fold_bn` (the default) an evaluation
+copy of the network whose convolutions absorb their BatchNorm (networks/speed.py), stored channels-last for a 3-D
+network on a CPU, a snapshot of the weights at construction; without it the network itself (the in-training
+evaluation, whose weights keep changing).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from dataloaders import DATASETS, DatasetAdapter, get_dataset
 from dataloaders.nifti import Scan, preprocess, restore_labels
 from dataloaders.nifti_dataset import dataset_from_checkpoint
 from networks import load_network
-from networks.speed import prepare_network
+from networks.speed import fold_batchnorm, prepare_network, use_channels_last
 from utils.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from utils.cli import resolve_device
 from utils.errors import UserError
@@ -43,6 +48,16 @@ class Predictor:
     settings: InferenceSettings
     checkpoint: dict = field(default_factory=dict)  # what the checkpoint says of itself (method, iteration, ...)
     official: bool = False  # a released official state dict
+    runner: nn.Module = field(init=False, repr=False)  # what the forward calls: the folded copy or `network`
+
+    def __post_init__(self) -> None:
+        self.runner = self.network
+        if self.settings.fold_bn:
+            self.runner = fold_batchnorm(self.network)
+            if self.device.type == "cpu" and getattr(self.runner, "spatial_dims", None) == 3:
+                # oneDNN's fp32 3-D convolutions on a CPU run ~1.5x faster channels-last (docs/speed.md);
+                # like the fold, it changes only the rounding
+                use_channels_last(self.runner)
 
     @property
     def num_classes(self) -> int:
@@ -60,12 +75,14 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", dataset: str = "",
                         expect_dataset: str = "", batch_size: int = 4, nms: bool | None = None, amp: str = "off",
                         patch_size: tuple[int, ...] = (), stride: tuple[int, ...] = (), tta: bool = False,
-                        channels_last: bool = False, compile: bool = False) -> Predictor:
+                        channels_last: bool = False, compile: bool = False,
+                        fold_bn: bool = InferenceSettings.fold_bn) -> Predictor:
         """A predictor from one of our checkpoints (self-describing) or an official state dict.
 
         dataset: the dataset of an official state dict ("" = guessed from its keys: V-Net -> LA, U-Net -> ACDC).
         expect_dataset: refuse a checkpoint of another dataset, class count or dimensionality (the test scripts).
         nms None, patch_size/stride (): as the checkpoint was evaluated, else the dataset's defaults.
+        fold_bn: run an evaluation copy with BatchNorm folded into the convolutions (InferenceSettings.fold_bn).
         """
         check_precision_mode(amp)
         device = resolve_device(str(device))
@@ -88,7 +105,6 @@ class Predictor:
             adapter = get_dataset(name)
         if expect_dataset:
             _check_fits_dataset(path, network, adapter)
-        prepare_network(network, channels_last=channels_last, compile=compile)
         stored = meta.get("inference", {})
         settings = InferenceSettings(
             patch_size=tuple(patch_size or stored.get("patch_size") or adapter.patch_size),
@@ -96,19 +112,22 @@ class Predictor:
             batch_size=batch_size,
             nms=bool(stored.get("nms", adapter.test_nms) if nms is None else nms),
             amp=amp,
+            fold_bn=fold_bn,
         )
         if tta:
             network = FlipTTA(network).eval()
-        return cls(network, adapter, settings, meta, loaded.official)
+        predictor = cls(network, adapter, settings, meta, loaded.official)
+        prepare_network(predictor.runner, channels_last=channels_last, compile=compile)
+        return predictor
 
     # -- predicting -----------------------------------------------------------------------------------
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, C_in, *patch) on any device -> logits (B, K, *patch) on the network's device, under autocast when
         settings.amp is bf16 / fp16 (the callers softmax them in float32)."""
         with autocast(self.settings.amp, self.device):
-            return self.network(batch.to(self.device, non_blocking=True))[0]
+            return self.runner(batch.to(self.device, non_blocking=True))[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_stored(self, image: np.ndarray) -> np.ndarray:
         """uint8 label map of an array in the dataset's stored layout (the image's spatial shape)."""
         labels = self._labels(image).astype(np.uint8)

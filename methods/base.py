@@ -6,7 +6,7 @@ method by name.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +58,13 @@ class Method:
       sets the collective versions (training/distributed.py) for state that must agree on every rank.
     * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
       check that the unlabeled term alone moves the student.
+    * `backward_early`: None (the default, and for every direct caller) = `MethodOutput.loss` carries the graph
+      of the whole loss, for one backward. The trainer sets it (--low_memory 1) to its precision-aware backward,
+      `backward_early(part, [(tensor, gradient), ...])`: a method whose loss has parts on separate graphs
+      (SS-Net: the main pass, the VAT passes) may then backpropagate a part as soon as it is complete, freeing
+      its activations, and return a `loss` with the total's value whose graph holds only the rest. The
+      trainer zeroes the gradients before the step's forward. Under torchrun such parts run inside DDP's
+      forward, where DDP does not average them: the method averages them with `average_gradients`.
     """
 
     name = "base"
@@ -65,6 +72,7 @@ class Method:
     recipes: dict[int, Recipe] = {}  # per spatial dims; empty = SS-Net's settings of the dataset
     supervised_weight: float = 1.0
     leaves_parameters_unused = False
+    backward_early: Callable[..., None] | None = None
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
         self.network = network

@@ -114,12 +114,20 @@ class VNetEncoder(nn.Module):
         self.dropout = nn.Dropout3d(0.5) if dropout else nn.Identity()
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.finish(self.trunk(image))
+
+    def trunk(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """[x1, x2, x3, x4, block five's output before its dropout]: everything before the first random draw."""
         x1 = self.block_one(image)
         x2 = self.block_two(self.block_one_dw(x1))
         x3 = self.block_three(self.block_two_dw(x2))
         x4 = self.block_four(self.block_three_dw(x3))
-        x5 = self.dropout(self.block_five(self.block_four_dw(x4)))
-        return [x1, x2, x3, x4, x5]
+        return [x1, x2, x3, x4, self.block_five(self.block_four_dw(x4))]
+
+    def finish(self, trunk: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The trunk's stages with block five's dropout applied: the encoder's output."""
+        x1, x2, x3, x4, x5 = trunk
+        return [x1, x2, x3, x4, self.dropout(x5)]
 
 
 class VNetDecoder(nn.Module):

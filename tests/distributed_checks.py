@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from methods import Batch, Method, MethodOutput, MethodSettings, build_method
 from networks import build_network
 from training.distributed import distributed_session
+from training.optim import build_sgd, zero_gradients
+from training.precision import Precision
 
 SHAPE = (16, 16, 16)
 
@@ -116,6 +118,40 @@ def check_ss_net_memory_and_parameters(ddp) -> None:
         assert same_on_every_rank(value.clone()), key
 
 
+def check_low_memory_step_matches_one_backward(ddp) -> None:
+    """SS-Net's memory-saving step under DDP (its main-pass parts backpropagated inside DDP's forward and averaged
+    explicitly, the LDS part by DDP) gives the averaged gradients of the single backward, up to the order of the
+    averaging (one step from the same state: later steps may pick other prototypes from rounding-level ties), and
+    keeps every rank identical."""
+    grads = []
+    for low_memory in (False, True):
+        torch.manual_seed(0)
+        network = build_network("vnet", num_classes=2, base_filters=4).train()
+        method = build_method("ss_net", network, MethodSettings(num_classes=2, memory_size=8))
+        if low_memory:
+            method.backward_early = Precision("off").backward  # what the trainer sets for --low_memory 1
+        step = ddp.training_step(method)
+        ddp.seed_rank(0)
+        optimizer = build_sgd(method.parameters(), lr=0.01)
+        for iteration in range(1, 3 if low_memory else 2):
+            images, labels = global_batch(4, seed=300 + iteration)
+            mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
+            zero_gradients(optimizer)
+            output = step(Batch(images[mine][:1], labels[mine][:1]), Batch(images[mine][1:], None), 3000 + iteration)
+            output.loss.backward()
+            if iteration == 1:
+                assert method.memory.counts()[1] > 0
+                grads.append({n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None})
+            optimizer.step()
+            ddp.sync_buffers([network, method.heads])
+    assert set(grads[0]) == set(grads[1])
+    for name, value in grads[1].items():
+        assert same_on_every_rank(value), name
+        assert torch.allclose(value, grads[0][name], rtol=1e-5, atol=1e-6), (name, (value - grads[0][name]).abs().max())
+    for key, value in {**network.state_dict(), **method.heads.state_dict()}.items():  # after a second step
+        assert same_on_every_rank(value.clone()), key
+
+
 def check_sassnet_discriminator_agrees(ddp) -> None:
     """SASSNet trains its discriminator outside the DDP step (own optimiser): averaged explicitly."""
     torch.manual_seed(0)
@@ -144,6 +180,7 @@ def main() -> int:
         check_gather_and_gradient_average(ddp)
         check_one_step_matches_one_process(ddp)
         check_ss_net_memory_and_parameters(ddp)
+        check_low_memory_step_matches_one_backward(ddp)
         check_sassnet_discriminator_agrees(ddp)
         ddp.barrier()
         if ddp.is_main:

@@ -126,6 +126,10 @@ class TrainConfig(MethodSettings):
                                    "runs)", group=SPEED)
     optimizer_impl: str = setting("default", "SGD kernel: default (PyTorch's choice), foreach or fused; same "
                                              "update", choices=OPTIMIZER_IMPLS, group=SPEED)
+    low_memory: bool = setting(True, "memory-saving step: a method backpropagates each part of its loss as soon as "
+                                     "it is complete (SS-Net: the main pass before the VAT passes; heads "
+                                     "recomputed in backward): the same gradients bit for bit, about half the peak "
+                                     "memory; 0 = the official order, one backward", group=SPEED)
     eval_stride: list[int] = setting(help="sliding-window stride of the in-training evaluation only (default: "
                                           "--stride; e.g. 56,56,40: 4.6x fewer windows on LA); checkpoints keep "
                                           "--stride for testing", factory=list, parse=int_list, group=SPEED,

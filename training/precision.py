@@ -1,9 +1,9 @@
 """Mixed-precision training: one object owns the autocast region, the fp16 gradient scaler and its state.
 
     precision = Precision("bf16", device, logger)
-    with precision.autocast():
-        output = method.training_loss(labeled, unlabeled, iteration)
     zero_gradients(optimizer)
+    with precision.autocast():
+        output = method.training_loss(labeled, unlabeled, iteration)   # may call precision.backward(part)
     precision.backward_and_step(output.loss, optimizer)
 
 "off" (the default) is plain fp32, the paper's math: no autocast region, no scaler, backward() + step().
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -37,6 +38,14 @@ class Precision:
     def autocast(self) -> contextlib.AbstractContextManager:
         """Region whose convolutions/matmuls run in the reduced dtype; a no-op context for mode "off"."""
         return autocast(self.mode, self.device)
+
+    def backward(self, loss: torch.Tensor, also: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+        """Backpropagate one part of the step's loss now (Method.backward_early): `loss` scaled as the final
+        backward scales it (fp16), together with (tensor, gradient) pairs whose gradients come from earlier parts
+        of the same step (so already scaled). Outside any autocast region, as a backward must run."""
+        roots = [self.scaler.scale(loss), *(tensor for tensor, _ in also)]
+        with torch.autocast(self.device.type, enabled=False) if self.enabled else contextlib.nullcontext():
+            torch.autograd.backward(roots, [None, *(gradient for _, gradient in also)])
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                           iteration: int | None = None) -> bool:

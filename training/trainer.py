@@ -163,6 +163,8 @@ class Training:
         prepare_network(self.network, channels_last=config.channels_last, compile=config.compile)
         self.precision = Precision(config.amp, self.device, self.log.logger)
         self.method = build_method(config.method, self.network, config)
+        if config.low_memory:  # methods with parts on separate graphs backpropagate each as it completes
+            self.method.backward_early = self.precision.backward
         self.parameter_names = [name for name, _ in self.method.named_parameters()]
         self.optimizer = build_sgd(self.method.parameters(), lr=config.base_lr, impl=config.optimizer_impl)
         self.training_loss = ddp.training_step(self.method)  # torchrun: through DDP; else the method's own
@@ -170,8 +172,10 @@ class Training:
                                       batch_size=config.eval_batch_size, nms=False)
         self.store = CheckpointStore(self.run_dir, config, {**inference.to_dict(), "nms": dataset.test_nms})
         bests = {name: Best(name, self.store.best_path(name)) for name in eval_lists}
-        # in-training evaluation may be cheaper (coarser stride, autocast) than the test the checkpoints record
-        evaluation = replace(inference, stride=tuple(config.eval_stride or config.stride), amp=config.amp)
+        # in-training evaluation may be cheaper (coarser stride, autocast) than the test the checkpoints record;
+        # it runs the live network (its weights change between evaluations), not a folded snapshot
+        evaluation = replace(inference, stride=tuple(config.eval_stride or config.stride), amp=config.amp,
+                             fold_bn=False)
         self.selector = Selector(config, eval_lists, bests, Predictor(self.network, dataset, evaluation),
                                  config.root_path, ddp.evaluate)
 
@@ -246,15 +250,15 @@ class Training:
     def step(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> StepResult:
         """One optimiser step: the method's loss, a check for NaN / Inf, backward, SGD, the method's after-step
         hook (EMA teachers, SASSNet's discriminator) and the recipe's LR for the next iteration."""
+        zero_gradients(self.optimizer)  # before the loss: --low_memory backpropagates parts of it inside
         with self.precision.autocast():
             output = self.training_loss(labeled, unlabeled, iteration)
         terms = {k: float(v) for k, v in output.terms.items()}
         monitors = {k: float(v) for k, v in output.monitors.items()}
         # torchrun: the logged values of the global batch
         loss, scalars = self.ddp.mean_over_ranks(float(output.loss.detach()), {**terms, **monitors})
-        if not math.isfinite(loss):
+        if not math.isfinite(loss):  # before any parameter update (parts may have been backpropagated)
             self.stop_non_finite(iteration, loss, scalars)
-        zero_gradients(self.optimizer)
         self.precision.backward_and_step(output.loss, self.optimizer, iteration)
         self.ddp.sync_buffers([self.network, *self.method.extra_modules.values()])  # rank 0's BN statistics
         self.method.after_optimizer_step(iteration)

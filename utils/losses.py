@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
+from utils.profiling import section
 from utils.ramps import sigmoid_rampup
 
 
@@ -127,24 +128,29 @@ def vat_lds_loss(
     xi: float = 10.0,
     epsilon: float = 10.0,
     power_iterations: int = 1,
+    clean_probs: Tensor | None = None,
 ) -> Tensor:
     """SS-Net's local distributional smoothness loss: VAT with a Dice-type discrepancy (docs/method.md §3.5).
 
     The target is the soft prediction of a separate training-mode forward without gradient (it updates BN
     running statistics, as the official code); the probe and adversarial passes run with BN statistics frozen.
-    Gradient reaches the parameters only through the adversarial prediction.
+    Gradient reaches the parameters only through the adversarial prediction. `clean_probs`: that target when
+    the caller has computed it (SS-Net reuses its main pass's encoder trunk for it, methods/ss_net.py).
     """
 
     def predict_probs(x: Tensor) -> Tensor:
         return torch.softmax(network(x)[0], dim=1)
 
-    with torch.no_grad():
-        clean_probs = predict_probs(images)
+    if clean_probs is None:
+        with section("VAT clean"), torch.no_grad():
+            clean_probs = predict_probs(images)
     with frozen_bn_running_stats(network):
-        direction = adversarial_direction(
-            predict_probs, images, clean_probs, discrepancy, xi=xi, power_iterations=power_iterations
-        )
-        return discrepancy(predict_probs(images + epsilon * direction), clean_probs)
+        with section("VAT probe"):
+            direction = adversarial_direction(
+                predict_probs, images, clean_probs, discrepancy, xi=xi, power_iterations=power_iterations
+            )
+        with section("VAT adversarial forward"):
+            return discrepancy(predict_probs(images + epsilon * direction), clean_probs)
 
 
 MEMORY_WEIGHTS = ("ones", "learned")
@@ -176,20 +182,48 @@ def class_separation_loss(
 
     The double sum factorises, L_c = [(sum_i alpha_i)(sum_j beta_j) - (sum_i alpha_i f_hat_i).(sum_j beta_j
     z_hat_j)] / (M N), which is computed instead of the M x N distance matrix (M is up to 2 million on LA).
+    The same as `separation_of_class_rows(class_rows(features, labels, prototypes), ...)`, the two halves a
+    caller uses to drop `features` (all N rows) before the selectors run.
     """
+    check_memory_weights(memory_weights)
+    return separation_of_class_rows(class_rows(features, labels, prototypes), prototypes, feature_selector,
+                                    memory_selector, memory_weights, features.new_zeros(()))
+
+
+def check_memory_weights(memory_weights: str) -> None:
     if memory_weights not in MEMORY_WEIGHTS:
         raise ValueError(f"unknown memory weights {memory_weights!r}; choose from: {', '.join(MEMORY_WEIGHTS)}")
-    num_classes = len(prototypes)
-    total = features.new_zeros(())
-    for c in range(num_classes):
-        memory = prototypes[c]
+
+
+def class_rows(features: Tensor, labels: Tensor, prototypes: Sequence[Tensor | None]) -> dict[int, Tensor]:
+    """class -> its rows of `features`, for the classes the separation loss uses (more than one prototype and
+    more than one feature)."""
+    rows = {}
+    for c, memory in enumerate(prototypes):
         if memory is None or memory.shape[0] <= 1:
             continue
         class_features = features[labels == c]
+        if class_features.shape[0] > 1:
+            rows[c] = class_features
+    return rows
+
+
+def separation_of_class_rows(
+    rows: dict[int, Tensor],
+    prototypes: Sequence[Tensor | None],
+    feature_selector: Callable[[int], nn.Module],
+    memory_selector: Callable[[int], nn.Module],
+    memory_weights: str,
+    zero: Tensor,
+) -> Tensor:
+    """The separation loss from `class_rows` (see class_separation_loss); `zero` a 0-dim zero of the features'
+    dtype and device, the sum's start."""
+    check_memory_weights(memory_weights)
+    total = zero
+    for c in sorted(rows):
+        class_features, memory = rows[c], prototypes[c]
         count = class_features.shape[0]
-        if count <= 1:
-            continue
-        memory = memory.to(features.dtype)
+        memory = memory.to(class_features.dtype)
         feature_scores = torch.sigmoid(feature_selector(c)(class_features.detach())).squeeze(1)
         alpha = count * feature_scores / feature_scores.sum()
         memory_unit = F.normalize(memory, dim=1)
@@ -202,7 +236,7 @@ def class_separation_loss(
         weighted_memory = (beta.unsqueeze(1) * memory_unit).sum(0)
         pairs = count * memory.shape[0]
         total = total + (alpha.sum() * beta.sum() - weighted_features.dot(weighted_memory)) / pairs
-    return total / num_classes
+    return total / len(prototypes)
 
 
 # -- baselines (methods/mean_teacher.py, ua_mt.py, sassnet.py, dtc.py, urpc.py, mc_net.py) -----------------

@@ -141,7 +141,7 @@ def sliding_window_predict(
             for window, window_probs in zip(batch_windows, probs, strict=True):
                 probs_sum[(slice(None), *window)] += window_probs
 
-    probs_mean = probs_sum / counts
+    probs_mean = probs_sum.div_(counts)  # in place: one K x volume buffer less
     crop = tuple(slice(before, before + size) for before, size in zip(pad_before, spatial, strict=True))
     return probs_mean[(slice(None), *crop)].contiguous()
 
