@@ -248,23 +248,33 @@ class SSNet(Method):
             monitors[f"memory_size_class{c}"] = torch.tensor(float(count))
         return MethodOutput(loss, terms, labeled_logits, monitors)
 
+    def _main_forward(self, images: Tensor, labels: Tensor, keep_trunk: bool = False):
+        """The main pass and the prototype-memory update, the start of both step orders: (the network's output,
+        the unlabeled half's pseudo labels, the encoder trunk for VAT's clean pass when keep_trunk, else None)."""
+        n_labeled, trunk = labels.shape[0], None
+        with section("main forward"):
+            if keep_trunk:
+                out, trunk = self.network.forward_keeping_trunk(images)
+            else:
+                out = self.network(images)
+            probs = torch.softmax(out.logits, dim=1)
+            pseudo_labels = argmax_classes(probs[n_labeled:].detach())  # no threshold, as the official code
+        with section("memory update"):
+            self._update_memory(out.features[:n_labeled], probs[:n_labeled].detach(), labels)
+        return out, pseudo_labels, trunk
+
     def _main_pass(self, images: Tensor, labels: Tensor):
         """The official order: the main-pass terms with their graphs, for one backward of the whole loss."""
         n_labeled = labels.shape[0]
-        with section("main forward"):
-            out = self.network(images)
-            logits, features = out.logits, out.features
-            probs = torch.softmax(logits, dim=1)
-            pseudo_labels = argmax_classes(probs[n_labeled:].detach())  # no threshold, as the official code
-        with section("memory update"):
-            self._update_memory(features[:n_labeled], probs[:n_labeled].detach(), labels)
+        out, pseudo_labels, _ = self._main_forward(images, labels)
+        features = out.features
         with section("heads, labeled half"):
             separation_l = self._separation(features[:n_labeled], labels)
         with section("heads, unlabeled half"):
             separation_u = self._separation(features[n_labeled:], pseudo_labels)
         with section("supervised Dice"):
-            supervised, terms = self.supervised_loss(logits[:n_labeled], labels)
-        return supervised, separation_l, separation_u, terms, logits[:n_labeled].detach()
+            supervised, terms = self.supervised_loss(out.logits[:n_labeled], labels)
+        return supervised, separation_l, separation_u, terms, out.logits[:n_labeled].detach()
 
     def _main_pass_early(self, images: Tensor, labels: Tensor, weight: float):
         """The same forward computations as `_main_pass`, in the same order, each term backpropagated as soon as
@@ -278,17 +288,8 @@ class SSNet(Method):
         single backward's bit for bit. The VAT passes then run on the same weights.
         """
         s, n_labeled = self.settings, labels.shape[0]
-        trunk = None
-        with section("main forward"):
-            if self._reuses_trunk():
-                out, trunk = self.network.forward_keeping_trunk(images)
-            else:
-                out = self.network(images)
-            logits, features = out.logits, out.features
-            probs = torch.softmax(logits, dim=1)
-            pseudo_labels = argmax_classes(probs[n_labeled:].detach())
-        with section("memory update"):
-            self._update_memory(features[:n_labeled], probs[:n_labeled].detach(), labels)
+        out, pseudo_labels, trunk = self._main_forward(images, labels, keep_trunk=self._reuses_trunk())
+        logits, features = out.logits, out.features
         halves = {"labeled": (features[:n_labeled], labels), "unlabeled": (features[n_labeled:], pseudo_labels)}
         separation, features_gradient = [], []
         for half, (part, part_labels) in halves.items():
@@ -309,7 +310,7 @@ class SSNet(Method):
             self.average_gradients(self.parameters())
         labeled_logits, clean_probs = logits[:n_labeled].detach(), None
         if trunk is not None:  # VAT's clean pass, which comes next, without recomputing the trunk
-            del out, logits, features, probs, halves, heads_input, part, features_gradient
+            del out, logits, features, halves, heads_input, part, features_gradient
             with section("VAT clean (trunk reused)"), torch.no_grad():
                 clean_probs = torch.softmax(self.network.forward_from_trunk(trunk)[0], dim=1)
         return supervised.detach(), *separation, terms, labeled_logits, clean_probs

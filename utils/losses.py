@@ -185,7 +185,6 @@ def class_separation_loss(
     The same as `separation_of_class_rows(class_rows(features, labels, prototypes), ...)`, the two halves a
     caller uses to drop `features` (all N rows) before the selectors run.
     """
-    check_memory_weights(memory_weights)
     return separation_of_class_rows(class_rows(features, labels, prototypes), prototypes, feature_selector,
                                     memory_selector, memory_weights, features.new_zeros(()))
 
