@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
+from dataloaders.datasets import count
 from dataloaders.la import LA_FOLDER, la_case_path
-from dataloaders.splits import DATA_DIR, read_list
+from dataloaders.splits import DATA_DIR, patient_of, read_list
 from utils.atomic import write_text_atomic
 from utils.cli import DocstringHelpFormatter, run_cli
 from utils.errors import UserError
@@ -77,9 +78,9 @@ def describe(dataset: str, lists: dict[str, list[str]]) -> list[str]:
     lines = []
     for name, ids in lists.items():
         unit = "slice" if name == "train_slices.list" else ("volume" if dataset.upper() == "ACDC" else "case")
-        size = f"{len(ids)} {unit}{'' if len(ids) == 1 else 's'}"
+        size = count(len(ids), unit)
         if name == "train_slices.list":
-            size += f" of {len({s.split('_', 1)[0] for s in ids})} patients (--labelnum counts patients)"
+            size += f" of {len({patient_of(s) for s in ids})} patients (--labelnum counts patients)"
         if name == "val.list" and dataset.upper() == "LA" and ids:
             size += " (the tail of train.list; held out of training under --select val)"
         if not ids:

@@ -12,6 +12,7 @@ from pathlib import Path
 from dataloaders import get_dataset, make_synthetic_la, read_list
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
 from dataloaders.la import la_case_path
+from dataloaders.splits import patient_of
 from reproduction.aggregate import write_results
 from reproduction.cell import (
     JOB_LOG,
@@ -137,7 +138,7 @@ def quick_data(dataset: str, root_path: str, work: Path) -> tuple[str, str, list
         slices = [s for s in read_list(source / "train_slices.list") if acdc_slice_path(root_path, s).is_file()]
         val = [v for v in read_list(source / "val.list") if acdc_volume_path(root_path, v).is_file()][:2]
         test = [v for v in read_list(source / "test.list") if acdc_volume_path(root_path, v).is_file()][:2]
-        if len({s.split("_", 1)[0] for s in slices}) < 2 or not val or not test:
+        if len({patient_of(s) for s in slices}) < 2 or not val or not test:
             raise UserError(f"--quick --root_path {root_path}: need the slices of >= 2 training patients and 1 "
                              f"val and 1 test ACDC volume there")
         contents = {"train_slices.list": slices, "val.list": val, "test.list": test}
