@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,9 +289,10 @@ def test_job(job: dict) -> dict:
 RESULT_PREFIX = "BENCH_RESULT "
 
 
-def run_worker(job: dict) -> dict | None:
-    """`job` in a fresh process (python -m benchmarks.bench --worker JOB); None when it did not fit the budget."""
-    command = [sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(job)]
+def run_worker(job: dict, module: str = "benchmarks.bench") -> dict | None:
+    """`job` in a fresh process (python -m MODULE --worker JOB, which answers with `serve_job`); None when it did
+    not fit the budget."""
+    command = [sys.executable, "-m", module, "--worker", json.dumps(job)]
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env)
@@ -298,17 +300,21 @@ def run_worker(job: dict) -> dict | None:
         return None
     results = [line[len(RESULT_PREFIX):] for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not results:
-        raise RuntimeError(f"benchmark worker failed (exit {done.returncode}) for {job}:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{module} worker failed (exit {done.returncode}) for {job}:\n{done.stderr[-4000:]}")
     return json.loads(results[-1])
 
 
-def worker_main(job_text: str) -> int:
+def serve_job(job_text: str, work: Callable[[dict], dict]) -> int:
+    """The worker side of `run_worker`: the job's CPU threads, then `work(job)` printed for the parent."""
     job = json.loads(job_text)
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    result = train_job(job) if job["kind"] == "train" else test_job(job)
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    print(RESULT_PREFIX + json.dumps(work(job)), flush=True)
     return 0
+
+
+def worker_main(job_text: str) -> int:
+    return serve_job(job_text, lambda job: train_job(job) if job["kind"] == "train" else test_job(job))
 
 
 def summarise(runs: list[dict], key: str) -> dict:

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,12 @@ import torch
 
 from benchmarks.bench import (
     GIB,
-    RESULT_PREFIX,
     build_training,
     current_memory_gib,
     memory_kind,
     process_memory_gib,
+    run_worker,
+    serve_job,
     synchronize,
 )
 from dataloaders import get_dataset
@@ -115,17 +115,6 @@ def profile_job(job: dict) -> dict:
             "memory_kind": memory_kind(device), "operators": operators}
 
 
-def run_worker(job: dict) -> dict:
-    command = [sys.executable, "-m", "benchmarks.profile_step", "--worker", json.dumps(job)]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env)
-    results = [line[len(RESULT_PREFIX):] for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not results:
-        raise RuntimeError(f"profile worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(results[-1])
-
-
 def print_passes(mode: str, result: dict) -> None:
     kind = "resident set" if result["memory_kind"] == "peak_rss" else "allocated"
     print(f"{mode}: one step {result['step_seconds']:.2f} s, peak {result['peak_memory_gib_step']:.2f} GiB ({kind})")
@@ -152,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        job = json.loads(args.worker)
-        if job.get("threads"):
-            torch.set_num_threads(job["threads"])
-        print(RESULT_PREFIX + json.dumps(profile_job(job)), flush=True)
-        return 0
+        return serve_job(args.worker, profile_job)
     config = make_config(args.dataset)
     adapter = get_dataset(args.dataset)
     kwargs = dict(adapter.network_kwargs)
@@ -179,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                "operators": args.operators, "threads": args.threads,
                "options": {"amp": "off", "channels_last": False, "compile": False, "optimizer_impl": "default",
                            "eval_batch_size": 4}}
-        report["modes"][mode] = result = run_worker(job)
+        report["modes"][mode] = result = run_worker(job, "benchmarks.profile_step")
         print_passes(mode, result)
     if args.output:
         write_text_atomic(Path(args.output), json.dumps(report, indent=2) + "\n")
