@@ -56,8 +56,13 @@ def cell_environment(slot: str | None, slots: int) -> dict[str, str]:
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     elif "OMP_NUM_THREADS" not in env:  # CPU cells share the cores instead of each taking all of them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // slots))
+        env["OMP_NUM_THREADS"] = str(threads_per_cell(slots))
     return env
+
+
+def threads_per_cell(cells: int) -> int:
+    """CPU threads of each of `cells` cells that run at once on this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(cells, 1))
 
 
 # Imported once by the fork server instead of by every cell (seconds per cell on a small CPU). Our modules touch no
@@ -224,7 +229,7 @@ def executor_for(cluster: str, folder: Path, settings: SlurmSettings, num_worker
                                                      **sbatch_options(settings.slurm_args)}
     elif settings.gpus_per_job == 0 and "OMP_NUM_THREADS" not in os.environ:
         # every local job starts at once: CPU jobs share the cores instead of each taking all of them
-        parameters["local_setup"] = [f"export OMP_NUM_THREADS={max(1, (os.cpu_count() or 1) // max(jobs, 1))}"]
+        parameters["local_setup"] = [f"export OMP_NUM_THREADS={threads_per_cell(jobs)}"]
     try:
         executor.update_parameters(**parameters)
     except (ValueError, TypeError) as exc:
