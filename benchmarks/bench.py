@@ -53,7 +53,7 @@ import torch
 
 from dataloaders import get_dataset
 from inference import InferenceSettings, Predictor
-from methods import Batch, Method, build_method
+from methods import Batch, Method, StepContext, build_method
 from networks import build_network
 from networks.speed import prepare_network
 from training.config import OPTIMIZER_IMPLS, make_config
@@ -157,11 +157,12 @@ class TrainingStep:
     precision: Precision
     labeled: Batch
     unlabeled: Batch
+    context: StepContext  # the backward of --low_memory 1 for the default and fast modes, as the trainer gives it
 
     def __call__(self, iteration: int) -> None:
         zero_gradients(self.optimizer)
         with self.precision.autocast():
-            output = self.method.training_loss(self.labeled, self.unlabeled, iteration)
+            output = self.method(self.labeled, self.unlabeled, self.context.at(iteration))
         self.precision.backward_and_step(output.loss, self.optimizer, iteration)
 
 
@@ -179,13 +180,13 @@ def build_training(mode: str, dataset: str, network_kwargs: dict, shape: tuple[i
         prepare_network(network, channels_last=options["channels_last"], compile=options["compile"])
     precision = Precision(options["amp"] if fast else "off", device)
     method = build_method("ss_net", network, make_config(dataset))
-    if mode != "official":
-        method.backward_early = precision.backward  # --low_memory 1, as the trainer sets it
-    optimizer = build_sgd(method.parameters(), lr=0.01, impl=options["optimizer_impl"] if fast else "default")
+    context = StepContext(0, backward=None if mode == "official" else precision.backward)
+    optimizer = build_sgd([p for _, p in method.trained_parameters()], lr=0.01,
+                          impl=options["optimizer_impl"] if fast else "default")
     images, labels = synthetic_batch(batch_size, shape, adapter.num_classes, device, seed=1)
     method.train()
     return TrainingStep(method, optimizer, precision, Batch(images[:labeled_bs], labels[:labeled_bs]),
-                        Batch(images[labeled_bs:], None))
+                        Batch(images[labeled_bs:], None), context)
 
 
 def train_job(job: dict) -> dict:

@@ -11,7 +11,8 @@ are imported from there at run time, nothing of it is copied into this project:
 Both sides start from the same weights (the official network's, loaded into ours by name), see the same batch and
 make the same random draws (the generator is seeded identically before each iteration). The official side runs the
 statements of one iteration of `train_ss_3d.py` / `train_ss_2d.py` in their order with the official modules; ours
-runs `SSNet.training_loss` and the trainer's optimizer step. After every iteration the script prints the largest
+runs the SSNet method module (the memory-saving order of --low_memory 1 unless --low_memory 0) and the
+trainer's optimizer step. After every iteration the script prints the largest
 relative difference of each loss term, of the gradients and weights (per group of parameters), of the BatchNorm
 statistics and of the prototype memory, and whether both generators are in the same state. Agreement "to rounding"
 means float64 differences of about 1e-12 relative or less. One artefact of running the official code in float64:
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from dataloaders import get_dataset
-from methods import Batch, build_method
+from methods import Batch, StepContext, build_method
 from networks import build_network, load_official_state_dict
 from training.config import make_config
 from training.optim import build_sgd, zero_gradients
+from training.precision import Precision
 from utils.ramps import step_learning_rate
 
 
@@ -138,13 +140,13 @@ class Ours:
         # the official single state dict -> our network + SS-Net's heads (the key map of networks/loading.py)
         load_official_state_dict(self.network, official_state, self.method.heads)
 
-    def step(self, images, labels, optimizer, iteration: int, labeled_bs: int) -> dict:
+    def step(self, images, labels, optimizer, iteration: int, labeled_bs: int, low_memory: bool) -> dict:
         self.method.train()
-        output = self.method.training_loss(Batch(images[:labeled_bs], labels), Batch(images[labeled_bs:], None),
-                                           iteration)
-        zero_gradients(optimizer)
+        zero_gradients(optimizer)  # before the loss: the memory-saving order backpropagates parts of it inside
+        context = StepContext(iteration, backward=Precision("off").backward if low_memory else None)
+        output = self.method(Batch(images[:labeled_bs], labels), Batch(images[labeled_bs:], None), context)
         output.loss.backward()
-        grads = {n: None if p.grad is None else p.grad.clone() for n, p in self.method.named_parameters()}
+        grads = {n: None if p.grad is None else p.grad.clone() for n, p in self.method.trained_parameters()}
         optimizer.step()
         for group in optimizer.param_groups:
             group["lr"] = step_learning_rate(iteration, 0.01, self.config.lr_step)
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="1-based iteration of the first step (149: w(t) changes at 150; 2499: the LA LR at 2500)")
     p.add_argument("--memory_weights", default="ones", choices=("ones", "learned"), help="our setting to compare")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--low_memory", type=int, choices=(0, 1), default=1,
+                   help="our step order: 1 = the memory-saving order (the trainer's default), 0 = one backward")
     args = p.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     images, labels, labeled_bs = synthetic_batch(args.dataset, args.seed)
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ours.method.heads.double()
     lr = step_learning_rate(args.first_iteration - 1, 0.01, ours.config.lr_step)
     opt_official = build_sgd(official.model.parameters(), lr=lr)
-    opt_ours = build_sgd(ours.method.parameters(), lr=lr)
+    opt_ours = build_sgd([p for _, p in ours.method.trained_parameters()], lr=lr)
     print(f"{args.dataset}: official {args.official} vs ours (memory_weights={args.memory_weights}), float64")
     worst = 0.0
     for iteration in range(args.first_iteration, args.first_iteration + args.iterations):
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             a = official.step(images, labels, opt_official, iteration)
         rng_official = torch.get_rng_state()
         torch.manual_seed(10_000 + iteration)
-        b = ours.step(images, labels, opt_ours, iteration, labeled_bs)
+        b = ours.step(images, labels, opt_ours, iteration, labeled_bs, bool(args.low_memory))
         same_rng = torch.equal(rng_official, torch.get_rng_state())
         print(f"iteration {iteration}: w(t) official {a['weight']:.6g} ours {b['weight']:.6g}; "
               f"generators {'in the same state' if same_rng else 'DIFFER'}")
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         official_buffers = dict(official.model.named_buffers())
         for kind, ours_values, official_values in (
             ("gradient", b["grads"], a["grads"]),
-            ("weight", {n: p.detach() for n, p in ours.method.named_parameters()},
+            ("weight", {n: p.detach() for n, p in ours.method.trained_parameters()},
              {n: p.detach() for n, p in official_params.items()}),
             ("BN statistic", {**dict(ours.network.named_buffers()), **dict(ours.method.heads.named_buffers())},
              official_buffers),

@@ -97,7 +97,7 @@ def profile_job(job: dict) -> dict:
     with profiler, recording(recorder):
         zero_gradients(step.optimizer)  # the trainer's step, its last two parts named
         with autocast(step.precision.mode, device):
-            output = step.method.training_loss(step.labeled, step.unlabeled, iteration)
+            output = step.method(step.labeled, step.unlabeled, step.context.at(iteration))
         with section("backward"):
             if step.precision.mode == "off":
                 output.loss.backward()

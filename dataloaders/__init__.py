@@ -1,9 +1,10 @@
-"""Data: dataset adapters (LA, ACDC, NIfTI folders), split lists, augmentation, the two-stream sampler, a synthetic
-LA set."""
+"""Data: dataset adapters (LA, ACDC, NIfTI folders), split lists, augmentation, the two-stream sampler, the training
+loader, a synthetic LA set."""
 from .acdc import ACDCSlices, acdc_slice_path, acdc_volume_path, load_acdc_slice, load_acdc_volume
 from .cases import Transform
 from .datasets import DatasetAdapter
 from .la import LA_FOLDER, LAVolumes, la_case_path, load_la_case
+from .loader import training_batches
 from .registry import DATASETS, NIFTI_DATASETS, get_dataset
 from .samplers import TwoStreamBatchSampler
 from .splits import DATA_DIR, Split, acdc_split, la_split, patient_of, patients_to_slices, read_list
@@ -23,4 +24,5 @@ __all__ = [
     "Transform", "TwoStreamBatchSampler", "acdc_slice_path", "acdc_split", "acdc_volume_path", "la_case_path",
     "la_split", "load_acdc_slice", "load_acdc_volume", "load_la_case", "make_synthetic_la", "patient_of",
     "patients_to_slices", "random_crop", "random_rot_flip", "random_rotate", "read_list", "resize_nearest",
+    "training_batches",
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from methods.base import Batch, Method, MethodOutput
+from methods.base import Batch, Method, MethodOutput, StepContext
 from methods.dtc import DTC
 from methods.mc_net import MCNet
 from methods.mean_teacher import MeanTeacher
@@ -30,4 +30,5 @@ def build_method(name: str, network: nn.Module, settings: MethodSettings) -> Met
     return METHODS[check_method_name(name)](network, settings)
 
 
-__all__ = ["Batch", "METHODS", "Method", "MethodOutput", "MethodSettings", "build_method", "check_method_name"]
+__all__ = ["Batch", "METHODS", "Method", "MethodOutput", "MethodSettings", "StepContext", "build_method",
+           "check_method_name"]

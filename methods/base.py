@@ -1,18 +1,27 @@
 """The contract between the trainer loop and a training method.
 
-A method turns one labeled and one unlabeled batch into a loss, a dict of detached loss terms and a dict of
-detached monitors for logging. The trainer (optimiser, schedule, logging, evaluation, checkpoints) knows no
-method by name.
+A method is an `nn.Module` that owns the network and every module it runs besides it (SS-Net's heads, a teacher,
+a discriminator). The trainer calls it once per iteration,
+
+    output = method(labeled, unlabeled, step)    # MethodOutput(loss, terms, labeled_logits, monitors)
+
+and then backpropagates `output.loss`. `step` (a StepContext) is everything the step may call outside the method:
+the iteration, the memory-saving backward of the trainer's precision (--low_memory 1), and the collectives of a
+torchrun job; nothing is set on a method from outside. Under torchrun DistributedDataParallel wraps the method
+itself. The trainer (optimiser, schedule, logging, evaluation, checkpoints) knows no method by name.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods.ema import cpu_state
 from methods.recipe import Recipe
 from methods.settings import MethodSettings
 from utils.errors import UserError
@@ -30,56 +39,85 @@ class Batch:
         return self.image.shape[0]
 
 
-@dataclass
-class MethodOutput:
+class MethodOutput(NamedTuple):
     loss: Tensor
     terms: dict[str, Tensor]  # detached loss terms: TensorBoard loss/<name>, one line per iteration in log.txt
     labeled_logits: Tensor | None = None  # detached, for image panels
-    monitors: dict[str, Tensor] = field(default_factory=dict)  # detached non-loss scalars: TensorBoard train/<name>
+    monitors: Mapping[str, Tensor] = MappingProxyType({})  # detached non-loss scalars: TensorBoard train/<name>
 
 
-class Method:
-    """One training algorithm. Subclasses implement `training_loss`; the rest are optional hooks.
+def _rows_of_this_process(rows: Tensor) -> Tensor:
+    return rows
 
-    Contract with the trainer and the config:
-    * `network_options(spatial_dims)`: constructor options the network needs (e.g. {"sdf_head": True}); the
-      config merges them into `network_kwargs`, so config.json and checkpoints rebuild the right network.
-    * `recipes[spatial_dims]` (3 = LA-like, 2 = ACDC-like): what the authors' code does (methods/recipe.py):
-      loss weight, schedule, Dice variant, each value cited in the docstring; no entry = SS-Net's settings.
-    * `extra_modules`: modules the method trains together with the network by the same optimiser (SS-Net's
-      heads); `parameters()` = the network's, then theirs. Their weights travel in `state_dict()`.
-    * `after_optimizer_step(iteration)`: called by the trainer right after `optimizer.step()` (EMA teachers,
-      SASSNet's discriminator step).
-    * `state_dict()` / `load_state_dict()`: everything else needed to resume exactly (extra modules, teacher
-      weights and buffers, other optimisers, counters), tensors and plain Python only.
-    * `leaves_parameters_unused`: True when a step may give some trained parameter no gradient (DDP must then
-      search for them every iteration).
-    * `gather_across_ranks` / `average_gradients`: identity / no-op in one process; under torchrun the trainer
-      sets the collective versions (training/distributed.py) for state that must agree on every rank.
-    * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
-      check that the unlabeled term alone moves the student.
-    * `backward_early`: None (the default, and for every direct caller) = `MethodOutput.loss` carries the graph
-      of the whole loss, for one backward. The trainer sets it (--low_memory 1) to its precision-aware backward,
-      `backward_early(part, [(tensor, gradient), ...])`: a method whose loss has parts on separate graphs
-      (SS-Net: the main pass, the VAT passes) may then backpropagate a part as soon as it is complete, freeing
-      its activations, and return a `loss` with the total's value whose graph holds only the rest. The
-      trainer zeroes the gradients before the step's forward. Under torchrun such parts run inside DDP's
-      forward, where DDP does not average them: the method averages them with `average_gradients`.
+
+def _gradients_of_this_process(parameters: Iterable[nn.Parameter]) -> None:
+    return None
+
+
+Backward = Callable[..., None]  # backward(part, gradient=None, also=()): training.precision.Precision.backward
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What one training step may call besides its own modules; the defaults are those of one process.
+
+    backward: None = `MethodOutput.loss` carries the graph of the whole loss, for the trainer's one backward (the
+        official order). Otherwise (--low_memory 1) `backward(part, gradient, also=[(tensor, gradient), ...])`
+        backpropagates a part of the loss now, seeded with `gradient` (the precision's loss scale applied), so a
+        method whose loss has parts on separate graphs (SS-Net: the main pass, the VAT passes) may free each part's
+        activations as soon as it is complete; the returned loss then keeps the total's value and the graph of the
+        rest only. Under torchrun such parts run inside DDP's forward, where DDP does not average them: the method
+        averages their gradients with `average_gradients`.
+    gather_across_ranks: rows (N, ...) of every rank concatenated in rank order (torchrun); in one process the
+        rows themselves. For state that must agree on every rank (SS-Net's prototype memory).
+    average_gradients: average the `.grad` of these parameters over ranks (torchrun); a no-op in one process.
     """
 
-    name = "base"
-    uses_unlabeled = True  # False: the trainer draws labeled-only batches
-    recipes: dict[int, Recipe] = {}  # per spatial dims; empty = SS-Net's settings of the dataset
+    iteration: int  # 1-based
+    backward: Backward | None = None
+    gather_across_ranks: Callable[[Tensor], Tensor] = _rows_of_this_process
+    average_gradients: Callable[[Iterable[nn.Parameter]], None] = _gradients_of_this_process
+
+    @property
+    def saves_memory(self) -> bool:
+        return self.backward is not None
+
+    def at(self, iteration: int) -> StepContext:
+        return replace(self, iteration=iteration)
+
+
+class Method(nn.Module):
+    """One training algorithm: `forward(labeled, unlabeled, step) -> MethodOutput`; the rest are optional hooks.
+
+    * `network_options(spatial_dims)`: constructor options the network needs (e.g. {"sdf_head": True}); the config
+      merges them into `network_kwargs`, so config.json and checkpoints rebuild the right network.
+    * `recipes[spatial_dims]` (3 = LA-like, 2 = ACDC-like): what the authors' code does (methods/recipe.py).
+    * `trained_with_network`: names of submodules the trainer's optimiser trains with the network (SS-Net's heads).
+      Other submodules are a teacher (no gradient) or have their own optimiser (SASSNet's discriminator).
+    * `after_optimizer_step(step)`: right after the trainer's `optimizer.step()` (EMA teachers, discriminators).
+    * `method_state()` / `load_method_state()`: the checkpoint's `method_state`: every submodule but the network
+      (its own state dict) plus `extra_state()`, tensors and plain Python only.
+    * `leaves_parameters_unused`: True when a step may give some trained parameter no gradient (DDP must then
+      search for them every iteration).
+    * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
+      check that the unlabeled term alone moves the student.
+    """
+
+    name: ClassVar[str] = "base"
+    uses_unlabeled: ClassVar[bool] = True  # False: the trainer draws labeled-only batches
+    recipes: ClassVar[dict[int, Recipe]] = {}  # per spatial dims; empty = SS-Net's settings of the dataset
+    trained_with_network: ClassVar[tuple[str, ...]] = ()
+    leaves_parameters_unused: ClassVar[bool] = False
     supervised_weight: float = 1.0
-    leaves_parameters_unused = False
-    backward_early: Callable[..., None] | None = None
 
     def __init__(self, network: nn.Module, settings: MethodSettings):
+        super().__init__()
+        self._check_network_options(network)
         self.network = network
         self.settings = settings
-        self.extra_modules: dict[str, nn.Module] = {}
-        if network is not None:
-            self._check_network_options(network)
+
+    def forward(self, labeled: Batch, unlabeled: Batch | None, step: StepContext) -> MethodOutput:
+        raise NotImplementedError
 
     @classmethod
     def network_options(cls, spatial_dims: int) -> dict:
@@ -103,26 +141,47 @@ class Method:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """What the optimiser trains, by name: the network's parameters, then those of the extra modules."""
-        yield from self.network.named_parameters()
-        for module in self.extra_modules.values():
+    # -- what the trainer trains, syncs and saves ------------------------------------------------------------------
+    def trained_modules(self) -> list[nn.Module]:
+        """The network, then the modules the trainer's optimiser trains with it."""
+        return [self.network, *(getattr(self, name) for name in self.trained_with_network)]
+
+    def trained_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """What the trainer's optimiser trains, by each module's own parameter names (the network's, then those of
+        `trained_with_network`): the names resume checkpoints index the optimiser state with."""
+        for module in self.trained_modules():
             yield from module.named_parameters()
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return (p for _, p in self.named_parameters())
+    def method_state(self) -> dict:
+        """Everything besides the network's weights that a checkpoint needs to resume exactly."""
+        modules = {name: cpu_state(child.state_dict()) for name, child in self.named_children() if name != "network"}
+        return {**modules, **self.extra_state()}
 
-    def train(self, mode: bool = True) -> Method:
-        self.network.train(mode)
-        for module in self.extra_modules.values():
-            module.train(mode)
-        return self
+    def load_method_state(self, state: dict) -> None:
+        for name, child in self.named_children():
+            if name != "network" and name in state:
+                child.load_state_dict(state[name])
+        self.load_extra_state(state)
 
-    def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
-        raise NotImplementedError
+    def extra_state(self) -> dict:
+        """State that lives outside submodules (SS-Net's prototype memory, another optimiser); {} by default."""
+        return {}
 
-    def after_optimizer_step(self, iteration: int) -> None:
-        """Called by the trainer right after optimizer.step() of `iteration` (1-based); no-op by default."""
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def after_optimizer_step(self, step: StepContext) -> None:
+        """Called by the trainer right after optimizer.step() of `step.iteration`; no-op by default."""
+
+    # -- the pieces every method's loss is made of -----------------------------------------------------------------
+    def require_unlabeled(self, unlabeled: Batch | None) -> Batch:
+        if unlabeled is None or len(unlabeled) == 0:
+            raise UserError(f"{self.name} needs unlabeled data in every batch (--batch_size > --labeled_bs)")
+        return unlabeled
+
+    def labeled_then_unlabeled(self, labeled: Batch, unlabeled: Batch | None) -> Tensor:
+        """The images of both batches in one tensor, labeled first: one forward for both, as every recipe."""
+        return torch.cat([labeled.image, self.require_unlabeled(unlabeled).image])
 
     def recipe_counter(self, iteration: int) -> int:
         """The trainer's 1-based `iteration` as the recipe's script counts it when it evaluates its ramps."""
@@ -133,21 +192,11 @@ class Method:
         s = self.settings
         return consistency_weight(self.recipe_counter(iteration), s.consistency, s.consistency_rampup)
 
-    def require_unlabeled(self, unlabeled: Batch | None) -> Batch:
-        if unlabeled is None or len(unlabeled) == 0:
-            raise UserError(f"{self.name} needs unlabeled data in every batch (--batch_size > --labeled_bs)")
-        return unlabeled
-
     def dice_and_ce(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """The recipe's soft Dice (settings.dice_*) and the cross-entropy, both with gradient."""
         s = self.settings
-        dice = dice_loss(
-            torch.softmax(logits, dim=1),
-            labels,
-            include_background=s.dice_include_background,
-            squared_denominator=s.dice_squared_denominator,
-            smooth=s.dice_smooth,
-        )
+        dice = dice_loss(torch.softmax(logits, dim=1), labels, include_background=s.dice_include_background,
+                         squared_denominator=s.dice_squared_denominator, smooth=s.dice_smooth)
         return dice, F.cross_entropy(logits, labels)
 
     def supervised_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -157,23 +206,20 @@ class Method:
         loss = dice + s.ce_weight * ce if s.ce_weight else dice
         return loss, {"dice": dice.detach(), "ce": ce.detach()}
 
-    # Cross-process hooks: training/distributed.py replaces them under torchrun; in one process they do nothing.
-    @staticmethod
-    def gather_across_ranks(rows: Tensor) -> Tensor:
-        """Rows (N, ...) of every rank concatenated in rank order; in one process `rows` itself."""
-        return rows
+    def weighted_loss(self, supervised: Tensor, unlabeled_term: Tensor, weight: float) -> Tensor:
+        """The semi-supervised objective of every method here: supervised + w(t) x (its unlabeled term)."""
+        return self.supervised_weight * supervised + weight * unlabeled_term
 
-    @staticmethod
-    def average_gradients(parameters) -> None:
-        """Average .grad of modules the method trains outside the network's step (own optimiser) over ranks."""
+    def output(self, loss: Tensor, labeled_logits: Tensor, terms: Mapping[str, Tensor],
+               weight: float | None = None, monitors: Mapping[str, Tensor] | None = None) -> MethodOutput:
+        """The MethodOutput of a step: `total` first, then `terms`, all detached; w(t) as the monitor
+        `consistency_weight` when given, then `monitors`."""
+        logged = {"total": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+        shown = {} if weight is None else {"consistency_weight": torch.tensor(weight)}
+        shown.update(monitors or {})
+        return MethodOutput(loss, logged, labeled_logits.detach(), shown)
 
-    # Extra state that a checkpoint must carry to resume (e.g. SS-Net's heads and memory, a teacher).
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def load_legacy_network_keys(self, head_state: dict[str, Tensor]) -> None:
-        """Network-state keys of a checkpoint written when every network carried SS-Net's heads: only SS-Net
-        uses them (its heads); for every other method they were never trained and are dropped."""
+def parameters_of(modules: Sequence[nn.Module]) -> Iterator[nn.Parameter]:
+    for module in modules:
+        yield from module.parameters()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.base import Batch, Method, MethodOutput
+from methods.base import Batch, Method, MethodOutput, StepContext
 from methods.recipe import SSL4MIS_2D_SCHEDULE, SSL4MIS_DICE, UAMT_LA_DICE, UAMT_LA_SCHEDULE, Recipe
 from utils.losses import sdf_to_probability, signed_distance_map
 
@@ -46,17 +46,15 @@ class DTC(Method):
     def network_options(cls, spatial_dims: int) -> dict:
         return {"sdf_head": True}
 
-    def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
-        unlabeled = self.require_unlabeled(unlabeled)
+    def forward(self, labeled: Batch, unlabeled: Batch | None, step: StepContext) -> MethodOutput:
         n = len(labeled)
-        out = self.network(torch.cat([labeled.image, unlabeled.image]))
+        out = self.network(self.labeled_then_unlabeled(labeled, unlabeled))
         dice, terms = self.supervised_loss(out.logits[:n], labeled.label)
         sdf_loss = F.mse_loss(out.sdf[:n], signed_distance_map(labeled.label, self.network.num_classes))
         supervised = dice + SDF_WEIGHT * sdf_loss
         foreground = torch.softmax(out.logits, dim=1)[:, 1:]
         consistency = ((sdf_to_probability(out.sdf, LEVEL_SET_SHARPNESS) - foreground) ** 2).mean()
-        weight = self.warmup_weight(iteration)
-        loss = self.supervised_weight * supervised + weight * consistency
-        terms.update(total=loss.detach(), supervised=supervised.detach(), sdf=sdf_loss.detach(),
-                     consistency=consistency.detach())
-        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})
+        weight = self.warmup_weight(step.iteration)
+        loss = self.weighted_loss(supervised, consistency, weight)
+        terms.update(supervised=supervised, sdf=sdf_loss, consistency=consistency)
+        return self.output(loss, out.logits[:n], terms, weight)

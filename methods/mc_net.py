@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import Batch, Method, MethodOutput
+from methods.base import Batch, Method, MethodOutput, StepContext
 from methods.recipe import SSNET_ACDC_DICE, SSNET_LA_DICE, Recipe, Schedule
 from utils.losses import mutual_consistency_loss
 
@@ -45,18 +45,16 @@ class MCNet(Method):
     def network_options(cls, spatial_dims: int) -> dict:
         return {"num_decoders": 2}
 
-    def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
-        unlabeled = self.require_unlabeled(unlabeled)
+    def forward(self, labeled: Batch, unlabeled: Batch | None, step: StepContext) -> MethodOutput:
         n = len(labeled)
-        out = self.network(torch.cat([labeled.image, unlabeled.image]))
+        out = self.network(self.labeled_then_unlabeled(labeled, unlabeled))
         outputs = [out.logits, *out.decoder_logits]
         dices, term_dicts = zip(*(self.supervised_loss(o[:n], labeled.label) for o in outputs), strict=True)
         supervised = SUPERVISED_WEIGHT * sum(dices)
         consistency = mutual_consistency_loss([torch.softmax(o, dim=1) for o in outputs], TEMPERATURE)
-        weight = self.warmup_weight(iteration)
-        loss = self.supervised_weight * supervised + weight * consistency
-        terms = {**term_dicts[0], "total": loss.detach(), "supervised": supervised.detach(),
-                 "consistency": consistency.detach()}
+        weight = self.warmup_weight(step.iteration)
+        loss = self.weighted_loss(supervised, consistency, weight)
+        terms = {**term_dicts[0], "supervised": supervised, "consistency": consistency}
         for i, d in enumerate(term_dicts[1:], start=2):
             terms[f"dice_decoder{i}"] = d["dice"]
-        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})
+        return self.output(loss, out.logits[:n], terms, weight)

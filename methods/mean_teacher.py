@@ -27,10 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from methods.base import Batch, Method, MethodOutput, MethodSettings
-from methods.ema import cpu_state, ema_update, make_teacher
+from methods.base import Batch, Method, MethodOutput, MethodSettings, StepContext
+from methods.ema import ema_update, make_teacher
 from methods.recipe import SSL4MIS_DICE, UAMT_LA_DICE, UAMT_LA_SCHEDULE, Recipe, Schedule
-from networks import split_head_keys
 from utils.losses import softmax_mse
 
 NOISE_STD = 0.1
@@ -72,28 +71,19 @@ class MeanTeacher(Method):
             loss = loss.new_zeros(())
         return loss, {}
 
-    def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
+    def forward(self, labeled: Batch, unlabeled: Batch | None, step: StepContext) -> MethodOutput:
         unlabeled = self.require_unlabeled(unlabeled)
         n = len(labeled)
         noise = input_noise(unlabeled.image)  # drawn before the student's forward, as in both recipes
-        logits = self.network(torch.cat([labeled.image, unlabeled.image])).logits
+        logits = self.network(self.labeled_then_unlabeled(labeled, unlabeled)).logits
         dice, ce = self.dice_and_ce(logits[:n], labeled.label)
         supervised = 0.5 * (dice + ce)
-        consistency, monitors = self.consistency(logits[n:], unlabeled.image, noise, iteration)
-        weight = self.warmup_weight(iteration)
-        loss = self.supervised_weight * supervised + weight * consistency
-        terms = {"total": loss.detach(), "dice": dice.detach(), "ce": ce.detach(), "supervised": supervised.detach(),
-                 "consistency": consistency.detach()}
-        return MethodOutput(loss, terms, logits[:n].detach(), {"consistency_weight": torch.tensor(weight), **monitors})
+        consistency, monitors = self.consistency(logits[n:], unlabeled.image, noise, step.iteration)
+        weight = self.warmup_weight(step.iteration)
+        loss = self.weighted_loss(supervised, consistency, weight)
+        terms = {"dice": dice, "ce": ce, "supervised": supervised, "consistency": consistency}
+        return self.output(loss, logits[:n], terms, weight, monitors)
 
-    def after_optimizer_step(self, iteration: int) -> None:
+    def after_optimizer_step(self, step: StepContext) -> None:
         # the recipes update with their 0-based step counter: the first update copies the student
-        ema_update(self.teacher, self.network, self.settings.ema_decay, iteration - 1)
-
-    def state_dict(self) -> dict:
-        return {"teacher": cpu_state(self.teacher.state_dict())}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "teacher" in state:
-            # a teacher saved when networks carried SS-Net's heads holds their (untrained) copies: not the teacher's
-            self.teacher.load_state_dict(split_head_keys(state["teacher"])[0])
+        ema_update(self.teacher, self.network, self.settings.ema_decay, step.iteration - 1)

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import Batch, Method, MethodOutput, MethodSettings
+from methods.base import Batch, Method, MethodOutput, MethodSettings, StepContext
 from methods.ema import cpu_state
 from methods.recipe import UAMT_LA_DICE, UAMT_LA_SCHEDULE, Recipe
 from utils.losses import signed_distance_map
+from utils.modes import eval_mode
 
 SDF_WEIGHT = 0.3  # beta
 DISCRIMINATOR_LR = 1e-4
@@ -90,10 +91,10 @@ class SASSNet(Method):
     def network_options(cls, spatial_dims: int) -> dict:
         return {"sdf_head": True}
 
-    def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
+    def forward(self, labeled: Batch, unlabeled: Batch | None, step: StepContext) -> MethodOutput:
         unlabeled = self.require_unlabeled(unlabeled)
         n = len(labeled)
-        images = torch.cat([labeled.image, unlabeled.image])
+        images = self.labeled_then_unlabeled(labeled, unlabeled)
         out = self.network(images)
         dice, terms = self.supervised_loss(out.logits[:n], labeled.label)
         sdf_loss = F.mse_loss(out.sdf[:n], signed_distance_map(labeled.label, self.network.num_classes))
@@ -102,45 +103,39 @@ class SASSNet(Method):
         verdict = self.discriminator(out.sdf[n:], unlabeled.image)
         # the segmentation network wants its unlabeled shapes to pass as labeled ones
         adversarial = F.cross_entropy(verdict, torch.full((len(unlabeled),), LABELED, device=images.device))
-        weight = self.warmup_weight(iteration)
-        loss = self.supervised_weight * supervised + weight * adversarial
+        weight = self.warmup_weight(step.iteration)
+        loss = self.weighted_loss(supervised, adversarial, weight)
         self._last_batch = (images.detach(), n)
-        terms.update(total=loss.detach(), supervised=supervised.detach(), sdf=sdf_loss.detach(),
-                     adversarial=adversarial.detach())
+        terms.update(supervised=supervised, sdf=sdf_loss, adversarial=adversarial)
         if self._last_discriminator_loss is not None:
             terms["discriminator_previous"] = self._last_discriminator_loss
-        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})
+        return self.output(loss, out.logits[:n], terms, weight)
 
-    def after_optimizer_step(self, iteration: int) -> None:
+    def after_optimizer_step(self, step: StepContext) -> None:
         """One discriminator step on the batch just used, predicted by the updated network in eval mode."""
         if self._last_batch is None:
             return
         images, n = self._last_batch
         self._last_batch = None
-        was_training = self.network.training
-        self.network.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.network):
             sdf = self.network(images).sdf
-        self.network.train(was_training)
         self.discriminator.train()
         target = torch.full((images.shape[0],), UNLABELED, device=images.device)
         target[:n] = LABELED
         loss = F.cross_entropy(self.discriminator(sdf, images), target)
         self.discriminator_optimizer.zero_grad(set_to_none=True)  # also drops the grads of the generator step
         loss.backward()
-        self.average_gradients(self.discriminator.parameters())  # one discriminator on every rank (torchrun)
+        step.average_gradients(self.discriminator.parameters())  # one discriminator on every rank (torchrun)
         self.discriminator_optimizer.step()
         self._last_discriminator_loss = loss.detach().cpu()
 
-    def state_dict(self) -> dict:
-        state = {"discriminator": cpu_state(self.discriminator.state_dict()),
-                 "discriminator_optimizer": cpu_state(self.discriminator_optimizer.state_dict())}
+    def extra_state(self) -> dict:
+        state = {"discriminator_optimizer": cpu_state(self.discriminator_optimizer.state_dict())}
         if self._last_discriminator_loss is not None:
             state["last_discriminator_loss"] = self._last_discriminator_loss.clone()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        if "discriminator" in state:
-            self.discriminator.load_state_dict(state["discriminator"])
+    def load_extra_state(self, state: dict) -> None:
+        if "discriminator_optimizer" in state:
             self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
             self._last_discriminator_loss = state.get("last_discriminator_loss", self._last_discriminator_loss)

@@ -21,9 +21,7 @@ whose LA scripts (SS-Net, MC-Net) train 15,000 iterations. Inference: the main (
 """
 from __future__ import annotations
 
-import torch
-
-from methods.base import Batch, Method, MethodOutput
+from methods.base import Batch, Method, MethodOutput, StepContext
 from methods.recipe import SSL4MIS_2D_SCHEDULE, SSL4MIS_DICE, Recipe
 from utils.losses import uncertainty_rectified_consistency
 
@@ -47,16 +45,14 @@ class URPC(Method):
     def network_options(cls, spatial_dims: int) -> dict:
         return {"deep_supervision": True}
 
-    def training_loss(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> MethodOutput:
-        unlabeled = self.require_unlabeled(unlabeled)
+    def forward(self, labeled: Batch, unlabeled: Batch | None, step: StepContext) -> MethodOutput:
         n = len(labeled)
-        out = self.network(torch.cat([labeled.image, unlabeled.image]))
+        out = self.network(self.labeled_then_unlabeled(labeled, unlabeled))
         outputs = [out.logits, *out.aux_logits]
         dices, ces = zip(*(self.dice_and_ce(o[:n], labeled.label) for o in outputs), strict=True)
         supervised = (sum(dices) + sum(ces)) / (2 * len(outputs))
         consistency = uncertainty_rectified_consistency([o[n:] for o in outputs])
-        weight = self.warmup_weight(iteration)
-        loss = self.supervised_weight * supervised + weight * consistency
-        terms = {"total": loss.detach(), "dice": dices[0].detach(), "ce": ces[0].detach(),
-                 "supervised": supervised.detach(), "consistency": consistency.detach()}
-        return MethodOutput(loss, terms, out.logits[:n].detach(), {"consistency_weight": torch.tensor(weight)})
+        weight = self.warmup_weight(step.iteration)
+        loss = self.weighted_loss(supervised, consistency, weight)
+        terms = {"dice": dices[0], "ce": ces[0], "supervised": supervised, "consistency": consistency}
+        return self.output(loss, out.logits[:n], terms, weight)

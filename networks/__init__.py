@@ -18,7 +18,7 @@ from .loading import (
     save_checkpoint,
     split_head_keys,
 )
-from .output import DecoderOutput, NetworkOutput, Trunk
+from .output import DecoderOutput, NetworkOutput
 from .registry import NETWORKS, build_network
 from .unet import UNet
 from .vnet import VNet
@@ -30,7 +30,6 @@ __all__ = [
     "LoadedCheckpoint",
     "NetworkOutput",
     "SegmentationNetwork",
-    "Trunk",
     "UNet",
     "VNet",
     "build_network",

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .output import NetworkOutput, Trunk
+from .output import NetworkOutput
 
 
 class SegmentationNetwork(nn.Module):
@@ -25,6 +25,7 @@ class SegmentationNetwork(nn.Module):
 
     name: ClassVar[str]  # registry name used by build_network
     size_divisor: ClassVar[int] = 16  # four 2× downsamplings
+    compiled: bool = False  # set by networks.speed.compile_network: calling submodules directly bypasses it
 
     def __init__(
         self,
@@ -61,44 +62,6 @@ class SegmentationNetwork(nn.Module):
         main = self.decoder(encoded)
         extra = tuple(getattr(self, f"decoder{i}")(encoded).logits for i in range(2, self.num_decoders + 1))
         return NetworkOutput(main.logits, main.features, main.sdf, main.aux_logits, extra)
-
-    # -- a second training-mode pass on the same input (SS-Net's VAT target) ------------------------
-    @property
-    def has_trunk(self) -> bool:
-        """True when the encoder splits into a deterministic trunk and the rest (`trunk` / `finish`)."""
-        return hasattr(self.encoder, "trunk") and hasattr(self.encoder, "finish")
-
-    def forward_keeping_trunk(self, image: torch.Tensor) -> tuple[NetworkOutput, Trunk]:
-        """forward(image), computed the same way, and its trunk for `forward_from_trunk` (needs `has_trunk`).
-
-        Calls the modules directly, not through `self(...)`: hooks registered on the network itself do not run
-        (a compiled network would run uncompiled; callers use this only for plain networks).
-        """
-        self.check_input(image)
-        norms = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        norm_inputs: list[tuple[nn.Module, torch.Tensor]] = []
-
-        def record(module: nn.Module, args: tuple) -> None:
-            norm_inputs.append((module, args[0]))
-
-        handles = [m.register_forward_pre_hook(record) for m in norms]
-        try:
-            stages = self.encoder.trunk(image)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return self.decode(self.encoder.finish(stages)), Trunk(stages, norm_inputs)
-
-    def forward_from_trunk(self, trunk: Trunk) -> NetworkOutput:
-        """What forward(image) gives for the image of `trunk`, with the random draws of a new pass: the trunk's
-        BatchNorm layers run again on their recorded inputs (so that, in training mode, their running
-        statistics move as a full pass would move them; the outputs are the trunk's own), then the rest.
-
-        Equal bit for bit to forward(image) with the same generator state as long as the weights have not
-        changed since the trunk was computed (tests/test_memory_step.py)."""
-        for module, recorded in trunk.norm_inputs:
-            module(recorded)
-        return self.decode(self.encoder.finish(trunk.stages))
 
     def check_input(self, image: torch.Tensor) -> None:
         """Raise ValueError naming the shape and the rule when `image` cannot pass through the network."""

@@ -1,11 +1,9 @@
 """The one return type every segmentation network shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 
 class NetworkOutput(NamedTuple):
@@ -36,17 +34,3 @@ class DecoderOutput(NamedTuple):
     features: torch.Tensor
     sdf: torch.Tensor | None = None
     aux_logits: tuple[torch.Tensor, ...] = ()
-
-
-@dataclass
-class Trunk:
-    """The part of one forward pass that a second training-mode pass on the same input would compute again
-    bit for bit: the encoder up to its first random draw (SegmentationNetwork.forward_keeping_trunk).
-
-    stages: the encoder's outputs before that draw (V-Net: x1..x4 and block five before its dropout).
-    norm_inputs: (BatchNorm layer, its input) of every BatchNorm the trunk ran, in call order: a reuse
-    runs them again so that their running statistics move exactly as a full second pass would move them.
-    """
-
-    stages: list[torch.Tensor]
-    norm_inputs: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)

@@ -48,7 +48,7 @@ def compile_network(network: nn.Module, backend: str = "inductor") -> nn.Module:
     """torch.compile the forward in place (`nn.Module.compile`), so parameter names, checkpoints and the
     SS-Net heads the methods call directly (project, predict, selectors) stay those of the plain module."""
     network.compile(backend=backend, dynamic=False)
-    network.compiled = True  # callers that would bypass the compiled forward (forward_keeping_trunk) check it
+    network.compiled = True  # declared by SegmentationNetwork: callers that would bypass the forward check it
     return network
 
 

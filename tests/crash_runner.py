@@ -34,15 +34,15 @@ def main() -> None:
 
     if point == "step":
         for cls in methods.METHODS.values():
-            original = cls.training_loss
+            original = cls.forward
 
-            def killing(self, labeled, unlabeled, iteration, _original=original):
-                output = _original(self, labeled, unlabeled, iteration)
-                if iteration == n:
+            def killing(self, labeled, unlabeled, step, _original=original):
+                output = _original(self, labeled, unlabeled, step)
+                if step.iteration == n:
                     die()
                 return output
 
-            cls.training_loss = killing
+            cls.forward = killing
     elif point == "save":
         real_save = torch.save
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from methods import Batch, Method, MethodOutput, MethodSettings, build_method
+from methods import Batch, Method, MethodSettings, StepContext, build_method
 from networks import build_network
 from training.distributed import distributed_session
 from training.optim import build_sgd, zero_gradients
@@ -28,10 +28,14 @@ class CrossEntropyOnly(Method):
     name = "ce_only"
     uses_unlabeled = False
 
-    def training_loss(self, labeled, unlabeled, iteration):
+    def forward(self, labeled, unlabeled, step):
         logits = self.network(labeled.image).logits
-        loss = F.cross_entropy(logits, labeled.label)
-        return MethodOutput(loss, {"total": loss.detach()}, logits.detach())
+        return self.output(F.cross_entropy(logits, labeled.label), logits, {})
+
+
+def context(ddp, iteration: int, backward=None) -> StepContext:
+    """The step context the trainer gives a method under torchrun."""
+    return StepContext(iteration, backward, ddp.gather_rows, ddp.average_gradients)
 
 
 def global_batch(n: int, seed: int):
@@ -69,16 +73,16 @@ def check_one_step_matches_one_process(ddp) -> None:
     network = build_network("vnet", num_classes=2, base_filters=4).eval()  # eval: batch-independent BN
     reference = copy.deepcopy(network)
     method = CrossEntropyOnly(network, MethodSettings(num_classes=2))
-    step = ddp.training_step(method)
+    step = ddp.wrap(method)
     images, labels = global_batch(4, seed=1)
     mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    step(Batch(images[mine], labels[mine]), None, 1).loss.backward()
+    step(Batch(images[mine], labels[mine]), None, context(ddp, 1)).loss.backward()
     optimizer.step()
 
     ref_method = CrossEntropyOnly(reference, MethodSettings(num_classes=2))
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    ref_method.training_loss(Batch(images, labels), None, 1).loss.backward()
+    ref_method(Batch(images, labels), None, StepContext(1)).loss.backward()
     ref_optimizer.step()
     moved = 0
     for (name, p), q in zip(network.named_parameters(), reference.parameters(), strict=True):
@@ -94,9 +98,9 @@ def check_ss_net_memory_and_parameters(ddp) -> None:
     torch.manual_seed(0)
     network = build_network("vnet", num_classes=2, base_filters=4).train()
     method = build_method("ss_net", network, MethodSettings(num_classes=2, memory_size=8))
-    step = ddp.training_step(method)
+    step = ddp.wrap(method)
     ddp.seed_rank(0)  # dropout / VAT probe directions differ per rank from here on
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD([p for _, p in method.trained_parameters()], lr=0.01, momentum=0.9, weight_decay=1e-4)
     counts = []
     for iteration in range(1, 5):
         images, labels = global_batch(4, seed=100 + iteration)
@@ -104,11 +108,11 @@ def check_ss_net_memory_and_parameters(ddp) -> None:
         local_images, local_labels = images[mine], labels[mine]
         labeled = Batch(local_images[:1], local_labels[:1])
         unlabeled = Batch(local_images[1:], None)
-        output = step(labeled, unlabeled, 3000 + iteration)  # past the warm-up: every term weighs
+        output = step(labeled, unlabeled, context(ddp, 3000 + iteration))  # past the warm-up: every term weighs
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
-        ddp.sync_buffers([network, method.heads])
+        ddp.sync_buffers(method.trained_modules())
         counts.append(method.memory.counts())
         memory = method.memory.state_dict()["prototypes"]
         assert same_on_every_rank([None if p is None else p.tolist() for p in memory]), f"memory @ {iteration}"
@@ -128,22 +132,22 @@ def check_low_memory_step_matches_one_backward(ddp) -> None:
         torch.manual_seed(0)
         network = build_network("vnet", num_classes=2, base_filters=4).train()
         method = build_method("ss_net", network, MethodSettings(num_classes=2, memory_size=8))
-        if low_memory:
-            method.backward_early = Precision("off").backward  # what the trainer sets for --low_memory 1
-        step = ddp.training_step(method)
+        backward = Precision("off").backward if low_memory else None  # what the trainer gives for --low_memory 1
+        step = ddp.wrap(method)
         ddp.seed_rank(0)
-        optimizer = build_sgd(method.parameters(), lr=0.01)
+        optimizer = build_sgd([p for _, p in method.trained_parameters()], lr=0.01)
         for iteration in range(1, 3 if low_memory else 2):
             images, labels = global_batch(4, seed=300 + iteration)
             mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
             zero_gradients(optimizer)
-            output = step(Batch(images[mine][:1], labels[mine][:1]), Batch(images[mine][1:], None), 3000 + iteration)
+            output = step(Batch(images[mine][:1], labels[mine][:1]), Batch(images[mine][1:], None),
+                          context(ddp, 3000 + iteration, backward))
             output.loss.backward()
             if iteration == 1:
                 assert method.memory.counts()[1] > 0
-                grads.append({n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None})
+                grads.append({n: p.grad.clone() for n, p in method.trained_parameters() if p.grad is not None})
             optimizer.step()
-            ddp.sync_buffers([network, method.heads])
+            ddp.sync_buffers(method.trained_modules())
     assert set(grads[0]) == set(grads[1])
     for name, value in grads[1].items():
         assert same_on_every_rank(value), name
@@ -157,18 +161,19 @@ def check_sassnet_discriminator_agrees(ddp) -> None:
     torch.manual_seed(0)
     network = build_network("vnet", num_classes=2, base_filters=4, sdf_head=True).train()
     method = build_method("sassnet", network, MethodSettings(num_classes=2))
-    step = ddp.training_step(method)
+    step = ddp.wrap(method)
     ddp.seed_rank(0)  # the discriminator's dropout differs per rank
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
     for iteration in range(1, 3):
         images, labels = global_batch(4, seed=200 + iteration)
         mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
-        output = step(Batch(images[mine][:1], labels[mine][:1]), Batch(images[mine][1:], None), 1000 + iteration)
+        output = step(Batch(images[mine][:1], labels[mine][:1]), Batch(images[mine][1:], None),
+                      context(ddp, 1000 + iteration))
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
-        ddp.sync_buffers([network])
-        method.after_optimizer_step(iteration)
+        ddp.sync_buffers(method.trained_modules())
+        method.after_optimizer_step(context(ddp, 1000 + iteration))
     for key, value in method.discriminator.state_dict().items():
         assert same_on_every_rank(value), key
 

@@ -5,7 +5,7 @@ import torch
 
 from dataloaders import make_synthetic_la, read_list
 from inference import Predictor
-from methods import Batch, build_method
+from methods import Batch, StepContext, build_method
 from networks import build_network
 from training import make_config, train
 from utils.metrics import case_metrics
@@ -17,11 +17,11 @@ def test_network_and_method_from_python():
     method = build_method(config.method, network, config)
     images = torch.randn(4, 1, 16, 16, 16)
     labels = (images[:2, 0] > 0).long()
-    output = method.training_loss(Batch(images[:2], labels), Batch(images[2:], None), iteration=1)
+    output = method(Batch(images[:2], labels), Batch(images[2:], None), StepContext(1))
     output.loss.backward()
     assert set(output.terms) >= {"total", "dice", "lds", "separation_labeled"}
     assert "consistency_weight" in output.monitors
-    names = [n for n, _ in method.named_parameters()]
+    names = [n for n, _ in method.trained_parameters()]
     assert names[: len(list(network.parameters()))] == [n for n, _ in network.named_parameters()]
     assert any(n.startswith("projection_head.") for n in names)  # SS-Net trains its heads with the network
 

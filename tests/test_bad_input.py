@@ -253,16 +253,16 @@ def test_an_unwritable_test_output_is_refused(clean_data, tmp_path, capsys):
 def test_a_non_finite_loss_stops_with_iteration_term_and_last_good_checkpoint(data, tmp_path, capsys, monkeypatch):
     from methods.ss_net import SSNet
 
-    original = SSNet.training_loss
+    original = SSNet.forward
 
-    def poisoned(self, labeled, unlabeled, iteration):
-        output = original(self, labeled, unlabeled, iteration)
-        if iteration == 3:
+    def poisoned(self, labeled, unlabeled, step):
+        output = original(self, labeled, unlabeled, step)
+        if step.iteration == 3:
             output.terms["lds"] = torch.tensor(float("nan"))
-            output.loss = output.loss + output.terms["lds"]
+            output = output._replace(loss=output.loss + output.terms["lds"])
         return output
 
-    monkeypatch.setattr(SSNet, "training_loss", poisoned)
+    monkeypatch.setattr(SSNet, "forward", poisoned)
     run_dir = tmp_path / "run"
     code = train_la.main(train_flags(data, run_dir, "--max_iteration", "5"))
     expect_error(capsys, code, "non-finite loss at iteration 3", "lds = nan", "iter_0000002.pth",

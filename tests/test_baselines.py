@@ -16,7 +16,7 @@ import test_la
 import train_acdc
 import train_la
 from dataloaders import read_list
-from methods import METHODS, Batch, MethodSettings, build_method
+from methods import METHODS, Batch, MethodSettings, StepContext, build_method
 from methods.ema import ema_decay_at, ema_update, make_teacher
 from networks import build_network
 from networks.perturbations import element_dropout, feature_dropout, feature_noise
@@ -71,7 +71,7 @@ def unused_parameters(m, method: str) -> set[str]:
     if method != "ss_net":
         return set()
     prefixes = ("contrastive_class_selector_0.", "contrastive_class_selector_memory0.")
-    return {n for n, _ in m.named_parameters() if n.startswith(prefixes)}
+    return {n for n, _ in m.trained_parameters() if n.startswith(prefixes)}
 
 
 def zero_gradient_parameters(m, method: str) -> set[str]:
@@ -79,7 +79,7 @@ def zero_gradient_parameters(m, method: str) -> set[str]:
     graph with a zero gradient (weight decay and momentum still apply, as in the official step)."""
     if method != "ss_net":
         return set()
-    return {n for n, _ in m.named_parameters() if n.startswith("contrastive_class_selector_memory")
+    return {n for n, _ in m.trained_parameters() if n.startswith("contrastive_class_selector_memory")
             and not n.startswith("contrastive_class_selector_memory0.")}
 
 
@@ -88,17 +88,17 @@ def zero_gradient_parameters(m, method: str) -> set[str]:
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_loss_is_finite_and_every_used_parameter_gets_a_gradient(case, method):
     network, m, labeled, unlabeled = make(case, method)
-    out = m.training_loss(labeled, unlabeled, iteration=6000)
+    out = m(labeled, unlabeled, StepContext(6000))
     assert math.isfinite(out.loss.item()) and out.loss.requires_grad
     assert all(not v.requires_grad and math.isfinite(float(v)) for v in out.terms.values())
     assert out.labeled_logits.shape == (len(labeled), network.num_classes, *labeled.image.shape[2:])
     out.loss.backward()
     unused, zero_gradient = unused_parameters(m, method), zero_gradient_parameters(m, method)
-    missing = [n for n, p in m.named_parameters()
+    missing = [n for n, p in m.trained_parameters()
                if n not in unused | zero_gradient and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
-    assert all(p.grad is None for n, p in m.named_parameters() if n in unused)
-    assert all(p.grad is not None and not p.grad.any() for n, p in m.named_parameters() if n in zero_gradient)
+    assert all(p.grad is None for n, p in m.trained_parameters() if n in unused)
+    assert all(p.grad is not None and not p.grad.any() for n, p in m.trained_parameters() if n in zero_gradient)
     assert m.leaves_parameters_unused == bool(unused)  # DDP searches for unused parameters only where needed
 
 
@@ -113,7 +113,7 @@ def test_unlabeled_term_alone_moves_the_student(case, method):
         m.supervised_weight = 0.0
         m.settings.consistency = 1.0
         labels = (network.num_classes - 1 - labeled.label) if flip else labeled.label
-        m.training_loss(Batch(labeled.image, labels), unlabeled, iteration=10**6).loss.backward()
+        m(Batch(labeled.image, labels), unlabeled, StepContext(10**6)).loss.backward()
         first_conv = next(p for n, p in network.named_parameters() if n.startswith("encoder.") and p.ndim > 1)
         assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
         grads.append(first_conv.grad.clone())
@@ -129,11 +129,11 @@ def test_teacher_gets_no_gradient_and_changes_only_through_ema(case, method):
     assert teacher is not network and all(not p.requires_grad for p in teacher.parameters())
     assert next(teacher.parameters()).device == next(network.parameters()).device
     before = [p.detach().clone() for p in teacher.parameters()]
-    m.training_loss(labeled, unlabeled, iteration=500).loss.backward()
+    m(labeled, unlabeled, StepContext(500)).loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     torch.optim.SGD(network.parameters(), lr=0.1).step()
     assert all(torch.equal(a, p) for a, p in zip(before, teacher.parameters(), strict=True))  # the step alone
-    m.after_optimizer_step(iteration=5)  # EMA step 4: a = min(1 - 1/5, 0.99) = 0.8
+    m.after_optimizer_step(StepContext(5))  # EMA step 4: a = min(1 - 1/5, 0.99) = 0.8
     for old, t, s in zip(before, teacher.parameters(), network.parameters(), strict=True):
         torch.testing.assert_close(t, 0.8 * old + 0.2 * s.detach())
 
@@ -146,11 +146,11 @@ def test_two_seeded_steps_are_deterministic(case, method):
         optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
         losses = []
         for iteration in (1, 2):
-            out = m.training_loss(labeled, unlabeled, iteration)
+            out = m(labeled, unlabeled, StepContext(iteration))
             optimizer.zero_grad()
             out.loss.backward()
             optimizer.step()
-            m.after_optimizer_step(iteration)
+            m.after_optimizer_step(StepContext(iteration))
             losses.append(out.loss.item())
         return losses, next(network.parameters()).detach().clone()
 
@@ -165,25 +165,25 @@ def test_method_state_resumes_exactly_through_a_weights_only_checkpoint(method):
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
 
     def step(method_, net, iteration):
-        out = method_.training_loss(labeled, unlabeled, iteration)
+        out = method_(labeled, unlabeled, StepContext(iteration))
         for p in net.parameters():
             p.grad = None
         out.loss.backward()
         torch.optim.SGD(net.parameters(), lr=0.01).step()
-        method_.after_optimizer_step(iteration)
+        method_.after_optimizer_step(StepContext(iteration))
         return out.loss.item()
 
     step(m, network, 1)
     del optimizer
     buffer = io.BytesIO()
-    torch.save({"network": network.state_dict(), "method": m.state_dict()}, buffer)
+    torch.save({"network": network.state_dict(), "method": m.method_state()}, buffer)
     rng = torch.get_rng_state()
     expected = [step(m, network, 2), step(m, network, 3)]
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     network_b, m_b, _, _ = make("2d", method, seed=7)  # different initial weights, overwritten by the load
     network_b.load_state_dict(saved["network"])
-    m_b.load_state_dict(saved["method"])
+    m_b.load_method_state(saved["method"])
     torch.set_rng_state(rng)
     assert [step(m_b, network_b, 2), step(m_b, network_b, 3)] == expected
     extra_a = m.teacher if method == "mean_teacher" else m.discriminator
@@ -196,18 +196,18 @@ def test_sassnet_discriminator_is_trained_by_its_own_optimizer():
     network, m, labeled, unlabeled = make("3d", "sassnet")
     before = [p.detach().clone() for p in m.discriminator.parameters()]
     assert not any(p is q for p in m.discriminator.parameters() for q in network.parameters())
-    out = m.training_loss(labeled, unlabeled, iteration=1)
+    out = m(labeled, unlabeled, StepContext(1))
     out.loss.backward()
-    m.after_optimizer_step(1)
+    m.after_optimizer_step(StepContext(1))
     assert all(not torch.equal(a, p) for a, p in zip(before, m.discriminator.parameters(), strict=True))
-    assert network.training and "discriminator_previous" in m.training_loss(labeled, unlabeled, 2).terms
+    assert network.training and "discriminator_previous" in m(labeled, unlabeled, StepContext(2)).terms
 
 
 def test_methods_refuse_missing_unlabeled_data_and_wrong_networks():
     for method in BASELINES:
         _, m, labeled, _ = make("2d", method)
         with pytest.raises(ValueError, match="unlabeled"):
-            m.training_loss(labeled, None, iteration=1)
+            m(labeled, None, StepContext(1))
     with pytest.raises(ValueError, match="sdf_head=True"):
         build_method("dtc", build_network("unet", num_classes=4), CASES["2d"][3])
 

@@ -137,7 +137,7 @@ def test_vat_updates_bn_once_discards_probe_gradients_and_carries_gradient():
     torch.manual_seed(0)
     net = TinySegNet().train()
     images = torch.randn(4, 1, 8, 8)
-    loss = vat_lds_loss(net, images, pooled_dice_discrepancy, xi=10.0, epsilon=10.0)
+    loss = vat_lds_loss(net, images, pooled_dice_discrepancy, xi=10.0, magnitude=10.0)
     assert net.bn.num_batches_tracked.item() == 1  # only the clean pass moved the running statistics
     assert all(p.grad is None for p in net.parameters())  # the probe backward left nothing for the optimiser
     assert loss.requires_grad and 0 <= loss.item() <= 1

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataloaders import make_synthetic_la
-from methods import Batch, MethodSettings, build_method
-from methods.ss_net import RecomputedNorm
+from methods import Batch, MethodSettings, StepContext, build_method
+from methods.ss_net_low_memory import RecomputedNorm, forward_from_trunk, forward_keeping_trunk, reuses_trunk
 from networks import build_network
 from training import make_config, train
 from training.optim import build_sgd, zero_gradients
@@ -34,12 +34,12 @@ def run_steps(network_name: str, kwargs: dict, shape: tuple[int, ...], low_memor
     method.heads.to(dtype)
     precision = Precision("off")
     calls = []
-    if low_memory:
-        def backward_early(loss, also=()):
-            calls.append(len(also))
-            precision.backward(loss, also)
-        method.backward_early = backward_early
-    optimizer = build_sgd(method.parameters(), lr=0.01)
+
+    def backward(part, gradient=None, also=()):
+        calls.append(len(also))
+        precision.backward(part, gradient, also)
+
+    optimizer = build_sgd([p for _, p in method.trained_parameters()], lr=0.01)
     data = torch.Generator().manual_seed(5)
     states = []
     for iteration in range(iterations):
@@ -47,12 +47,13 @@ def run_steps(network_name: str, kwargs: dict, shape: tuple[int, ...], low_memor
         labels = (images[:2, 0] > 0.2).long() * torch.randint(1, kwargs["num_classes"], (2, *shape), generator=data)
         method.train()
         zero_gradients(optimizer)
-        output = method.training_loss(Batch(images[:2], labels), Batch(images[2:], None), 5000 + iteration)
+        step = StepContext(5000 + iteration, backward=backward if low_memory else None)
+        output = method(Batch(images[:2], labels), Batch(images[2:], None), step)
         heads_grad_before = method.heads.projection_head[0].weight.grad
         heads_grad_before = None if heads_grad_before is None else heads_grad_before.clone()
         precision.backward_and_step(output.loss, optimizer)
-        state = {f"grad {n}": p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        state.update({f"weight {n}": p.detach().clone() for n, p in method.named_parameters()})
+        state = {f"grad {n}": p.grad.clone() for n, p in method.trained_parameters() if p.grad is not None}
+        state.update({f"weight {n}": p.detach().clone() for n, p in method.trained_parameters()})
         buffers = list(network.named_buffers()) + list(method.heads.named_buffers())
         state.update({f"buffer {n}": b.clone() for n, b in buffers})
         state.update({f"memory {c}": p.clone() for c, p in enumerate(method.memory.prototypes) if p is not None})
@@ -97,9 +98,9 @@ def test_forward_from_trunk_is_a_second_full_forward():
     twin.load_state_dict(network.state_dict())
     image = torch.randn(2, 1, 16, 16, 16)
     torch.manual_seed(1)
-    first, trunk = network.forward_keeping_trunk(image)
+    first, trunk = forward_keeping_trunk(network, image)
     with torch.no_grad():
-        second = network.forward_from_trunk(trunk)
+        second = forward_from_trunk(network, trunk)
     rng_after = torch.get_rng_state()
     torch.manual_seed(1)
     expected_first = twin(image)
@@ -110,7 +111,7 @@ def test_forward_from_trunk_is_a_second_full_forward():
     assert torch.equal(rng_after, torch.get_rng_state())
     for (name, a), b in zip(network.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # every BatchNorm moved twice, the trunk's ones included
-    assert not build_network("unet", **TINY_UNET).has_trunk
+    assert reuses_trunk(network) and not reuses_trunk(build_network("unet", **TINY_UNET))
 
 
 def test_recomputed_norm_moves_the_running_statistics_once_and_gives_the_plain_gradients():

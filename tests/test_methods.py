@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from methods import Batch, MethodSettings, build_method
+from methods import Batch, MethodSettings, StepContext, build_method
 from networks import build_network
 
 CASES = {
@@ -37,7 +37,7 @@ def make(case: str, method: str, seed: int = 0):
 @pytest.mark.parametrize("method", ["ss_net", "supervised"])
 def test_loss_is_finite_and_terms_are_detached(case, method):
     network, m, labeled, unlabeled = make(case, method)
-    out = m.training_loss(labeled, unlabeled, iteration=3000)
+    out = m(labeled, unlabeled, StepContext(3000))
     assert math.isfinite(out.loss.item()) and out.loss.requires_grad
     assert all(not v.requires_grad for v in out.terms.values())
     assert out.labeled_logits.shape[0] == len(labeled)
@@ -45,13 +45,13 @@ def test_loss_is_finite_and_terms_are_detached(case, method):
 
 def dead_parameters(method) -> set[str]:
     """SS-Net never uses the background selectors (no background prototypes): they get no gradient at all."""
-    return {n for n, _ in method.named_parameters()
+    return {n for n, _ in method.trained_parameters()
             if n.startswith(("contrastive_class_selector_0.", "contrastive_class_selector_memory0."))}
 
 
 def memory_selector_parameters(method) -> set[str]:
     """S^mem_c, c >= 1: with the official prototype weights (beta = 1) in the graph with a zero gradient."""
-    return {n for n, _ in method.named_parameters()
+    return {n for n, _ in method.trained_parameters()
             if n.startswith("contrastive_class_selector_memory") and n not in dead_parameters(method)}
 
 
@@ -62,15 +62,15 @@ def test_ss_net_full_step_gives_every_live_parameter_a_gradient(case, memory_wei
     m.settings.memory_weights = memory_weights
     for c in range(1, network.num_classes):  # a filled memory, as after the first correct predictions
         m.memory.prototypes[c] = torch.randn(32, 32)
-    out = m.training_loss(labeled, unlabeled, iteration=6000)
+    out = m(labeled, unlabeled, StepContext(6000))
     out.loss.backward()
     zero_gradient = memory_selector_parameters(m) if memory_weights == "ones" else set()
     expected_exceptions = dead_parameters(m) | zero_gradient
-    missing = [n for n, p in m.named_parameters()
+    missing = [n for n, p in m.trained_parameters()
                if n not in expected_exceptions and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
-    assert all(p.grad is None for n, p in m.named_parameters() if n in dead_parameters(m))
-    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert all(p.grad is None for n, p in m.trained_parameters() if n in dead_parameters(m))
+    grads = {n: p.grad for n, p in m.trained_parameters()}
     assert all(grads[n] is not None and not grads[n].any() for n in zero_gradient)
 
 
@@ -94,7 +94,7 @@ def test_ss_net_memory_holds_only_correct_labeled_foreground(case):
 
     network.forward = recording_forward
     projection_before_step = copy.deepcopy(m.heads.projection_head).eval()  # the step moves its BN statistics
-    m.training_loss(Batch(labeled.image, labels), unlabeled, iteration=1)
+    m(Batch(labeled.image, labels), unlabeled, StepContext(1))
     logits, features = main_forward["out"][:2]  # NetworkOutput: read by name or slice
     n = len(labeled)
     hard = logits[:n].argmax(1)
@@ -118,15 +118,15 @@ def test_ss_net_memory_holds_only_correct_labeled_foreground(case):
 def test_ss_net_refuses_batches_without_unlabeled_data():
     _, m, labeled, _ = make("2d", "ss_net")
     with pytest.raises(ValueError, match="unlabeled"):
-        m.training_loss(labeled, None, iteration=1)
+        m(labeled, None, StepContext(1))
 
 
 def test_supervised_ignores_unlabeled_batch():
     network, m, labeled, unlabeled = make("2d", "supervised")
     torch.manual_seed(1)
-    a = m.training_loss(labeled, unlabeled, iteration=1).loss.item()
+    a = m(labeled, unlabeled, StepContext(1)).loss.item()
     torch.manual_seed(1)
-    b = m.training_loss(labeled, None, iteration=1).loss.item()
+    b = m(labeled, None, StepContext(1)).loss.item()
     assert a == b
 
 
@@ -136,7 +136,7 @@ def test_unlabeled_terms_alone_move_the_network():
         m.memory.prototypes[c] = torch.randn(32, 32)
     m.settings.consistency = 1.0
     m.supervised_loss = lambda logits, labels: (logits.sum() * 0.0, {})  # zero the supervised term
-    out = m.training_loss(labeled, unlabeled, iteration=10**6)
+    out = m(labeled, unlabeled, StepContext(10**6))
     out.loss.backward()
     assert network.encoder.in_conv.conv_conv[0].weight.grad.abs().sum() > 0
     assert m.heads.prediction_head[0].weight.grad.abs().sum() > 0

@@ -181,9 +181,15 @@ def test_network_attributes(vnet, unet):
 def test_heads_on_voxel_vectors(vnet):
     heads = heads_of(vnet).train()
     vectors = torch.randn(10, 16)
-    projected = heads.project(vectors)
+    projected = heads.projection_head(vectors)
     assert projected.shape == (10, 32)
-    assert heads.predict(projected).shape == (10, 32)
+    assert heads.prediction_head(projected).shape == (10, 32)
+    features = torch.randn(2, 16, 4, 4, 4)  # embed: one row per voxel, ordered like labels.reshape(-1)
+    assert heads.embed(features).shape == (2 * 64, 32)
+    heads.eval()  # row by row = all rows at once only without batch statistics
+    row = features[1, :, 0, 1, 2]  # voxel (0, 1, 2) of sample 1: row 64 + 0 * 16 + 1 * 4 + 2
+    expected = heads.prediction_head(heads.projection_head(row[None]))[0]
+    assert torch.allclose(heads.embed(features)[64 + 6], expected, atol=1e-6)
     assert heads.feature_selector(1)(projected).shape == (10, 1)
     assert heads.memory_selector(0)(projected).shape == (10, 1)
     with pytest.raises(IndexError, match="num_classes=2"):

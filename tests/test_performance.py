@@ -17,7 +17,7 @@ from dataloaders import LAVolumes, get_dataset, make_synthetic_la, read_list
 from dataloaders.transforms import LATrainTransform, random_crop, random_rot_flip
 from evaluation import evaluate_cases
 from inference import InferenceSettings, Predictor
-from methods import Batch, MethodSettings, build_method
+from methods import Batch, MethodSettings, StepContext, build_method
 from networks import build_network
 from networks.speed import prepare_network
 from training.optim import build_sgd
@@ -121,7 +121,7 @@ def test_compiled_network_keeps_names_and_outputs():
         torch.testing.assert_close(net(x).logits, expected)
     assert list(net.state_dict()) == keys
     method = build_method("ss_net", net, MethodSettings(num_classes=TINY_UNET.get("num_classes", 4)))
-    assert method.heads.project(torch.randn(3, net.feature_channels)).shape == (3, 32)  # heads beside the compiled net
+    assert method.heads.projection_head(torch.randn(3, net.feature_channels)).shape == (3, 32)  # heads beside the compiled net
 
 
 @pytest.mark.parametrize("impl", ["foreach", "fused"])
@@ -157,7 +157,7 @@ def test_ss_net_step_under_bf16_channels_last_is_finite_and_close():
         labels = (images[:2, 0] > 0).long()
         precision = Precision(amp)
         with precision.autocast():
-            output = method.training_loss(Batch(images[:2], labels), Batch(images[2:], None), iteration=6000)
+            output = method(Batch(images[:2], labels), Batch(images[2:], None), StepContext(6000))
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
         precision.backward_and_step(output.loss, optimizer)
         assert torch.isfinite(output.loss)
@@ -233,7 +233,7 @@ def trained_synthetic(tmp_path_factory):
         samples = [dataset[(i % 3, iteration * 3 + i)] for i in range(2)]
         images = torch.stack([s["image"] for s in samples])
         labels = torch.stack([s["label"] for s in samples])
-        output = method.training_loss(Batch(images, labels), None, iteration)
+        output = method(Batch(images, labels), None, StepContext(iteration))
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from methods import METHODS, Batch, MethodSettings, build_method
+from methods import METHODS, Batch, MethodSettings, StepContext, build_method
 from methods.recipe import recipe_markdown
 from networks import build_network
 from training.config import legacy_settings, resumed_config
@@ -144,21 +144,21 @@ def test_zero_based_warmup_counter_shifts_the_ramp_by_one_iteration():
 def test_mean_teacher_gate_zeroes_the_consistency_but_keeps_the_random_draws():
     gated, labeled, unlabeled = make("mean_teacher", 2, consistency_off=1000)
     torch.manual_seed(5)
-    out = gated.training_loss(labeled, unlabeled, iteration=1000)
+    out = gated(labeled, unlabeled, StepContext(1000))
     state_gated = torch.get_rng_state()
     assert out.terms["consistency"] == 0 and out.loss.item() == pytest.approx(out.terms["supervised"].item())
     open_, labeled, unlabeled = make("mean_teacher", 2, consistency_off=1000)
     torch.manual_seed(5)
-    after = open_.training_loss(labeled, unlabeled, iteration=1001)
+    after = open_(labeled, unlabeled, StepContext(1001))
     assert after.terms["consistency"] > 0
     assert torch.equal(state_gated, torch.get_rng_state())  # the teacher ran in both: same draws
 
 
 def test_ua_mt_threshold_uses_the_recipe_counter_and_run_length():
     m, labeled, unlabeled = make("ua_mt", 3, rampup_zero_based=True, max_iteration=6000)
-    out = m.training_loss(labeled, unlabeled, iteration=1)
+    out = m(labeled, unlabeled, StepContext(1))
     assert out.monitors["uncertainty_threshold"].item() == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
-    out = m.training_loss(labeled, unlabeled, iteration=6001)  # counter 6000 = the end of the ramp
+    out = m(labeled, unlabeled, StepContext(6001))  # counter 6000 = the end of the ramp
     assert out.monitors["uncertainty_threshold"].item() == pytest.approx(math.log(2))
 
 

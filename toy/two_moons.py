@@ -110,7 +110,7 @@ class ToySettings:
     consistency: float = 1.0  # max ramp weight w
     rampup_iterations: int = 200
     xi: float = 0.1  # VAT probe step, in data units (the moons have radius 1)
-    epsilon: float = 0.2  # adversarial radius, in data units
+    magnitude: float = 0.2  # adversarial radius (the paper's epsilon), in data units
     discrepancy: str = "kl"  # or "pooled_dice" (SS-Net's LA choice)
     separation_weight: float = 0.1  # as SS-Net
     memory_size: int = 32
@@ -151,7 +151,7 @@ def train_moons(data: MoonsData, method: str, settings: ToySettings | None = Non
                 class_separation_loss(f, y, memory.prototypes, model.feature_selector, model.memory_selector)
                 for f, y in ((features[:n_labeled], labeled_y), (features[n_labeled:], pseudo_labels))
             )
-            lds = vat_lds_loss(model, all_x, TOY_DISCREPANCIES[s.discrepancy], xi=s.xi, epsilon=s.epsilon)
+            lds = vat_lds_loss(model, all_x, TOY_DISCREPANCIES[s.discrepancy], xi=s.xi, magnitude=s.magnitude)
             weight = s.consistency * sigmoid_rampup(iteration, s.rampup_iterations)
             loss = loss + weight * (lds + s.separation_weight * separation)
         optimizer.zero_grad(set_to_none=True)

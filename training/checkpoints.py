@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from networks import save_checkpoint, split_head_keys
+from networks import save_checkpoint
 from utils.atomic import write_text_atomic
 from utils.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, read_checkpoint
 from utils.errors import UserError
 
 from .config import PROTOCOLS, TrainConfig, config_differences
-from .optim import remap_optimizer_state, restore_zero_gradients
+from .optim import restore_zero_gradients
 
 CHECKPOINT_FOLDER = "checkpoints"
 _NAME = re.compile(r"^iter_(\d+)\.pth$")
@@ -188,16 +188,6 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
     return path, state
 
 
-def saved_parameter_names(state: dict) -> list[str]:
-    """The parameter names the optimiser state of a resume checkpoint indexes. Checkpoints from before the names
-    were stored list the network's parameters in its state-dict order (SS-Net's heads among them)."""
-    if state.get("parameter_names"):
-        return list(state["parameter_names"])
-    network_state = state["state_dict"]
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return [k for k in network_state if not k.endswith(buffers)]
-
-
 class CheckpointStore:
     """The checkpoint files of one run folder and the one metadata builder they share."""
 
@@ -237,18 +227,18 @@ class CheckpointStore:
         save_checkpoint(path, network, **self.metadata(iteration, list_name, score, method_state))
 
     @staticmethod
-    def restore(state: dict, network, optimizer, method, parameter_names: list[str]) -> None:
-        """Weights, optimiser and method state of a resume checkpoint (also one written when every network
-        carried SS-Net's heads: those go to the method, and the optimiser state is re-indexed by name)."""
-        backbone, heads = split_head_keys(state["state_dict"])
-        network.load_state_dict(backbone)
-        method.load_legacy_network_keys(heads)
-        method.load_state_dict(state["method_state"])
-        saved_names = saved_parameter_names(state)
-        optimizer_state = state["optimizer"]
+    def restore(state: dict, path: Path, method, optimizer, parameter_names: list[str]) -> None:
+        """Weights, optimiser and method state of a resume checkpoint. Run folders of the versions whose networks
+        carried SS-Net's heads (no `parameter_names`) cannot be resumed (docs/training.md)."""
+        saved_names = state.get("parameter_names")
         if saved_names != parameter_names:
-            optimizer_state = remap_optimizer_state(optimizer_state, saved_names, parameter_names)
-        optimizer.load_state_dict(optimizer_state)
+            why = ("it was written by an earlier version whose networks carried SS-Net's heads" if not saved_names
+                   else "its optimiser state belongs to other parameters")
+            raise UserError(f"cannot resume from {path}: {why}; evaluate its checkpoints with test_la.py / "
+                            f"test_acdc.py, or start a new run with another --run_dir")
+        method.network.load_state_dict(state["state_dict"])
+        method.load_method_state(state["method_state"])
+        optimizer.load_state_dict(state["optimizer"])
         restore_zero_gradients(optimizer)
 
     def restore_best_files(self, bests: dict[str, Best], iteration: int, network, method_state: dict,

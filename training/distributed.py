@@ -18,22 +18,22 @@ Semantics, so that a number of iterations means the same thing for every world s
 * Random draws inside the step (dropout, VAT's random probe direction, teacher input noise) use a stream per
   rank; the weights are initialised before the streams split, so every rank starts from the same weights.
 
-How the gradients are synchronised, and why this way: the whole `method.training_loss` runs inside ONE
-forward of a DDP-wrapped module (`MethodStep`), and the loss it returns is the DDP output whose backward
-all-reduces the gradients. SS-Net calls the network several times per iteration (the main pass, VAT's clean
-pass without gradient, the probe pass whose gradient is taken only with respect to the perturbation by
-torch.autograd.grad, the adversarial pass) and the SS-Net heads outside `network.forward`; wrapping only the
-network would make DDP expect one backward per forward call and would miss the heads. Wrapping the step
-gives DDP exactly one forward and one backward per iteration. The VAT probe's autograd.grad touches no
-parameter gradient, so DDP's hooks never fire for it. DDP searches for unused parameters only for a method
-that declares it may leave some (SS-Net: which selector heads get a gradient depends on the data, the
+How the gradients are synchronised, and why this way: a method is an nn.Module that owns the network and what
+it trains with it, and its forward is the whole step; DDP wraps the method itself, so one iteration is ONE DDP
+forward, and the loss it returns is the DDP output whose backward all-reduces the gradients. SS-Net calls the
+network several times per iteration (the main pass, VAT's clean pass without gradient, the probe pass whose
+gradient is taken only with respect to the perturbation by torch.autograd.grad, the adversarial pass) and the
+SS-Net heads outside `network.forward`; wrapping only the network would make DDP expect one backward per forward
+call and would miss the heads. The VAT probe's autograd.grad touches no parameter gradient, so DDP's hooks never
+fire for it. A teacher gets no gradient and is no DDP parameter. DDP searches for unused parameters only for a
+method that declares it may leave some (SS-Net: which selector heads get a gradient depends on the data, the
 background ones never do); every other method uses all its parameters in every step. Modules a method trains
-outside that step with its own optimiser (SASSNet's discriminator) are averaged explicitly with
-`average_gradients` (flattened all-reduce).
+outside that step with its own optimiser (SASSNet's discriminator, stepped in `after_optimizer_step`, outside any
+DDP forward) are averaged explicitly with the step context's `average_gradients` (flattened all-reduce).
 
 SS-Net's prototype memory: the candidate features are gathered from every rank (in rank order, so the set is
 the one a single process would see for the global batch) before the memory update, so the memory is the same
-on every rank (`Method.gather_across_ranks`).
+on every rank (the step context's `gather_across_ranks`).
 
 SyncBatchNorm (--sync_bn) converts the network's BatchNorm layers only, not SS-Net's heads: they run BatchNorm on
 voxel sets whose number of calls depends on the local data (classes present), and a synchronised layer there
@@ -60,7 +60,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from methods import MethodOutput
 from utils.errors import UserError
 
 from .checkpoints import capture_rng
@@ -143,23 +142,6 @@ class RankBatchSampler:
         while True:
             yield self.batch_at(t)
             t += 1
-
-
-class MethodStep(nn.Module):
-    """The method's whole training loss as one module forward, so that DDP sees one forward and one backward
-    per iteration however often the method calls the network. The network and the modules the method trains
-    with it (SS-Net's heads) are submodules: DDP averages their gradients; teachers and other method state are
-    not parameters of this module."""
-
-    def __init__(self, method):
-        super().__init__()
-        self.network = method.network
-        self.extra = nn.ModuleDict(method.extra_modules)
-        self._method = (method,)  # a tuple hides it from nn.Module registration
-
-    def forward(self, labeled, unlabeled, iteration: int):
-        output = self._method[0].training_loss(labeled, unlabeled, iteration)
-        return output.loss, output.terms, output.labeled_logits, output.monitors
 
 
 def convert_to_sync_bn(network: nn.Module) -> nn.Module:
@@ -248,22 +230,14 @@ class Distributed:
     def shard(self, sampler):
         return RankBatchSampler(sampler, self.rank, self.world_size) if self.active else sampler
 
-    def training_step(self, method) -> Callable:
-        """method.training_loss, or the same call through DDP with the method's cross-rank hooks set."""
+    def wrap(self, method: nn.Module) -> nn.Module:
+        """The method, called once per iteration: itself in one process, through DDP under torchrun."""
         if not self.active:
-            return method.training_loss
-        method.gather_across_ranks = self.gather_rows
-        method.average_gradients = self.average_gradients
+            return method
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        step = DistributedDataParallel(MethodStep(method), device_ids=device_ids,
+        return DistributedDataParallel(method, device_ids=device_ids,
                                        find_unused_parameters=method.leaves_parameters_unused,
                                        **NO_FORWARD_BUFFER_SYNC)  # buffers: see sync_buffers
-
-        def training_loss(labeled, unlabeled, iteration: int):
-            loss, terms, logits, monitors = step(labeled, unlabeled, iteration)
-            return MethodOutput(loss, terms, logits, monitors)
-
-        return training_loss
 
     # -- collectives of the training loop ----------------------------------------------------------
     def sync_buffers(self, modules: Iterable[nn.Module]) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from utils.errors import UserError
 from utils.ramps import learning_rate
 
 from .config import OPTIMIZER_IMPLS, TrainConfig
@@ -46,22 +45,3 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, iteration: int, config: 
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
-
-
-def remap_optimizer_state(state: dict, saved_names: list[str], names: list[str]) -> dict:
-    """An SGD state dict saved for parameters `saved_names` (in order), re-indexed for `names`.
-
-    Checkpoints written when every network carried SS-Net's heads list those heads among the network's
-    parameters (before MC-Net's second decoder, e.g.); a parameter the saved run had but this one has not must
-    never have been stepped (no state), else the checkpoint belongs to another model."""
-    index = {name: i for i, name in enumerate(saved_names)}
-    missing = [n for n in names if n not in index]
-    if missing:
-        raise UserError(f"the optimizer state has no entry for {missing[:3]}")
-    dropped = [i for n, i in index.items() if n not in set(names) and i in state["state"]]
-    if dropped:
-        raise UserError(f"the optimizer state holds momentum for parameters this model lacks: "
-                         f"{[saved_names[i] for i in dropped[:3]]}")
-    (group,) = state["param_groups"]
-    remapped = {i: state["state"][index[n]] for i, n in enumerate(names) if index[n] in state["state"]}
-    return {"state": remapped, "param_groups": [{**group, "params": list(range(len(names)))}]}

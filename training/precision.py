@@ -3,7 +3,7 @@
     precision = Precision("bf16", device, logger)
     zero_gradients(optimizer)
     with precision.autocast():
-        output = method.training_loss(labeled, unlabeled, iteration)   # may call precision.backward(part)
+        output = method(labeled, unlabeled, StepContext(t, backward=precision.backward))  # may backpropagate parts
     precision.backward_and_step(output.loss, optimizer)
 
 "off" (the default) is plain fp32, the paper's math: no autocast region, no scaler, backward() + step().
@@ -39,13 +39,16 @@ class Precision:
         """Region whose convolutions/matmuls run in the reduced dtype; a no-op context for mode "off"."""
         return autocast(self.mode, self.device)
 
-    def backward(self, loss: torch.Tensor, also: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
-        """Backpropagate one part of the step's loss now (Method.backward_early): `loss` scaled as the final
-        backward scales it (fp16), together with (tensor, gradient) pairs whose gradients come from earlier parts
-        of the same step (so already scaled). Outside any autocast region, as a backward must run."""
-        roots = [self.scaler.scale(loss), *(tensor for tensor, _ in also)]
+    def backward(self, part: torch.Tensor, gradient: torch.Tensor | None = None,
+                 also: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+        """Backpropagate one part of the step's loss now (StepContext.backward): `part` seeded with `gradient`
+        (default 1) times the loss scale of the final backward (fp16; a power of two, so the product is exact),
+        together with (tensor, gradient) pairs whose gradients come from earlier parts of the same step (so
+        already scaled). Outside any autocast region, as a backward must run."""
+        seed = self.scaler.scale(torch.ones_like(part) if gradient is None else gradient)
+        roots = [part, *(tensor for tensor, _ in also)]
         with torch.autocast(self.device.type, enabled=False) if self.enabled else contextlib.nullcontext():
-            torch.autograd.backward(roots, [None, *(gradient for _, gradient in also)])
+            torch.autograd.backward(roots, [seed, *(g for _, g in also)])
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                           iteration: int | None = None) -> bool:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from dataloaders import TwoStreamBatchSampler, get_dataset
+from dataloaders import TwoStreamBatchSampler, get_dataset, training_batches
 from inference import InferenceSettings, Predictor
-from methods import METHODS, Batch, build_method
+from methods import METHODS, Batch, StepContext, build_method
 from networks import build_network
 from networks.speed import prepare_network
 from utils.cli import resolve_device
@@ -97,12 +96,10 @@ def check_split(config: TrainConfig, split) -> None:
                         f"--lists_dir or use --select last")
 
 
-def labeled_and_unlabeled(batches, labeled_bs: int, uses_unlabeled: bool, device: torch.device):
+def labeled_and_unlabeled(batches, labeled_bs: int, uses_unlabeled: bool):
     """The loader's batches as (labeled Batch, unlabeled Batch or None); the labeled samples come first."""
     for batch in batches:
-        images = batch["image"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
-        cases = list(batch["case"])
+        images, labels, cases = batch["image"], batch["label"], batch["case"]
         labeled = Batch(images[:labeled_bs], labels[:labeled_bs], cases[:labeled_bs])
         yield labeled, Batch(images[labeled_bs:], None, cases[labeled_bs:]) if uses_unlabeled else None
 
@@ -163,11 +160,14 @@ class Training:
         prepare_network(self.network, channels_last=config.channels_last, compile=config.compile)
         self.precision = Precision(config.amp, self.device, self.log.logger)
         self.method = build_method(config.method, self.network, config)
-        if config.low_memory:  # methods with parts on separate graphs backpropagate each as it completes
-            self.method.backward_early = self.precision.backward
-        self.parameter_names = [name for name, _ in self.method.named_parameters()]
-        self.optimizer = build_sgd(self.method.parameters(), lr=config.base_lr, impl=config.optimizer_impl)
-        self.training_loss = ddp.training_step(self.method)  # torchrun: through DDP; else the method's own
+        # what a step may call outside the method: --low_memory 1 lets a method whose loss has parts on separate
+        # graphs backpropagate each as it completes; under torchrun, the collectives
+        self.step_context = StepContext(0, backward=self.precision.backward if config.low_memory else None,
+                                        gather_across_ranks=ddp.gather_rows, average_gradients=ddp.average_gradients)
+        trained = list(self.method.trained_parameters())
+        self.parameter_names = [name for name, _ in trained]
+        self.optimizer = build_sgd([p for _, p in trained], lr=config.base_lr, impl=config.optimizer_impl)
+        self.train_step = ddp.wrap(self.method)  # torchrun: DDP around the method; else the method itself
         inference = InferenceSettings(patch_size=tuple(config.patch_size), stride=tuple(config.stride),
                                       batch_size=config.eval_batch_size, nms=False)
         self.store = CheckpointStore(self.run_dir, config, {**inference.to_dict(), "nms": dataset.test_nms})
@@ -188,18 +188,17 @@ class Training:
             batch_size=batch_size, labeled_bs=config.labeled_bs, seed=config.seed,
             start_iteration=self.start_iteration,  # batch t is a pure function of (seed, t): nothing to restore
         ))  # torchrun: this rank's labeled and unlabeled slices of every global batch
-        loader = DataLoader(train_data, batch_sampler=sampler, num_workers=config.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=config.num_workers > 0)
-        # Creating the loader iterator draws a base seed from the global generator: do it before restoring the
-        # generators, so that a resumed run continues with exactly the state the interrupted one saved.
         ddp.seed_rank(config.seed)  # torchrun: a random stream per rank from here on (weights already identical)
-        self.batches = labeled_and_unlabeled(iter(loader), sampler.labeled_bs, self.uses_unlabeled, self.device)
+        # The loader draws a base seed from the global generator: before the generators are restored, so that a
+        # resumed run continues with exactly the state the interrupted one saved.
+        batches = training_batches(train_data, sampler, config.num_workers, self.device)
+        self.batches = labeled_and_unlabeled(batches, sampler.labeled_bs, self.uses_unlabeled)
         if resume and ddp.rank_rng(resume[1]) is not None:
             restore_rng(ddp.rank_rng(resume[1]))
         self._describe(split.labeled, self.unlabeled_ids, sampler, batch_size, resume is not None)
 
     def _restore(self, path: Path, state: dict) -> None:
-        self.store.restore(state, self.network, self.optimizer, self.method, self.parameter_names)
+        self.store.restore(state, path, self.method, self.optimizer, self.parameter_names)
         if "precision" in state["extra"]:
             self.precision.load_state_dict(state["extra"]["precision"])
         for name, record in state["best"].items():
@@ -211,7 +210,7 @@ class Training:
         self.log.info("resumed from %s (iteration %d)", path, self.start_iteration)
         if self.ddp.is_main:
             self.store.restore_best_files(self.selector.bests, self.start_iteration, self.network,
-                                          self.method.state_dict(), self.log)
+                                          self.method.method_state(), self.log)
 
     def _describe(self, labeled: list[str], unlabeled: list[str], sampler, batch_size: int, resumed: bool) -> None:
         c = self.config
@@ -219,10 +218,10 @@ class Training:
             self.log.info("run folder %s", self.run_dir)
             self.log.info("%s on %s: labeled %s, unlabeled %s, selection: %s", c.method, c.dataset,
                           self.dataset.describe_items(labeled), self.dataset.describe_items(unlabeled), c.protocol)
+            extra = sum(p.numel() for m in self.method.trained_modules()[1:] for p in m.parameters())
             self.log.info("network %s, %s parameters (+ %s trained by %s), device %s", c.network,
-                          f"{sum(p.numel() for p in self.network.parameters()):,}",
-                          f"{sum(p.numel() for m in self.method.extra_modules.values() for p in m.parameters()):,}",
-                          c.method, self.device)
+                          f"{sum(p.numel() for p in self.network.parameters()):,}", f"{extra:,}", c.method,
+                          self.device)
         if self.ddp.active:
             self.log.info("torchrun: %d processes, each %d labeled + %d unlabeled of every global batch%s",
                           self.ddp.world_size, sampler.labeled_bs, batch_size // self.ddp.world_size -
@@ -244,15 +243,16 @@ class Training:
                 self.save_resume(iteration)
             for best in improved if self.ddp.is_main else []:
                 self.store.save_model(best.path, self.network, iteration, best.list_name, best.score,
-                                      self.method.state_dict())
+                                      self.method.method_state())
         return self.finish(time.perf_counter() - start)
 
     def step(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> StepResult:
         """One optimiser step: the method's loss, a check for NaN / Inf, backward, SGD, the method's after-step
         hook (EMA teachers, SASSNet's discriminator) and the recipe's LR for the next iteration."""
         zero_gradients(self.optimizer)  # before the loss: --low_memory backpropagates parts of it inside
+        context = self.step_context.at(iteration)
         with self.precision.autocast():
-            output = self.training_loss(labeled, unlabeled, iteration)
+            output = self.train_step(labeled, unlabeled, context)
         terms = {k: float(v) for k, v in output.terms.items()}
         monitors = {k: float(v) for k, v in output.monitors.items()}
         # torchrun: the logged values of the global batch
@@ -260,8 +260,8 @@ class Training:
         if not math.isfinite(loss):  # before any parameter update (parts may have been backpropagated)
             self.stop_non_finite(iteration, loss, scalars)
         self.precision.backward_and_step(output.loss, self.optimizer, iteration)
-        self.ddp.sync_buffers([self.network, *self.method.extra_modules.values()])  # rank 0's BN statistics
-        self.method.after_optimizer_step(iteration)
+        self.ddp.sync_buffers(self.method.trained_modules())  # rank 0's BN statistics
+        self.method.after_optimizer_step(context)
         lr = set_learning_rate(self.optimizer, iteration, self.config)
         return StepResult(loss, {k: scalars[k] for k in terms}, {k: scalars[k] for k in monitors}, lr,
                           output.labeled_logits)
@@ -280,7 +280,7 @@ class Training:
 
     def save_resume(self, iteration: int) -> None:
         self.log.flush()  # events up to this iteration are on disk before the checkpoint that vouches for them
-        state = ResumeState(iteration, self.optimizer.state_dict(), self.method.state_dict(), capture_rng(),
+        state = ResumeState(iteration, self.optimizer.state_dict(), self.method.method_state(), capture_rng(),
                             {n: b.to_dict() for n, b in self.selector.bests.items()}, self.losses,
                             extra={"precision": self.precision.state_dict(), **self.ddp.resume_extra()},
                             parameter_names=self.parameter_names)
@@ -305,7 +305,7 @@ class Training:
             self.ddp.barrier()
             return TrainResult(self.run_dir, store.primary_path, store.last_path, None, 0, self.losses, seconds,
                                {}, self.start_iteration)
-        method_state = self.method.state_dict()
+        method_state = self.method.method_state()
         store.save_model(store.last_path, self.network, config.max_iteration, "last", None, method_state)
         if config.select == "last" or not bests[config.select].found:  # no selection, or no evaluation happened
             if config.select != "last":

@@ -126,7 +126,7 @@ def vat_lds_loss(
     discrepancy: Callable[[Tensor, Tensor], Tensor],
     *,
     xi: float = 10.0,
-    epsilon: float = 10.0,
+    magnitude: float = 10.0,
     power_iterations: int = 1,
     clean_probs: Tensor | None = None,
 ) -> Tensor:
@@ -135,7 +135,8 @@ def vat_lds_loss(
     The target is the soft prediction of a separate training-mode forward without gradient (it updates BN
     running statistics, as the official code); the probe and adversarial passes run with BN statistics frozen.
     Gradient reaches the parameters only through the adversarial prediction. `clean_probs`: that target when
-    the caller has computed it (SS-Net reuses its main pass's encoder trunk for it, methods/ss_net.py).
+    the caller has computed it (SS-Net's low-memory step reuses its main pass's encoder trunk for it).
+    xi: the probe step, magnitude: the perturbation's L2 norm per sample (the paper's epsilon).
     """
 
     def predict_probs(x: Tensor) -> Tensor:
@@ -150,7 +151,7 @@ def vat_lds_loss(
                 predict_probs, images, clean_probs, discrepancy, xi=xi, power_iterations=power_iterations
             )
         with section("VAT adversarial forward"):
-            return discrepancy(predict_probs(images + epsilon * direction), clean_probs)
+            return discrepancy(predict_probs(images + magnitude * direction), clean_probs)
 
 
 MEMORY_WEIGHTS = ("ones", "learned")
