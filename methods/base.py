@@ -12,7 +12,7 @@ itself. The trainer (optimiser, schedule, logging, evaluation, checkpoints) know
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import ClassVar, NamedTuple
@@ -219,7 +219,3 @@ class Method(nn.Module):
         shown.update(monitors or {})
         return MethodOutput(loss, logged, labeled_logits.detach(), shown)
 
-
-def parameters_of(modules: Sequence[nn.Module]) -> Iterator[nn.Parameter]:
-    for module in modules:
-        yield from module.parameters()

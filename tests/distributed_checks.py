@@ -12,6 +12,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from methods import Batch, Method, MethodSettings, StepContext, build_method
 from networks import build_network
@@ -74,6 +75,7 @@ def check_one_step_matches_one_process(ddp) -> None:
     reference = copy.deepcopy(network)
     method = CrossEntropyOnly(network, MethodSettings(num_classes=2))
     step = ddp.wrap(method)
+    assert isinstance(step, DistributedDataParallel) and step.module is method  # DDP wraps the method itself
     images, labels = global_batch(4, seed=1)
     mine = slice(2 * ddp.rank, 2 * ddp.rank + 2)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -145,3 +146,30 @@ def test_unlabeled_terms_alone_move_the_network():
 def test_unknown_method_suggests_the_right_name():
     with pytest.raises(ValueError, match="did you mean 'ss_net'"):
         build_method("ssnet", None, MethodSettings(num_classes=2))
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_the_trainer_sets_no_attribute_on_a_method(tmp_path, monkeypatch, low_memory):
+    """The step contract is explicit: what a step may call arrives in its StepContext; nothing outside methods/
+    assigns to a method (no hooks injected by the trainer, the precision or the DDP code)."""
+    from dataloaders import make_synthetic_la
+    from methods import Method
+    from training import make_config, train
+
+    assigned_from_outside = []
+    original = Method.__setattr__
+
+    def recording_setattr(self, name, value):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if not caller.startswith(("methods.", "torch.")):
+            assigned_from_outside.append((caller, name))
+        original(self, name, value)
+
+    monkeypatch.setattr(Method, "__setattr__", recording_setattr)
+    root = make_synthetic_la(tmp_path / "data", n_train=4, n_test=1, shape=(24, 24, 20), seed=0, n_val=1)
+    config = make_config("LA", root_path=str(root), lists_dir=str(root), labelnum=2, max_iteration=2,
+                         patch_size=[16, 16, 16], network_kwargs={"base_filters": 2}, stride=[8, 8, 8],
+                         eval_every=2, eval_start=2, num_workers=0, device="cpu", progress=False, image_every=0,
+                         low_memory=low_memory, run_dir=str(tmp_path / "run"))
+    train(config)
+    assert assigned_from_outside == []
