@@ -1,6 +1,8 @@
 """Transforms, LA / ACDC datasets (real data where available) and the synthetic LA set (docs/method.md §3.2)."""
 from __future__ import annotations
 
+import gc
+import time
 from itertools import islice
 
 import h5py
@@ -28,6 +30,8 @@ from dataloaders import (
     read_list,
     resize_nearest,
 )
+from dataloaders import loader as loader_module
+from dataloaders.loader import BackgroundBatches, training_batches
 from dataloaders.splits import DATA_DIR
 from dataloaders.transforms import crop_padding
 
@@ -215,6 +219,62 @@ def test_la_volumes_on_synthetic_with_sampler_and_workers(synthetic_root):
     batch = next(iter(DataLoader(dataset, batch_sampler=sampler)))
     assert batch["image"].shape == (4, 1, 24, 24, 16) and batch["label"].shape == (4, 24, 24, 16)
     assert batch["case"][:2] == [ids[i] for i, _ in sampler.batch_at(0)[:2]]
+
+
+def synthetic_batches(root, workers, n=3):
+    split = la_split(2, lists_dir=root)
+    ids = split.labeled + split.unlabeled
+    dataset = LAVolumes(root, ids, transform=LATrainTransform((24, 24, 16)))
+    sampler = TwoStreamBatchSampler(range(2), range(2, len(ids)), batch_size=4, labeled_bs=2, seed=3)
+    return list(islice(training_batches(dataset, sampler, workers, torch.device("cpu")), n))
+
+
+def test_training_batches_equal_from_the_background_thread_and_from_worker_processes(synthetic_root):
+    thread, processes = synthetic_batches(synthetic_root, 0), synthetic_batches(synthetic_root, 2)
+    for a, b in zip(thread, processes, strict=True):
+        assert a["case"] == b["case"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert thread[0]["image"].shape == (4, 1, 24, 24, 16) and thread[0]["label"].dtype == torch.int64
+    assert not torch.equal(thread[0]["image"], thread[1]["image"])
+
+
+def test_background_batches_keep_order_run_ahead_and_raise_the_loaders_error():
+    produced = []
+
+    def source():
+        for i in range(3):
+            produced.append(i)
+            yield i
+        raise OSError("disk gone")
+
+    batches = BackgroundBatches(source(), ahead=1)
+    assert next(batches) == 0
+    deadline = time.monotonic() + 10
+    while len(produced) < 2 and time.monotonic() < deadline:  # the next item is prepared before it is asked for
+        time.sleep(0.01)
+    assert produced == [0, 1]
+    assert [next(batches), next(batches)] == [1, 2]
+    with pytest.raises(OSError, match="disk gone"):
+        next(batches)
+
+
+def test_background_thread_ends_when_its_iterator_is_dropped():
+    batches = BackgroundBatches(iter(range(10**9)), ahead=2)
+    thread = batches._thread
+    assert next(batches) == 0 and thread.is_alive()
+    del batches
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_the_pinned_stream_pins_image_and_label(monkeypatch):
+    # CPU-only builds cannot pin: stand in for Tensor.pin_memory and check both tensors go through it
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self.clone())
+    batch = {"image": torch.zeros(2, 1, 4, 4), "label": torch.zeros(2, 4, 4, dtype=torch.int64), "case": ["a", "b"]}
+    out = next(loader_module._pinned(iter([batch])))
+    assert pinned == [(2, 1, 4, 4), (2, 4, 4)] and out["case"] == ["a", "b"]
 
 
 # ---------------------------------------------------------------- real data

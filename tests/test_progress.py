@@ -5,6 +5,7 @@ import io
 import os
 
 import pytest
+import torch
 
 from training.config import TrainConfig, default_num_workers
 from training.flags import build_train_parser, config_from_args
@@ -51,9 +52,13 @@ def test_a_disabled_bar_writes_nothing():
     assert stream.getvalue() == ""
 
 
-@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 2), (3, 3), (4, 4), (16, 4)])
-def test_num_workers_defaults_to_at_most_the_available_cores(cores, workers, monkeypatch):
+@pytest.mark.parametrize(("cuda", "cores", "workers"),
+                         [(True, 1, 1), (True, 2, 2), (True, 3, 3), (True, 4, 4), (True, 16, 4), (False, 2, 0),
+                          (False, 16, 0)])
+def test_num_workers_defaults_to_at_most_the_available_cores_and_none_on_a_cpu(cuda, cores, workers, monkeypatch):
+    """On a CPU the default is the background thread (0 worker processes), whatever the cores."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert default_num_workers() == workers
     assert TrainConfig(dataset="LA").num_workers == workers
     for dataset in ("LA", "ACDC"):

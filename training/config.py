@@ -44,7 +44,11 @@ GROUP_ORDER = (RUN, OPTIMISATION, LOSSES, SSNET, TEACHERS, SELECTION, MACHINE, S
 
 
 def default_num_workers() -> int:
-    """Data-loading processes: 4 (the official scripts) or fewer when this process may use fewer CPU cores."""
+    """Data-loading processes: none where the default device is a CPU (the step's intra-op threads use every core;
+    a background thread of the training process loads the next batch meanwhile, dataloaders/loader.py); else 4 (the
+    official scripts) or fewer when this process may use fewer CPU cores."""
+    if default_device() == "cpu":
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -108,7 +112,8 @@ class TrainConfig(MethodSettings):
     eval_batch_size: int = setting(4, "patches/slices per forward at evaluation", runtime=True, group=SELECTION)
     # -- machine and outputs
     device: str = setting(help="cuda, cuda:1, cpu, ...", factory=default_device, runtime=True, group=MACHINE)
-    num_workers: int = setting(help="data-loading worker processes (default: 4, at most the available cores)",
+    num_workers: int = setting(help="data-loading worker processes; 0 = a background thread (default on a CPU; "
+                               "on a GPU: 4, at most the available cores)",
                                factory=default_num_workers, runtime=True, group=MACHINE)
     image_every: int = setting(200, "iterations between TensorBoard image panels; 0 = none", runtime=True,
                                group=MACHINE)

@@ -83,6 +83,9 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         # cuBLAS needs a fixed workspace for reproducible GEMMs; it must be set before the first cuBLAS call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # ...without its NaN fill of every new tensor: a debugging aid (reads of uninitialised memory show as NaN)
+    # that writes each activation twice, 17 % of a CPU LA step (docs/speed.md); outputs are fully written anyway
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 
