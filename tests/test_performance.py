@@ -310,6 +310,41 @@ def test_bench_tiny_writes_json(tmp_path):
     assert {"official_s", "fast_s", "fast_eval_stride_s", "speedup"} <= set(report["projection_LA_full_run"])
 
 
+def test_deterministic_training_does_not_nan_fill_every_new_tensor():
+    """--deterministic 1 keeps deterministic kernels but not the NaN fill of new tensors (17 % of a CPU LA step)."""
+    from training.trainer import configure_determinism
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        configure_determinism(True, torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
+def test_program_benchmark_runs_the_trainer_beside_its_step(tmp_path):
+    from benchmarks import program
+    from dataloaders import make_synthetic_la
+    data = make_synthetic_la(tmp_path / "data", n_train=5, n_test=1, shape=(24, 24, 20), seed=2, n_val=1)
+    out = tmp_path / "program.json"
+    assert program.main(["--dataset", "LA", "--root_path", str(data), "--lists_dir", str(data), "--patch_size",
+                         "16,16,16", "--base_filters", "4", "--iterations", "2", "--warmup", "1", "--threads", "1",
+                         "--device", "cpu", "--official", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    run = report["program"]
+    assert len(run["iteration_seconds"]) == 2 and len(run["warmup_seconds"]) == 1
+    assert run["num_workers"] == 0 and run["largest_child_peak_gib"] is None  # the CPU default: the loader thread
+    assert run["patch_size"] == [16, 16, 16] and run["network_kwargs"]["base_filters"] == 4
+    assert 0 < run["start_to_first_batch_s"] and 0 < run["peak_memory_gib"]
+    for mode in ("default", "official"):
+        assert report[f"step_{mode}"]["seconds_per_iteration"] > 0
+        assert set(report[f"program_over_step_{mode}"]) == {"time", "memory"}
+    assert program.main(["--dataset", "LA", "--output", str(tmp_path / "x.json")]) == 2  # no --root_path
+
+
 def test_gpu_check_script_parses():
     script = REPO / "benchmarks" / "gpu_check.sh"
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
