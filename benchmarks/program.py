@@ -55,6 +55,15 @@ class TimedBatches:
         return next(self.batches)
 
 
+def top_operators(profiler, rows: int) -> list[dict]:
+    """The operators that took the most CPU time of the whole profiled run (warm-up included): name, self CPU %,
+    calls; shares, unlike seconds, survive a loaded machine."""
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [{"operator": e.key, "self_cpu_percent": round(100 * e.self_cpu_time_total / total, 2), "calls": e.count}
+            for e in events[:rows]]
+
+
 def program_job(job: dict) -> dict:
     """The trainer on real cases: per-iteration seconds of the whole loop, start-up seconds, peak memory."""
     from training.config import make_config
@@ -78,7 +87,13 @@ def program_job(job: dict) -> dict:
             training = Training(config, ddp)
             timed = training.batches = TimedBatches(training.batches)
             try:
-                training.run()
+                if job.get("profile"):
+                    from torch.profiler import ProfilerActivity, profile
+                    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                        training.run()
+                    profile_rows = top_operators(profiler, job["profile"])
+                else:
+                    training.run()
             finally:
                 training.log.close()
         first_batch_s = timed.requested_at[0] - _START
@@ -91,7 +106,8 @@ def program_job(job: dict) -> dict:
             "start_to_first_batch_s": first_batch_s, "peak_memory_gib": process_memory_gib("VmHWM"),
             "largest_child_peak_gib": children_gib if config.num_workers else None, "num_workers": config.num_workers,
             "patch_size": list(config.patch_size), "batch_size": config.batch_size, "labeled_bs": config.labeled_bs,
-            "network_kwargs": config.network_kwargs, "memory_kind": "peak_rss"}
+            "network_kwargs": config.network_kwargs, "memory_kind": "peak_rss",
+            **({"profile": profile_rows} if job.get("profile") else {})}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None, help="the program's --num_workers (default: its own)")
     p.add_argument("--patch_size", type=int_list, default=[], help="training crop (default: the dataset's)")
     p.add_argument("--base_filters", type=int, default=0, help="LA: a narrower V-Net (0: the paper's 16)")
+    p.add_argument("--profile", type=int, default=0, help="also list the N operators that took the most CPU time "
+                   "in the program (torch.profiler; slows the program, so its s/iteration is then not comparable)")
     p.add_argument("--official", type=int, default=0, choices=(0, 1), help="also the official-mode step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", default="program.json", help="JSON file to write")
@@ -121,7 +139,7 @@ def run_program_benchmark(args: argparse.Namespace) -> dict:
     job = {"kind": "program", "dataset": args.dataset, "root_path": args.root_path, "lists_dir": args.lists_dir,
            "labelnum": args.labelnum, "iterations": args.iterations, "warmup": args.warmup,
            "threads": args.threads, "device": args.device, "num_workers": args.num_workers,
-           "patch_size": list(args.patch_size), "network_kwargs": network_kwargs}
+           "patch_size": list(args.patch_size), "network_kwargs": network_kwargs, "profile": args.profile}
     report = {"device": args.device, "torch": torch.__version__, "cpu_threads": args.threads or torch.get_num_threads(),
               "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
               "settings": {k: v for k, v in vars(args).items() if k not in ("output", "worker")}}
@@ -137,6 +155,8 @@ def run_program_benchmark(args: argparse.Namespace) -> dict:
                 "device": args.device, "threads": args.threads,
                 "options": {"amp": "off", "channels_last": False, "compile": False, "optimizer_impl": "default",
                             "eval_batch_size": 4}}
+    for row in program.get("profile", []):
+        print(f"  {row['self_cpu_percent']:6.2f} %  {row['calls']:6d} calls  {row['operator']}")
     for mode in ("default", "official") if args.official else ("default",):
         step = run_worker({**step_job, "mode": mode})
         report[f"step_{mode}"] = step

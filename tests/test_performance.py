@@ -332,13 +332,15 @@ def test_program_benchmark_runs_the_trainer_beside_its_step(tmp_path):
     out = tmp_path / "program.json"
     assert program.main(["--dataset", "LA", "--root_path", str(data), "--lists_dir", str(data), "--patch_size",
                          "16,16,16", "--base_filters", "4", "--iterations", "2", "--warmup", "1", "--threads", "1",
-                         "--device", "cpu", "--official", "1", "--output", str(out)]) == 0
+                         "--device", "cpu", "--official", "1", "--profile", "5", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     run = report["program"]
     assert len(run["iteration_seconds"]) == 2 and len(run["warmup_seconds"]) == 1
     assert run["num_workers"] == 0 and run["largest_child_peak_gib"] is None  # the CPU default: the loader thread
     assert run["patch_size"] == [16, 16, 16] and run["network_kwargs"]["base_filters"] == 4
     assert 0 < run["start_to_first_batch_s"] and 0 < run["peak_memory_gib"]
+    assert len(run["profile"]) == 5 and any(row["operator"].startswith("aten::") for row in run["profile"])
+    assert "aten::fill_" not in [row["operator"] for row in run["profile"][:3]]  # no NaN fill of every new tensor
     for mode in ("default", "official"):
         assert report[f"step_{mode}"]["seconds_per_iteration"] > 0
         assert set(report[f"program_over_step_{mode}"]) == {"time", "memory"}
