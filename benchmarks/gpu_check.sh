@@ -7,6 +7,11 @@
 #   2. bench.py --compile 1, fast mode only (torch.compile cost and gain), JSON to $OUT/bench_gpu_compile.json.
 #   3. a short real LA SS-Net training with periodic evaluation (fast options), then test_la.py on its best
 #      checkpoint in fp32 and in bf16 (same metrics within the tolerance of docs/speed.md).
+#   5. the programs beside their steps (benchmarks/program.py): ~200 iterations of train_la.py's and (when
+#      $DATA_ACDC holds ACDC cases) train_acdc.py's own loop with the fast settings, s/iteration next to the step
+#      benchmark's, and the full schedule's projected time.
+#   6. predict.py on one restored LA case (only where nibabel is installed) and a one-process NCCL torchrun run.
+#   7. one JSON of everything: $RESULTS/gpu_check.json (results/gpu/ by default), copied to $OUT.
 # Checkpoints and TensorBoard files stay in $WORK (they exceed what a device call returns); $OUT gets at most
 # 8 flat files: the two bench JSONs, bench/train logs and both test summaries. The figures are also printed.
 #
@@ -28,6 +33,8 @@ WORK=${WORK:-/tmp/gpu_check_work}
 DEVICE=${DEVICE:-cuda}
 TINY=${TINY:-0}
 DATA=${DATA:-.device_data/LA}
+DATA_ACDC=${DATA_ACDC:-.device_data/ACDC}
+RESULTS=${RESULTS:-results/gpu}
 mkdir -p "$OUT" "$WORK"
 PY=${PYTHON:-python3}
 start=$(date +%s)
@@ -44,6 +51,9 @@ if [ "$TINY" = 1 ]; then
     TRAIN=(--patch_size 32,32,32 --base_filters 4 --stride 16,16,16 --eval_stride 32,32,32 --max_iteration 4
            --eval_every 2 --eval_start 2 --num_workers 0)
     TEST=(--batch_size 4)
+    PROGRAM=(--iterations 2 --warmup 1 --threads 1 --patch_size 32,32,32 --base_filters 4)
+    PROGRAM_ACDC=(--iterations 2 --warmup 1 --threads 1 --patch_size 32,32)
+    TORCHRUN=(--patch_size 32,32,32 --base_filters 4 --stride 16,16,16 --num_workers 0)
 else
     # 3 modes x (LA, ACDC) x (3 + 5 iterations) + 3 x 3 test volumes + 3 x 4 --fits_gb processes: ~3 minutes
     BENCH=(--iterations 5 --warmup 3 --volumes 2 --eval_batch_size 8)
@@ -53,6 +63,9 @@ else
     TRAIN=(--max_iteration 300 --eval_every 100 --eval_start 100 --eval_stride 56,56,40 --num_workers 6
            --eval_batch_size 8 --deterministic 0)
     TEST=(--batch_size 8)
+    PROGRAM=(--iterations 200 --warmup 20)
+    PROGRAM_ACDC=(--iterations 200 --warmup 20)
+    TORCHRUN=(--amp bf16 --channels_last 1 --optimizer_impl fused --deterministic 0)
 fi
 
 stamp "1. bench: official vs default (fp32, memory-saving step, folded BatchNorm) vs fast (bf16, channels-last, fused SGD)"
@@ -110,5 +123,52 @@ out = Path(sys.argv[1])
 means = {amp: json.loads((out / f"test_{amp}_summary.json").read_text())["mean"] for amp in ("off", "bf16")}
 print("mean metrics fp32:", means["off"])
 print("mean metrics bf16:", means["bf16"])
+EOF
+stamp "5. the programs beside their steps, fast settings (benchmarks/program.py)"
+$PY -m benchmarks.program --dataset LA --root_path "$DATA" --lists_dir "$LISTS" --device "$DEVICE" --fast 1 \
+    "${PROGRAM[@]}" --output "$OUT/program_la.json" 2>&1 | tee "$OUT/program.log"
+if [ -d "$DATA_ACDC/data" ]; then
+    $PY -m data.lists acdc "$DATA_ACDC" --out "$WORK/lists_acdc" >/dev/null
+    $PY -m benchmarks.program --dataset ACDC --root_path "$DATA_ACDC" --lists_dir "$WORK/lists_acdc" --labelnum 1 \
+        --device "$DEVICE" --fast 1 "${PROGRAM_ACDC[@]}" --output "$OUT/program_acdc.json" 2>&1 \
+        | tee -a "$OUT/program.log"
+else
+    stamp "   no ACDC data at $DATA_ACDC: train_acdc.py's loop skipped"
+fi
+
+stamp "6. predict.py on one case, and a one-process torchrun run"
+CASE=$(head -n 1 "$LISTS/test.list")
+if $PY -c "import nibabel" 2>/dev/null; then
+    $PY predict.py --checkpoint "$WORK/run/best_model.pth" --input "$DATA/2018LA_Seg_Training Set/$CASE/mri_norm2.h5" \
+        --output "$WORK/predict" --device "$DEVICE" --no_progress && echo "ok" > "$OUT/predict.txt"
+else
+    stamp "   nibabel is not installed here: predict.py (NIfTI output) skipped"
+    echo "skipped: no nibabel" > "$OUT/predict.txt"
+fi
+# NCCL on a GPU, gloo on a CPU (training/distributed.py picks the backend from the device)
+$PY -m torch.distributed.run --standalone --nproc_per_node 1 train_la.py --root_path "$DATA" --lists_dir "$LISTS" \
+    --labelnum 2 --select last --max_iteration 4 --device "$DEVICE" --run_dir "$WORK/torchrun" --no_progress \
+    "${TORCHRUN[@]}" 2>&1 | tail -n 5
+if grep -q "done in" "$WORK/torchrun/log.txt"; then echo "ok" > "$OUT/torchrun.txt"; fi
+
+stamp "7. one JSON: $RESULTS/gpu_check.json"
+mkdir -p "$RESULTS"
+$PY - "$OUT" "$RESULTS/gpu_check.json" "$(( $(date +%s) - start ))" <<'EOF'
+import json, sys
+from pathlib import Path
+out, target, seconds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+def read(name):
+    path = out / name
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()) if name.endswith(".json") else path.read_text().strip()
+report = {"seconds": seconds, "bench": read("bench_gpu.json"), "bench_compile": read("bench_gpu_compile.json"),
+          "program_la": read("program_la.json"), "program_acdc": read("program_acdc.json"),
+          "test_fp32": read("test_off_summary.json"), "test_bf16": read("test_bf16_summary.json"),
+          "predict": read("predict.txt"), "torchrun": read("torchrun.txt")}
+text = json.dumps(report, indent=2) + "\n"
+target.write_text(text)
+(out / "gpu_check.json").write_text(text)
+print("wrote", target, "and", out / "gpu_check.json")
 EOF
 stamp "done"

@@ -75,6 +75,8 @@ def program_job(job: dict) -> dict:
         given = {"root_path": job["root_path"], "lists_dir": job["lists_dir"] or "", "labelnum": job["labelnum"],
                  "select": "last", "max_iteration": total, "run_dir": run_dir, "device": job["device"],
                  "progress": False, "seed": 1337}
+        if job.get("fast"):  # the fast command of docs/speed.md: bf16, channels-last, fused SGD, autotuning
+            given.update(amp="bf16", channels_last=True, optimizer_impl="fused", deterministic=0)
         if job.get("num_workers") is not None:
             given["num_workers"] = job["num_workers"]
         if job.get("patch_size"):
@@ -100,13 +102,18 @@ def program_job(job: dict) -> dict:
         intervals = [b - a for a, b in zip(timed.requested_at, timed.requested_at[1:], strict=False)]
         timed_s = intervals[job["warmup"]:job["warmup"] + job["iterations"]]
         del training, timed  # worker processes end here, so that their peak is counted below
+    full_iterations = make_config(job["dataset"]).max_iteration  # the paper's schedule
     children_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB
     return {"seconds_per_iteration": sum(timed_s) / len(timed_s) if timed_s else math.nan,
-            "iteration_seconds": timed_s, "warmup_seconds": intervals[:job["warmup"]],
+            "iteration_seconds": timed_s, "full_run_iterations": full_iterations,
+            "projected_training_s": full_iterations * sum(timed_s) / len(timed_s) if timed_s else math.nan,
+            "warmup_seconds": intervals[:job["warmup"]],
             "start_to_first_batch_s": first_batch_s, "peak_memory_gib": process_memory_gib("VmHWM"),
             "largest_child_peak_gib": children_gib if config.num_workers else None, "num_workers": config.num_workers,
             "patch_size": list(config.patch_size), "batch_size": config.batch_size, "labeled_bs": config.labeled_bs,
             "network_kwargs": config.network_kwargs, "memory_kind": "peak_rss",
+            **({"cuda_max_memory_allocated_gib": torch.cuda.max_memory_allocated() / GIB}
+               if torch.device(job["device"]).type == "cuda" else {}),
             **({"profile": profile_rows} if job.get("profile") else {})}
 
 
@@ -124,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base_filters", type=int, default=0, help="LA: a narrower V-Net (0: the paper's 16)")
     p.add_argument("--profile", type=int, default=0, help="also list the N operators that took the most CPU time "
                    "in the program (torch.profiler; slows the program, so its s/iteration is then not comparable)")
+    p.add_argument("--fast", type=int, default=0, choices=(0, 1), help="the program with the fast settings (bf16, "
+                   "channels-last, fused SGD, --deterministic 0); the step stays the default one")
     p.add_argument("--official", type=int, default=0, choices=(0, 1), help="also the official-mode step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", default="program.json", help="JSON file to write")
@@ -139,7 +148,8 @@ def run_program_benchmark(args: argparse.Namespace) -> dict:
     job = {"kind": "program", "dataset": args.dataset, "root_path": args.root_path, "lists_dir": args.lists_dir,
            "labelnum": args.labelnum, "iterations": args.iterations, "warmup": args.warmup,
            "threads": args.threads, "device": args.device, "num_workers": args.num_workers,
-           "patch_size": list(args.patch_size), "network_kwargs": network_kwargs, "profile": args.profile}
+           "patch_size": list(args.patch_size), "network_kwargs": network_kwargs, "profile": args.profile,
+           "fast": args.fast}
     report = {"device": args.device, "torch": torch.__version__, "cpu_threads": args.threads or torch.get_num_threads(),
               "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
               "settings": {k: v for k, v in vars(args).items() if k not in ("output", "worker")}}
@@ -147,7 +157,8 @@ def run_program_benchmark(args: argparse.Namespace) -> dict:
     report["program"] = program
     print(f"program {args.dataset}: {program['seconds_per_iteration']:.3f} s/it, peak {program['peak_memory_gib']:.2f} "
           f"GiB, {program['num_workers']} worker processes (their largest peak: {program['largest_child_peak_gib']}), "
-          f"first batch after {program['start_to_first_batch_s']:.1f} s", flush=True)
+          f"first batch after {program['start_to_first_batch_s']:.1f} s; {program['full_run_iterations']} iterations "
+          f"(no evaluation) would take {program['projected_training_s'] / 3600:.2f} h", flush=True)
     network = {**get_dataset(args.dataset).network_kwargs, **network_kwargs}  # as bench.py builds it
     step_job = {"kind": "train", "dataset": args.dataset, "network_kwargs": network,
                 "shape": program["patch_size"], "batch_size": program["batch_size"],
