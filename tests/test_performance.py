@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -310,8 +311,9 @@ def test_bench_tiny_writes_json(tmp_path):
     assert {"official_s", "fast_s", "fast_eval_stride_s", "speedup"} <= set(report["projection_LA_full_run"])
 
 
-def test_deterministic_training_does_not_nan_fill_every_new_tensor():
-    """--deterministic 1 keeps deterministic kernels but not the NaN fill of new tensors (17 % of a CPU LA step)."""
+def test_deterministic_training_does_not_nan_fill_every_new_tensor(monkeypatch):
+    """--deterministic 1 keeps deterministic kernels but not the NaN fill of new tensors (17 % of a CPU LA step);
+    on a GPU it also fixes cuBLAS's workspace (the CUDA-only branch, run here without a GPU)."""
     from training.trainer import configure_determinism
     before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -319,6 +321,13 @@ def test_deterministic_training_does_not_nan_fill_every_new_tensor():
         configure_determinism(True, torch.device("cpu"))
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
         assert not torch.utils.deterministic.fill_uninitialized_memory
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        configure_determinism(True, torch.device("cpu"))
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        configure_determinism(True, torch.device("cuda"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not torch.backends.cudnn.benchmark
+        configure_determinism(False, torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
