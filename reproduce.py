@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the plan (runs, iterations, status, time estimate) and exit")
     p.add_argument("--timing", default="", help='JSON of measured seconds per iteration, e.g. {"device_name": '
-                   '"NVIDIA H100", "LA/ss_net": 0.45}; default: the measurements of earlier runs in --runs_dir')
+                   '"NVIDIA H100", "LA/ss_net": 0.45}, or a benchmarks/bench.py report (or gpu_check.json): its '
+                   'step and window costs; default: the measurements of earlier runs in --runs_dir')
     p.add_argument("--keep_going", action="store_true", help="a failing run is reported, the others go on")
     p.add_argument("--progress", action="store_true", help="tqdm progress bars while training")
     p.add_argument("--status", action="store_true",

@@ -210,6 +210,10 @@ def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tup
             raise FileNotFoundError(f"--timing {path} not found; write a JSON like "
                                     '{"device_name": "NVIDIA H100", "LA/ss_net": 0.45} (seconds per iteration)')
         data = json.loads(path.read_text())
+        if "bench" in data and isinstance(data["bench"], dict):  # benchmarks/gpu_check.sh's gpu_check.json
+            data = data["bench"]
+        if "train" in data and "test" in data:  # a benchmarks/bench.py report: step and window costs
+            return timings_from_bench(data, str(path))
         device_name = data.get("device_name", "unknown device")
         for key, value in data.items():
             if "/" in key:
@@ -226,6 +230,28 @@ def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tup
         key = (record["dataset"], record["method"])
         if key not in found or record["iterations"] > (found[key]["iterations"] or 0):
             found[key] = {**record, "source": str(path)}
+    return found
+
+
+def timings_from_bench(report: dict, source: str) -> dict[tuple[str, str], dict]:
+    """SS-Net's seconds per iteration from a benchmark report (`python -m benchmarks.bench`), in its fastest
+    measured mode: LA's includes the paper's in-training evaluations (the report's projected full run, step and
+    window costs, divided by its iterations); ACDC's is the step alone (the benchmark has no ACDC window cost)."""
+    found = {}
+    projection = report.get("projection_LA_full_run", {})
+    for mode in ("fast", "default", "official"):
+        if f"{mode}_s" in projection:
+            found[("LA", "ss_net")] = {"seconds_per_iteration": projection[f"{mode}_s"] / projection["iterations"],
+                                       "device_name": report.get("device_name", "unknown device"),
+                                       "source": f"{source}, {mode} mode: step + evaluations", "iterations": None}
+            break
+    acdc = report.get("train", {}).get("ACDC", {})
+    for mode in ("fast", "default", "official"):
+        if mode in acdc:
+            found[("ACDC", "ss_net")] = {"seconds_per_iteration": acdc[mode]["seconds_per_iteration"],
+                                         "device_name": report.get("device_name", "unknown device"),
+                                         "source": f"{source}, {mode} mode: step only", "iterations": None}
+            break
     return found
 
 

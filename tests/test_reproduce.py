@@ -201,6 +201,23 @@ def test_dry_run_estimate_needs_a_measurement(tmp_path):
     assert "NVIDIA H100" in text and "0.15 h" in text and "2,000 still to train" in text
 
 
+def test_dry_run_projects_from_a_benchmark_report_step_and_window_costs(tmp_path):
+    """--timing accepts benchmarks/bench.py's JSON (or gpu_check.json around it): LA = the projected full run
+    (15,000 steps + the paper's evaluations) per iteration in the fastest measured mode; ACDC = its step."""
+    bench = {"device_name": "NVIDIA H100", "train": {"LA": {}, "ACDC": {"default": {"seconds_per_iteration": 0.2},
+                                                                     "fast": {"seconds_per_iteration": 0.1}}},
+             "test": {"LA": {}}, "projection_LA_full_run": {"iterations": 15000, "official_s": 9000.0,
+                                                             "fast_s": 3000.0}}
+    path = tmp_path / "gpu_check.json"
+    path.write_text(json.dumps({"seconds": 400, "bench": bench}))
+    timings = load_timings(tmp_path, path)
+    assert timings[("LA", "ss_net")]["seconds_per_iteration"] == pytest.approx(0.2)
+    assert timings[("ACDC", "ss_net")]["seconds_per_iteration"] == pytest.approx(0.1)
+    plan = plan_grid("LA", ["8"], ["ss_net"], [1], ["paper"], tmp_path, 15000)
+    hours, unknown, sources = estimate_hours(plan, timings)
+    assert hours == pytest.approx(3000.0 / 3600) and not unknown and "fast mode" in sources[0]
+
+
 # ---- the grid end to end (quick mode) ------------------------------------------------------------------------
 
 
