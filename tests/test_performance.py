@@ -356,6 +356,46 @@ def test_program_benchmark_runs_the_trainer_beside_its_step(tmp_path):
     assert program.main(["--dataset", "LA", "--output", str(tmp_path / "x.json")]) == 2  # no --root_path
 
 
+@pytest.mark.slow
+def test_gpu_cell_runs_with_tiny_shapes_on_a_cpu_and_skips_what_is_done(tmp_path):
+    from dataloaders import make_synthetic_la
+    data = make_synthetic_la(tmp_path / "data", n_train=5, n_test=1, shape=(40, 36, 34), seed=4, n_val=1)
+    results = tmp_path / "results"
+    env = {**os.environ, "DEVICE": "cpu", "TINY": "1", "DATA": str(data), "CELL": str(tmp_path / "cell"),
+           "RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    script = REPO / "benchmarks" / "gpu_cell.sh"
+    first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("log.txt", "config.json", "result.json", "summary.json", "metrics.csv", "test_table.txt",
+                 "timing.json"):
+        assert (results / name).is_file(), name
+    config = json.loads((results / "config.json").read_text())
+    assert config["select"] == "test" and config["amp"] == "bf16" and config["channels_last"]
+    assert config["optimizer_impl"] == "fused" and config["max_iteration"] == 6
+    assert "mean Dice" in (results / "log.txt").read_text() and "Dice" in (results / "test_table.txt").read_text()
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "already trained" in again.stdout
+    missing = subprocess.run(["bash", str(script)], env={**env, "DATA": str(tmp_path / "nowhere")},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no LA data" in missing.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_in_its_reduced_cpu_form(tmp_path):
+    from dataloaders import make_synthetic_la
+    data = make_synthetic_la(tmp_path / "data", n_train=5, n_test=1, shape=(40, 36, 34), seed=4, n_val=1)
+    out, results = tmp_path / "out", tmp_path / "results"
+    env = {**os.environ, "DEVICE": "cpu", "TINY": "1", "DATA": str(data), "OUT": str(out), "WORK": str(tmp_path / "w"),
+           "RESULTS": str(results), "DATA_ACDC": str(tmp_path / "no_acdc"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((results / "gpu_check.json").read_text())
+    assert report["bench"]["train"]["LA"] and report["program_la"]["program"]["seconds_per_iteration"] > 0
+    assert report["test_fp32"] and report["test_bf16"] and report["torchrun"] == "ok"
+    assert report["program_acdc"] is None  # no ACDC data given
+
+
 def test_gpu_check_script_parses():
     script = REPO / "benchmarks" / "gpu_check.sh"
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
