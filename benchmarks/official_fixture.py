@@ -386,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official", required=True, type=Path, help="clone of github.com/ycwu1997/SS-Net @ c0a8bf6")
     p.add_argument("--output", type=Path, default=FIXTURE, help="fixture file to write (default: %(default)s)")
     p.add_argument("--keep_float_cast", action="store_true",
-                   help="keep the official 2-D Dice's float32 rounding of its target (module docstring)")
+                   help="keep the official 2-D Dice's float32 cast of VAT's target (moves ACDC's LDS by ~1e-7 "
+                        "relative, so the test fails on such a fixture; for comparison only)")
     args = p.parse_args(argv)
+    if not (args.official / "code" / "utils" / "losses.py").is_file():
+        p.error(f"--official {args.official}: not a clone of github.com/ycwu1997/SS-Net (no code/utils/losses.py); "
+                "git clone https://github.com/ycwu1997/SS-Net PATH")
     torch.set_default_dtype(torch.float64)  # the VAT random start is drawn in the default dtype, on both sides
     entries, problems = {}, []
     for name, case in CASES.items():
