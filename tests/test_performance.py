@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,18 @@ def test_deterministic_training_does_not_nan_fill_every_new_tensor(monkeypatch):
         torch.use_deterministic_algorithms(before[0])
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
+def test_start_up_imports_no_optional_heavy_module():
+    """train_la.py -h, refused flags and test_la.py do not pay for TensorBoard (boto3 through its stub), nor test_la.py
+    for the training package; a run imports TensorBoard when it opens its folder."""
+    code = ("import sys, train_la, test_la; heavy = ['torch.utils.tensorboard', 'tensorboard', 'boto3', 'medpy', "
+            "'nibabel', 'matplotlib']; print([m for m in heavy if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    code = "import sys, test_la; print('training' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
 
 
 def test_program_benchmark_runs_the_trainer_beside_its_step(tmp_path):
