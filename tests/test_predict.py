@@ -11,7 +11,7 @@ from nifti_data import rotated_affine, synthetic_case, write_nifti
 import predict
 from dataloaders import la_case_path, read_list
 from dataloaders.nifti import Preprocessing
-from inference.predict import find_inputs
+from inference.prediction_job import find_inputs
 from inference.tta import FlipTTA
 from networks import build_network, save_checkpoint
 
@@ -26,7 +26,8 @@ def nifti_checkpoint(path, mode="3d", preprocessing=None, patch=(16, 16, 16)):
     save_checkpoint(path, network, dataset=f"NIfTI-{mode}", num_classes=3, iteration=0,
                     config={"nifti": {"mode": mode, "preprocessing": preprocessing.to_dict(),
                                       "class_names": ["ball", "box"]}},
-                    inference={"patch_size": list(patch), "stride": [p // 2 for p in patch], "nms": False})
+                    inference={"patch_size": list(patch), "stride": [p // 2 for p in patch],
+                               "largest_component": False})
     return path
 
 
@@ -78,7 +79,7 @@ def test_la_checkpoint_predicts_h5_and_nifti(la_root, tmp_path):
     network = build_network("vnet", num_classes=2, base_filters=4)
     checkpoint = tmp_path / "la.pth"
     save_checkpoint(checkpoint, network, dataset="LA", num_classes=2, iteration=0,
-                    inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], "nms": True})
+                    inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], "largest_component": True})
     h5_file = next((la_root / "2018LA_Seg_Training Set").glob("*/mri_norm2.h5"))
     with h5py.File(h5_file) as f:
         image = f["image"][()]
@@ -196,7 +197,7 @@ def test_channel_count_is_checked_and_a_moderate_voxel_size_mismatch_warns(tmp_p
                     dataset="NIfTI-3d", num_classes=3, iteration=0,
                     config={"nifti": {"mode": "3d", "preprocessing": Preprocessing(target_spacing=(1, 1, 1)).to_dict(),
                                       "class_names": ["ball", "box"]}},
-                    inference={"patch_size": [16, 16, 16], "stride": [8, 8, 8], "nms": False})
+                    inference={"patch_size": [16, 16, 16], "stride": [8, 8, 8], "largest_component": False})
     assert predict_into(tmp_path / "o2", two_channel, scan) == 2
     error = one_error_line(capsys.readouterr().err)
     assert "1 input channel(s); the model takes 2" in error and "scan_0001.nii.gz" not in error
