@@ -33,7 +33,7 @@ class TestOptions:
     checkpoint: str = same_as(PredictOptions, "checkpoint",
                               help="our best_model.pth / last_model.pth, or an official .pth")
     root_path: str = same_as(SharedSettings, "root_path")
-    list_path: str = setting("", "case ids to test (default: data/<dataset>/test.list)", flag="--list")
+    list_path: str = setting("", "case ids to test (default: data/<dataset>/test.list)", flag="--list", metavar="LIST")
     device: str = same_as(SharedSettings, "device")
     spacing: str = setting("voxel", "distance units: voxel (as the paper), mm, or explicit mm values")
     empty_policy: str = setting("official", "official: an empty prediction scores 0 on every metric; nan: "
