@@ -11,6 +11,7 @@ from nifti_data import rotated_affine, synthetic_case, write_nifti
 import predict
 from dataloaders import la_case_path, read_list
 from dataloaders.nifti import Preprocessing
+from inference import InferenceSettings, Predictor
 from inference.prediction_job import find_inputs
 from inference.tta import FlipTTA
 from networks import build_network, save_checkpoint
@@ -117,11 +118,28 @@ def test_missing_input_is_one_clear_error(tmp_path, capsys):
 # ---- inputs of the wrong kind --------------------------------------------------------------------------------
 
 
-def la_checkpoint(path):
+def la_checkpoint(path, **record):
     torch.manual_seed(0)
+    record = record or {"nms": True}  # the key of the records written before --largest_component
     save_checkpoint(path, build_network("vnet", num_classes=2, base_filters=4), dataset="LA", num_classes=2,
-                    iteration=0, inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], "nms": True})
+                    iteration=0, inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], **record})
     return path
+
+
+@pytest.mark.parametrize(("record", "given", "expected"), [
+    ({"nms": False}, None, False),  # a record of an earlier version: its 'nms' is the largest-component setting
+    ({"nms": True}, None, True),
+    ({"largest_component": False}, None, False),
+    ({"largest_component": False}, True, True),  # --largest_component 1 overrides the record
+    ({"nms": True}, False, False),
+])
+def test_the_checkpoints_record_decides_the_largest_component_unless_given(tmp_path, record, given, expected):
+    checkpoint = la_checkpoint(tmp_path / "la.pth", **record)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu", InferenceSettings(largest_component=given))
+    assert predictor.settings.largest_component is expected  # LA's own default (on) is never what decides here
+    assert predictor.settings.patch_size == (32, 32, 32) and predictor.settings.stride == (32, 32, 32)
+    override = Predictor.from_checkpoint(checkpoint, "cpu", InferenceSettings(patch_size=(16, 16, 16), tta=True))
+    assert override.settings.patch_size == (16, 16, 16) and isinstance(override.network, FlipTTA)
 
 
 def predict_into(out, checkpoint, source, *extra):

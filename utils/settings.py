@@ -68,8 +68,13 @@ def nested(options: type, help: str = "") -> Any:
 
 
 def declared_in(owner: type, name: str) -> str:
-    """Where the setting `owner.name` is declared: `module.Class.name` of the original declaration."""
-    return _field(owner, name).metadata.get("declared_in") or f"{owner.__module__}.{owner.__qualname__}.{name}"
+    """Where the setting `owner.name` is declared: `module.Class.name` of the original declaration (through
+    `same_as` and through inheritance: TrainConfig's max_iteration is MethodSettings')."""
+    derived = _field(owner, name).metadata.get("declared_in")
+    if derived:
+        return derived
+    base = next(cls for cls in reversed(owner.__mro__) if name in cls.__dict__.get("__annotations__", {}))
+    return f"{base.__module__}.{base.__qualname__}.{name}"
 
 
 def _field(owner: type, name: str) -> dataclasses.Field:
