@@ -3,6 +3,7 @@
 One path serves the test scripts, predict.py, the figures, in-training evaluation and the reproduction grid:
 
     predictor = Predictor.from_checkpoint("best_model.pth", device="cuda")      # ours or an official .pth
+    predictor = Predictor.from_checkpoint(path, "cuda", InferenceSettings(tta=True, amp="bf16"))  # other settings
     labels = predictor.predict_stored(image)   # stored array (LA (W,H,D), ACDC (S,H,W), NIfTI (C,X,Y,Z))
     labels = predictor.predict_scan(scan)      # a NIfTI scan -> labels on its own grid (preprocessing included)
 

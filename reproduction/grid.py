@@ -54,7 +54,7 @@ from training.flags import build_train_parser, explicit_flags, settings_from_arg
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
 from utils.errors import UserError
-from utils.settings import nested, same_as, setting
+from utils.settings import check_settings, nested, same_as, setting
 from utils.shared_settings import SharedSettings
 
 QUICK_BANNER = ("*" * 100 + "\n*** QUICK MODE: a tiny schedule on tiny data. It proves the machinery; it is NOT a "
@@ -263,9 +263,8 @@ def shortened(max_iteration: int | None, extra: list[str]) -> str:
 
 def run_grid(options: GridOptions) -> GridResult:
     options = replace(options, seeds=list(options.seeds), protocols=list(options.protocols))
+    check_settings(options)  # each setting's declared choices and minimum
     dataset = options.dataset
-    if dataset not in ("LA", "ACDC"):
-        raise UserError(f"unknown --dataset {dataset!r}; choose from: LA, ACDC")
     check_launcher(options)
     mode = mode_of(options)
     runs_dir = Path(options.runs_dir or ("model/reproduce_quick" if options.quick else "model/reproduce"))
@@ -325,12 +324,8 @@ def run_grid(options: GridOptions) -> GridResult:
 def check_launcher(options: GridOptions) -> None:
     """Flags of one launcher given to another are refused rather than ignored."""
     launcher = options.launcher
-    if launcher not in LAUNCHERS:
-        raise UserError(f"unknown --launcher {launcher!r}; choose from: {', '.join(LAUNCHERS)}")
     if (options.gpus or options.jobs is not None) and launcher != "local":
         raise UserError("--gpus and --jobs set how many cells --launcher local runs at a time; add --launcher local")
-    if options.jobs is not None and options.jobs < 1:
-        raise UserError(f"--jobs {options.jobs}: give 1 or more cells at a time")
     if launcher == "local":
         local_slots(options.gpus, options.jobs, options.device)  # refuses what cannot work (--gpus on CPU, ...)
     if options.wait and launcher not in SUBMITIT_LAUNCHERS:

@@ -196,8 +196,9 @@ class SlurmSettings:
     partition: str = setting("", "--launcher slurm: the partition (default: the cluster's)", group=LAUNCHER_FLAGS)
     time: str = setting("04:00:00", "--launcher slurm: time limit per job (HH:MM:SS); a job that reaches it is "
                                     "requeued and resumes from its newest checkpoint", group=LAUNCHER_FLAGS)
+    # 0 or 1, checked with the reason (reproduction.grid.check_launcher)
     gpus_per_job: int | None = setting(None, "--launcher slurm: GPUs per cell (default: 1, with --device cpu 0: a "
-                                             "CPU job)", choices=(0, 1), group=LAUNCHER_FLAGS)
+                                             "CPU job)", minimum=0, group=LAUNCHER_FLAGS)
     cpus_per_job: int = setting(0, "--launcher slurm: CPU cores per cell (default: --num_workers + 1)", minimum=0,
                                 group=LAUNCHER_FLAGS)
     slurm_args: list[str] = setting(help="--launcher slurm: more sbatch options, e.g. account=abc qos=high mem=64G "

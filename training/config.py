@@ -91,8 +91,9 @@ class TrainConfig(MethodSettings):
     eval_start: int = setting(2000, "first iteration eligible for evaluation", group=SELECTION, minimum=0)
     stride: list[int] = setting(help="sliding-window stride", factory=list, parse=int_list, flag=slides,
                                 group=SELECTION)
-    eval_batch_size: int = setting(4, "patches/slices per forward at evaluation", runtime=True, group=SELECTION,
-                                   minimum=1)
+    eval_batch_size: int = same_as(InferenceSettings, "batch_size", help="sliding windows (3-D) / slices (2-D) per "
+                                                                        "forward at evaluation", runtime=True,
+                                   group=SELECTION)
     # -- machine and outputs
     device: str = same_as(SharedSettings, "device", runtime=True, group=MACHINE)
     num_workers: int = same_as(SharedSettings, "num_workers", runtime=True, group=MACHINE)
