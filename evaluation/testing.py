@@ -146,21 +146,21 @@ def run_test(options: TestOptions) -> dict:
 def build_test_parser(dataset: DatasetAdapter, description: str) -> argparse.ArgumentParser:
     """The parser of test_la.py / test_acdc.py: a flag per setting of TestOptions (InferenceSettings included)."""
     p = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
-    add_flags(p, TestOptions, context=dataset, values=test_flag_values(dataset), resolved_example=dataset.name,
+    add_flags(p, TestOptions, context=dataset, values=testing_flag_values(dataset), resolved_example=dataset.name,
               helps={"root_path": dataset.root_help,
                      "list_path": f"case ids to test (default: data/{dataset.name}/test.list)"})
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
 
 
-def test_flag_values(dataset: DatasetAdapter) -> dict:
+def testing_flag_values(dataset: DatasetAdapter) -> dict:
     """The test scripts' values that depend on their dataset: the default folder, and what a checkpoint without an
     inference record is tested with (shown in -h; those flags default to the checkpoint's record)."""
     return {"root_path": f"./data/{dataset.name}", "patch_size": tuple(dataset.patch_size),
             "stride": tuple(dataset.stride), "largest_component": dataset.test_largest_component}
 
 
-def test_options_from_args(args: argparse.Namespace, dataset: DatasetAdapter) -> TestOptions:
+def testing_options_from_args(args: argparse.Namespace, dataset: DatasetAdapter) -> TestOptions:
     """TestOptions from the parsed flags; the progress bar only on a terminal."""
     options = options_from_args(TestOptions, args, dataset=dataset.name)
     return replace(options, progress=options.progress and sys.stderr.isatty())

@@ -123,7 +123,7 @@ def script_parsers():
     from dataloaders import get_dataset
     from dataloaders.nifti_dataset import NiftiOptions
     from evaluation.scoring import ScoreOptions
-    from evaluation.testing import TestOptions, build_test_parser, test_flag_values
+    from evaluation.testing import TestOptions, build_test_parser, testing_flag_values
     from inference.prediction_job import PredictOptions
     from reproduction.grid import GridOptions
     from tools import score
@@ -135,7 +135,7 @@ def script_parsers():
             defaults(f"NIfTI-{mode}")
     for dataset, script in (("LA", "test_la.py"), ("ACDC", "test_acdc.py")):
         adapter = get_dataset(dataset)
-        yield script, build_test_parser(adapter, ""), (TestOptions,), test_flag_values(adapter)
+        yield script, build_test_parser(adapter, ""), (TestOptions,), testing_flag_values(adapter)
     yield "predict.py", predict.build_parser(), (PredictOptions,), {}
     yield "reproduce.py", reproduce.build_parser(), (GridOptions,), {}
     yield "tools/score.py", score.build_parser(), (ScoreOptions,), {}

@@ -128,13 +128,13 @@ def test_predictor_default_labels_equal_the_unfolded_ones_except_ties():
 
 def test_scripts_take_fold_bn_with_the_declared_default():
     import predict
-    from evaluation.testing import build_test_parser, test_options_from_args
+    from evaluation.testing import build_test_parser, testing_options_from_args
 
     dataset = get_dataset("LA")
     parser = build_test_parser(dataset, "test")
-    options = test_options_from_args(parser.parse_args(["--checkpoint", "c.pth"]), dataset)
+    options = testing_options_from_args(parser.parse_args(["--checkpoint", "c.pth"]), dataset)
     assert options.inference.fold_bn is True
-    options = test_options_from_args(parser.parse_args(["--checkpoint", "c.pth", "--fold_bn", "0"]), dataset)
+    options = testing_options_from_args(parser.parse_args(["--checkpoint", "c.pth", "--fold_bn", "0"]), dataset)
     assert options.inference.fold_bn is False
     arguments = ["--checkpoint", "c.pth", "--input", "in", "--output", "out"]
     assert predict.build_parser().parse_args(arguments).fold_bn == int(InferenceSettings.fold_bn) == 1
