@@ -11,10 +11,10 @@ from inference import InferenceSettings, Predictor
 from inference.nifti import write_labels_nifti
 from inference.settings import add_fold_bn_argument
 from utils.atomic import make_writable_folder
+from utils.autocast import PRECISION_MODES
 from utils.cli import DefaultsHelpFormatter, default_device, int_list
 from utils.errors import UserError
 from utils.metrics import EMPTY_POLICIES
-from utils.precision import PRECISION_MODES
 from utils.report import format_table, report, write_csv, write_json
 
 from .evaluate import evaluate_cases

@@ -21,9 +21,9 @@ from dataloaders import NIFTI_DATASETS, get_dataset
 from methods import METHODS, check_method_name
 from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Recipe, Schedule
 from methods.settings import LOSSES, OPTIMISATION, SCHEDULE, SSNET, TEACHERS, MethodSettings
+from utils.autocast import PRECISION_MODES
 from utils.cli import default_device, int_list
 from utils.errors import UserError
-from utils.precision import PRECISION_MODES
 from utils.settings import setting
 
 from .presets import PRESETS, Preset
