@@ -157,7 +157,7 @@ def import_submitit():
     try:
         import submitit
     except ImportError:
-        raise UserError("--launcher slurm needs submitit: pip install submitit (or pip install -e '.[cluster]')") \
+        raise UserError("--launcher slurm needs submitit: pip install submitit (or pip install '.[cluster]' in the checkout)") \
             from None
     return submitit
 
