@@ -313,7 +313,7 @@ def test_bench_tiny_writes_json(tmp_path):
     assert {"official_s", "fast_s", "fast_eval_stride_s", "speedup"} <= set(report["projection_LA_full_run"])
 
 
-@pytest.mark.parametrize("tiny", ["0", "1"])
+@pytest.mark.parametrize("tiny", ["0", pytest.param("1", marks=pytest.mark.slow)])  # the GPU form by default
 def test_gpu_check_dry_run_parses_the_flags_of_every_command_it_runs(tmp_path, tiny):
     """DRY_RUN=1 lists the project commands gpu_check.sh runs (bench, bench --compile on a GPU, train_la.py,
     test_la.py in fp32 and bf16) and parses each with its own parser: a renamed flag fails here, not on the GPU."""
