@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: the speed table of docs/speed.md and a short real LA training and test, about 8 minutes on one H100.
+# GPU check: the speed table of docs/speed.md and a short real LA training and test, sized to finish in under
+# 8 minutes on one H100.
 #
 #   bash benchmarks/gpu_check.sh                      # on a CUDA machine
 #   DRY_RUN=1 bash benchmarks/gpu_check.sh            # any machine, seconds: only checks that every command's flags
@@ -64,7 +65,7 @@ else
     # 3 modes x (LA, ACDC) x (3 + 5 iterations) + 3 x 3 test volumes + 3 x 4 --fits_gb processes: ~3 minutes
     BENCH=(--iterations 5 --warmup 3 --volumes 2 --eval_batch_size 8)
     FITS=(--fits_gb "${FITS_GB:-24}" --fits_max_batch 8)
-    # 300 iterations, evaluation on the 4 restored test cases every 100 from 100 (the paper protocol's
+    # 300 iterations, evaluation on the test cases present every 100 from 100 (the paper protocol's
     # procedure on fewer cases), coarse evaluation stride, fast options
     TRAIN=(--max_iteration 300 --eval_every 100 --eval_start 100 --eval_stride 56,56,40 --num_workers 6
            --eval_batch_size 8 --deterministic 0)
