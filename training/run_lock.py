@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from utils.atomic import make_writable_folder
 from utils.disk import is_disk_error, write_failed
 from utils.errors import UserError
 from utils.folder_lock import STALE_AFTER_SECONDS, FolderLock, LockHolder
@@ -44,6 +45,7 @@ def hold_run_folder(run_dir: Path, ddp) -> Iterator[None]:
     created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # innermost first
 
     def acquire() -> None:
+        make_writable_folder(run_dir, "run folder", "--run_dir")  # a file in the way, no permission: one line
         try:
             lock.acquire()
         except OSError as exc:
