@@ -32,10 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start(point: str, n: int, data: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    """train_la.py in a child process through tests/crash_runner.py (which may signal itself at iteration n)."""
+    """train_la.py in a child process through tests/crash_runner.py (which may signal itself at iteration n), in a
+    process group of its own (with its loader workers), as a terminal or a batch job runs it."""
     cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--", *flags(data, run_dir, *extra)]
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
@@ -78,10 +79,12 @@ def test_sigterm_finishes_the_iteration_saves_and_the_rerun_ends_bitwise_equal(s
     assert "took over the stale lock" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigusr2_from_outside_while_a_second_launch_is_refused(synthetic, reference, tmp_path, capsys):
-    """SLURM's --signal=USR2 from another process; meanwhile the same command started again refuses at once."""
+    """SLURM's --signal=USR2 reaches every process of the job (the loader's workers too); meanwhile the same
+    command started again refuses at once."""
     run_dir = tmp_path / "run"
-    process = start("slow:0.5", 1, synthetic, run_dir)
+    process = start("slow:0.5", 1, synthetic, run_dir, "--num_workers", "2")
     deadline = time.monotonic() + 240
     while "] iteration 3:" not in ((run_dir / "log.txt").read_text() if (run_dir / "log.txt").exists() else ""):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
@@ -94,7 +97,7 @@ def test_sigusr2_from_outside_while_a_second_launch_is_refused(synthetic, refere
     assert f"run folder {run_dir} is being trained by process {process.pid} on {this_host()}" in error
     assert "(since 20" in error  # the start time
 
-    process.send_signal(signal.SIGUSR2)
+    os.killpg(process.pid, signal.SIGUSR2)  # the whole process group: the trainer and its workers
     code, stderr = finish(process)
     assert code == 128 + signal.SIGUSR2, stderr[-2000:]
     stopped_at = list_checkpoints(run_dir)[-1][0]
@@ -103,6 +106,7 @@ def test_sigusr2_from_outside_while_a_second_launch_is_refused(synthetic, refere
     assert_ends_like_the_reference(synthetic, run_dir, reference)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_newest_checkpoint(synthetic, reference, tmp_path):
     run_dir = tmp_path / "run"
     code, stderr = finish(start("signal:SIGINT:2", 8, synthetic, run_dir))
@@ -215,6 +219,7 @@ def test_a_log_line_the_disk_refuses_stops_the_run(tmp_path):
 
 
 # ---- a case damaged mid-run ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_case_damaged_mid_run_names_the_case_keeps_the_checkpoint_and_no_worker_hangs(synthetic, reference,
                                                                                         tmp_path):
     data = tmp_path / "data"
