@@ -35,6 +35,7 @@ from training.config import TrainConfig
 from training.flags import build_train_parser, config_from_args
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
+from utils.errors import StoppedBySignal
 
 CELL_FILE = "reproduce_cell.json"
 ERROR_FILE = "reproduce_error.txt"
@@ -272,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(error_line(exc), file=sys.stderr, flush=True)
         return 2
+    except StoppedBySignal as exc:  # saved at an iteration boundary: the next launch resumes
+        print(exc, file=sys.stderr, flush=True)
+        return exc.exit_code
     if outcome.took_over:
         print(f"took over a stale lock ({outcome.took_over})", flush=True)
     what = f"trained {outcome.iterations} iterations in {outcome.seconds:.0f} s" if outcome.trained else "reused"

@@ -117,6 +117,24 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_newest_checkpoint(synthetic
     assert_ends_like_the_reference(synthetic, run_dir, reference)
 
 
+def test_the_handler_that_was_there_before_gets_the_signal_after_the_stop():
+    """submitit requeues on SIGUSR2, a grid cell releases its lock on SIGTERM: they react after the checkpoint."""
+    from training.signals import StopSignals
+
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: calls.append(number))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR1)  # repeated: not escalated
+            assert stop.received == signal.SIGUSR1 and calls == []
+        assert calls == [signal.SIGUSR1]  # once, after the run stopped
+        with StopSignals():  # Python's own Ctrl-C handler is not called again: the run has stopped already
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 # ---- one process per run folder -----------------------------------------------------------------------------
 def test_a_live_holder_elsewhere_refuses_at_once_and_nothing_is_written(synthetic, tmp_path, capsys):
     run_dir = tmp_path / "run"

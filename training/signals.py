@@ -12,6 +12,10 @@ checkpoint being written is dropped whole. Repeated SIGTERM / SIGUSR signals are
 SLURM the same signal often reaches a process twice (the launcher forwards it, the scheduler sends it to every
 process of the job).
 
+A handler that was there before (submitit's SIGUSR2 requeue, a grid cell's SIGTERM exit) gets the signal once the
+run has stopped: `StopSignals.__exit__` puts it back and raises the signal again, so the caller's own reaction
+(requeue the job, release its lock) follows the checkpoint instead of being lost.
+
 Under torchrun every rank must stop at the same iteration (the checkpoint is a collective); `agreed` takes the
 maximum of the ranks' signal numbers, one all-reduce of one integer per iteration, only when several processes
 train. In one process it reads an attribute.
@@ -49,9 +53,12 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        for number, handler in self._previous.items():
+        previous, self._previous = self._previous, {}
+        for number, handler in previous.items():
             signal.signal(number, handler)
-        self._previous.clear()
+        if self.received and callable(previous.get(self.received)) and \
+                previous[self.received] is not signal.default_int_handler:
+            signal.raise_signal(self.received)  # the caller's handler reacts now, after the checkpoint
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         if self.received and number == signal.SIGINT:
