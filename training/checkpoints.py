@@ -207,6 +207,9 @@ class CheckpointStore:
         self.last_path = self.run_dir / "last_model.pth"
         self.primary_path = self.run_dir / "best_model.pth"
 
+    def resume_path(self, iteration: int) -> Path:
+        return checkpoint_path(self.run_dir, iteration)
+
     def best_path(self, list_name: str) -> Path:
         return self.run_dir / ("best_model.pth" if list_name == self.config.select else f"best_model_{list_name}.pth")
 

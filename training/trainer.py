@@ -26,16 +26,7 @@ from networks.speed import prepare_network
 from utils.cli import resolve_device
 from utils.errors import StoppedBySignal, TrainingDiverged, UserError
 
-from .checkpoints import (
-    Best,
-    CheckpointStore,
-    ResumeState,
-    capture_rng,
-    checkpoint_path,
-    find_resume,
-    list_checkpoints,
-    restore_rng,
-)
+from .checkpoints import Best, CheckpointStore, ResumeState, capture_rng, find_resume, list_checkpoints, restore_rng
 from .config import TrainConfig, default_run_dir
 from .distributed import Distributed, distributed_session
 from .optim import build_sgd, set_learning_rate, zero_gradients
@@ -311,7 +302,7 @@ class Training:
         if not saved:
             self.save_resume(iteration)
         message = (f"stopped by signal {signal_number} ({signal_name(signal_number)}) at iteration {iteration}; "
-                   f"re-run the same command to continue from {checkpoint_path(self.run_dir, iteration)}")
+                   f"re-run the same command to continue from {self.store.resume_path(iteration)}")
         self.log.info(message)
         raise StoppedBySignal(message, signal_number)
 
