@@ -157,27 +157,37 @@ def test_bad_input_leaves_no_folder_behind_for_the_lock(synthetic, tmp_path):
 
 
 # ---- a full or read-only disk ---------------------------------------------------------------------------------
-def test_a_full_disk_while_writing_a_checkpoint_fails_cleanly_and_the_rerun_continues(synthetic, reference, tmp_path,
-                                                                                      monkeypatch, capsys):
+@pytest.mark.parametrize("failing", ["resume", "best"])
+def test_a_full_disk_while_writing_a_checkpoint_fails_cleanly_and_the_rerun_continues(failing, synthetic, reference,
+                                                                                      tmp_path, monkeypatch, capsys):
+    """The resume checkpoint of iteration 9, or the second best_model.pth (its resume checkpoint is written first,
+    so the re-run rebuilds the best file from it)."""
     run_dir = tmp_path / "run"
     real_save = torch.save
+    best_writes = []
 
-    def disk_fills_at_9(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("kind") == "resume" and obj["iteration"] == 9:
+    def disk_fills(obj, f, *args, **kwargs):
+        if failing == "best" and Path(f.name).name.startswith(".best_model.pth."):
+            best_writes.append(obj["iteration"])
+        if (failing == "resume" and obj.get("kind") == "resume" and obj["iteration"] == 9) or len(best_writes) == 2:
             f.write(b"partial")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", disk_fills_at_9)
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_fills)
     assert train_la.main(flags(synthetic, run_dir)) == 2
     monkeypatch.undo()
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"error: cannot write {run_dir / 'checkpoints' / 'iter_0000009.pth'}: No space left "
-                            f"on device (") and " GB free); free some space" in error
+    target = run_dir / "checkpoints" / "iter_0000009.pth" if failing == "resume" else run_dir / "best_model.pth"
+    assert error.startswith(f"error: cannot write {target}: No space left on device (") and \
+        " GB free); free some space" in error
     saved = list_checkpoints(run_dir)
-    assert saved[-1][0] < 9 and f"newest good checkpoint, {saved[-1][1]} (iteration {saved[-1][0]})" in error
+    assert f"newest good checkpoint, {saved[-1][1]} (iteration {saved[-1][0]})" in error
+    assert saved[-1][0] < 9 if failing == "resume" else saved[-1][0] == best_writes[-1]
     for _, path in saved:  # intact, and no partial file
         assert torch.load(path, weights_only=True)["kind"] == "resume"
+    if failing == "best":  # the first best file stays as it was
+        assert torch.load(target, weights_only=True)["iteration"] == best_writes[0]
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / TRAIN_LOCK_FILE).exists()
     assert_ends_like_the_reference(synthetic, run_dir, reference)
 
