@@ -34,6 +34,7 @@ from reproduction.plan import TIMING_FILE, Evaluation, Run, timing_record
 from training.config import TrainConfig, make_config
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
+from utils.errors import StoppedBySignal
 from utils.settings import same_as, setting
 from utils.shared_settings import SharedSettings
 
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(error_line(exc), file=sys.stderr, flush=True)
         return 2
+    except StoppedBySignal as exc:  # saved at an iteration boundary: the next launch resumes
+        print(exc, file=sys.stderr, flush=True)
+        return exc.exit_code
     if outcome.took_over:
         print(f"took over a stale lock ({outcome.took_over})", flush=True)
     what = f"trained {outcome.iterations} iterations in {outcome.seconds:.0f} s" if outcome.trained else "reused"
