@@ -1,6 +1,7 @@
-"""Train SS-Net (or a baseline) on your own NIfTI dataset in the nnU-Net raw layout; see docs/own-data.md.
+"""Train SS-Net (or a baseline) on your own NIfTI dataset (nnU-Net raw or Decathlon layout); see docs/own-data.md.
 
     python train.py --data /data/Dataset001_Heart --mode 3d --target_spacing 1,1,1 --crop_nonzero
+    python train.py --data /data/Task02_Heart --mode 3d      # a Medical Segmentation Decathlon task as downloaded
     python train.py --data /data/Dataset001_Heart --mode 2d --labelnum 4 --method supervised --batch_size 12
 
 Every flag of train_la.py / train_acdc.py works here; --mode 3d takes the LA defaults (V-Net), 2d the ACDC ones
@@ -22,7 +23,9 @@ from utils.errors import UserError
 def build_parser(mode: str) -> argparse.ArgumentParser:
     p = build_train_parser(f"NIfTI-{mode}", __doc__)
     g = p.add_argument_group("your NIfTI dataset")
-    g.add_argument("--data", default="", help="nnU-Net raw folder: dataset.json, imagesTr/, labelsTr/[, imagesTs/]")
+    g.add_argument("--data", default="",
+                   help="nnU-Net raw folder (dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/[, imagesTs/]) "
+                        "or a Decathlon task folder (imagesTr/<case>.nii.gz); the layout is detected")
     g.add_argument("--mode", choices=NIFTI_MODES, default="3d",
                    help="3d: V-Net on volumes (LA defaults); 2d: U-Net on slices (ACDC defaults)")
     g.add_argument("--normalization", choices=("zscore", "minmax", "none"), default="zscore",
@@ -50,6 +53,7 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
     from dataloaders.nifti import Preprocessing, choose_slice_axis, read_nifti_dataset
 
     info = read_nifti_dataset(args.data)
+    print(f"data: {info.describe()}", file=sys.stderr)
     settings = settings_from_args(args)
     if "exp" not in given:
         settings["exp"] = f"{Path(args.data).resolve().name}_{args.mode}"
@@ -73,6 +77,7 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
             "class_names": info.class_names,
             "channel_names": info.channel_names,
             "file_ending": info.file_ending,
+            "layout": info.layout,
             "num_val": args.num_val,
             "split_seed": args.seed if args.split_seed is None else args.split_seed,
         })

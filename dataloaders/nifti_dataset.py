@@ -88,7 +88,11 @@ class NiftiDataset(DatasetAdapter):
         info, subset = self._need_info(), self._subset(case)
         key = (subset, case)
         if key not in self._prepared:
-            scan = read_scan(info.image_paths(case, subset))
+            paths = info.image_paths(case, subset)
+            scan = read_scan(paths)
+            if scan.image.shape[0] != info.num_channels:
+                raise UserError(f"{paths[0]}: {scan.image.shape[0]} channel(s); dataset.json names "
+                                f"{info.num_channels} ({', '.join(info.channel_names)})")
             label_path = info.label_path(case, subset)
             # dataset.json's label names fix the classes: any other value is an error, not a wrapped uint8
             label = read_label(label_path, scan.image.shape[1:], info.num_classes) if label_path.is_file() else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataloaders import DatasetAdapter
-from dataloaders.nifti import read_scan_header
+from dataloaders.nifti import read_scan_header, scan_channels
 from utils.errors import UserError
 
 VOXEL_SIZE_REFUSED = 4.0  # scan voxel size / training voxel size (or its inverse) beyond which a scan is refused
@@ -71,7 +71,8 @@ def describe_h5(case: str, path, image: np.ndarray) -> InputDescription:
 
 def describe_nifti(case: str, paths) -> InputDescription:
     shape, spacing = read_scan_header(paths[0])
-    return InputDescription(case, str(paths[0]), "nifti", shape, len(paths), spacing=spacing)
+    return InputDescription(case, str(paths[0]), "nifti", shape, sum(scan_channels(p) for p in paths),
+                            spacing=spacing)
 
 
 def intensity_problem(stats: tuple[float, float, float, float], normalization: str, name: str) -> str:
@@ -97,7 +98,8 @@ def problems(item: InputDescription, expect: ModelExpectation) -> tuple[list[str
     """(always refused, refused unless skipped, warnings) for one input."""
     fatal, implausible, warnings = [], [], []
     if item.channels != expect.in_channels:
-        hint = (f"; give the channels as <case>_0000.nii.gz ... <case>_{expect.in_channels - 1:04d}.nii.gz"
+        hint = (f"; give the channels as <case>_0000.nii.gz ... <case>_{expect.in_channels - 1:04d}.nii.gz "
+                f"or as one 4-D image with the channels on the last axis"
                 if item.kind == "nifti" or expect.in_channels > 1 else "")
         fatal.append(f"{item.channels} input channel(s); the model takes {expect.in_channels}{hint}")
     if item.kind == "h5" and len(item.shape) != 3:

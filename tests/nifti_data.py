@@ -65,3 +65,32 @@ def make_nifti_dataset(root: Path, n_labeled: int = 3, n_unlabeled: int = 3, n_t
         "file_ending": ".nii.gz",
     }))
     return root
+
+
+def make_decathlon_task(root: Path, prefix: str = "la", n_labeled: int = 4, n_unlabeled: int = 1, n_test: int = 2,
+                        channels: int = 1, spacing=(1.25, 1.25, 2.5), seed: int = 0) -> Path:
+    """A Medical Segmentation Decathlon task folder as downloaded: imagesTr/<prefix>_003.nii.gz (no channel suffix;
+    several channels as one 4-D image, channels last), labelsTr/, imagesTs/ without labels, the Decathlon's
+    dataset.json (modality, labels "0": name, training / test lists) and a macOS `._` companion file."""
+    rng = np.random.default_rng(seed)
+    affine = rotated_affine(spacing)
+    training, test = [], []
+    for i in range(n_labeled + n_unlabeled + n_test):
+        case = f"{prefix}_{i + 3:03d}"
+        subset = "Tr" if i < n_labeled + n_unlabeled else "Ts"
+        images, label = synthetic_case(rng, channels=channels)
+        image = images[0] if channels == 1 else np.stack(images, axis=-1)  # (X, Y, Z[, C])
+        write_nifti(root / f"images{subset}" / f"{case}.nii.gz", image, affine)
+        if i < n_labeled:
+            write_nifti(root / "labelsTr" / f"{case}.nii.gz", label, affine)
+            training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+        elif subset == "Ts":
+            test.append(f"./imagesTs/{case}.nii.gz")
+    (root / "imagesTr" / f"._{prefix}_003.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "Toy", "tensorImageSize": "4D" if channels > 1 else "3D",
+        "modality": {str(c): ("FLAIR", "T1w", "t1gd", "T2w")[c] if channels > 1 else "MRI" for c in range(channels)},
+        "labels": {"0": "background", "1": "ball", "2": "box"},
+        "numTraining": len(training), "numTest": len(test), "training": training, "test": test,
+    }, indent=1))
+    return root
