@@ -84,8 +84,8 @@ def test_decathlon_task_trains_and_predicts_its_test_scans(heart, tmp_path, caps
 
 def test_multimodal_task_trains_and_predicts_4d_inputs(brain, tmp_path, capsys):
     run = tmp_path / "run"
-    assert train.main(["--data", str(brain), "--mode", "3d", "--run_dir", str(run), "--select", "last", "--labelnum", "2",
-                       *TINY]) == 0
+    assert train.main(["--data", str(brain), "--mode", "3d", "--run_dir", str(run), "--select", "last",
+                       "--labelnum", "2", *TINY]) == 0
     checkpoint = torch.load(run / "best_model.pth", weights_only=True)
     assert checkpoint["network"]["kwargs"]["in_channels"] == 2
     out = tmp_path / "pred"
