@@ -15,9 +15,11 @@ case, `imagesTr/<case>.nii.gz`, multi-modal cases as one 4-D image with the chan
 some Decathlon archives carry are ignored (in both layouts). `read_nifti_dataset` detects the layout.
 
 Preprocessing (`preprocess`, recorded in a `PreprocessRecord` so `restore_labels` can undo it exactly):
-  1. optional crop to the bounding box of the non-zero voxels of any channel (the body region);
+  1. optional crop to the body: the bounding box of the non-zero voxels of any channel, or for CT the largest
+     connected region above -500 HU (air is -1000 HU, not 0);
   2. optional resampling to `target_spacing` mm: images with a cubic (or linear) spline, labels nearest;
-  3. per-case, per-channel normalisation: z-score (the paper's "zero mean, unit variance"), min-max, or none.
+  3. per-channel normalisation: per-case z-score (the paper's "zero mean, unit variance"), min-max or none; for CT
+     nnU-Net's scheme with the training set's foreground statistics (`ct`) or a fixed HU window (dataloaders/ct.py).
 Arrays keep the NIfTI voxel axis order (i, j, k) with a leading channel axis: image (C, X, Y, Z).
 """
 from __future__ import annotations
@@ -36,8 +38,9 @@ from torch.utils.data import Dataset
 from utils.errors import UserError
 
 from .cases import check_label_values, parse_key
+from .ct import body_box, check_statistics, check_window, ct_normalize, window_normalize
 
-NORMALIZATIONS = ("zscore", "minmax", "none")
+NORMALIZATIONS = ("zscore", "minmax", "none", "ct", "window")
 UNLABELED = -1  # label value of unlabeled training samples: never read (methods get label=None), fails if used
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(\.gz)?)$")
 LAYOUTS = {"nnunet": "nnU-Net raw layout (imagesTr/<case>_0000.nii.gz, one file per channel)",
@@ -292,10 +295,21 @@ class Preprocessing:
     crop_nonzero: bool = False
     image_order: int = 3  # spline order for images when resampling: 3 cubic, 1 linear (labels always nearest)
     slice_axis: int = 2  # 2-D mode: the array axis slices are taken along (the coarsest one)
+    window: tuple[float, float] | None = None  # HU clipped to and mapped to [0, 1] (normalization "window")
+    modality: str = ""  # "CT" for scans in Hounsfield units (body crop, input check), else ""
+    ct_statistics: list[dict[str, float]] | None = None  # per channel, of the training set's foreground ("ct")
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise UserError(f"unknown normalization {self.normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
+        self.window = check_window(self.window)
+        if (self.window is not None) != (self.normalization == "window"):
+            raise UserError("--window LOW,HIGH and --normalization window go together (a fixed HU window); "
+                            f"got normalization {self.normalization!r} and window {self.window}")
+        if self.modality not in ("", "CT"):
+            raise UserError(f"modality must be 'CT' or '' (not CT), got {self.modality!r}")
+        if self.ct_statistics is not None:
+            self.ct_statistics = check_statistics(self.ct_statistics, len(self.ct_statistics))
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)
             if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
@@ -308,6 +322,7 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["target_spacing"] = list(self.target_spacing) if self.target_spacing else None
+        d["window"] = list(self.window) if self.window else None
         return d
 
     @classmethod
@@ -357,13 +372,25 @@ def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out
 
 
-def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Per-channel intensity normalisation of (C, *spatial)."""
+def normalize(image: np.ndarray, method: str, ct_statistics: Sequence[dict[str, float]] | None = None,
+              window: tuple[float, float] | None = None) -> np.ndarray:
+    """Per-channel intensity normalisation of (C, *spatial); `ct` needs one statistics dict per channel,
+    `window` the HU window."""
     if method == "none":
         return image.astype(np.float32, copy=False)
+    if method == "ct" and (ct_statistics is None or len(ct_statistics) != image.shape[0]):
+        raise UserError(f"the CT normalisation needs the training set's foreground statistics for each of the "
+                        f"{image.shape[0]} channel(s); train.py computes them (config.nifti.preprocessing."
+                        f"ct_statistics), got {ct_statistics}")
+    if method == "window" and window is None:
+        raise UserError("the window normalisation needs --window LOW,HIGH (HU)")
     out = np.empty_like(image, dtype=np.float32)
     for c, channel in enumerate(image):
-        if method == "zscore":
+        if method == "ct":
+            out[c] = ct_normalize(channel, ct_statistics[c])
+        elif method == "window":
+            out[c] = window_normalize(channel, window)
+        elif method == "zscore":
             out[c] = (channel - channel.mean()) / max(float(channel.std()), 1e-8)
         else:  # minmax
             low, high = float(channel.min()), float(channel.max())
@@ -375,7 +402,10 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], settings: Preprocess
                label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, PreprocessRecord]:
     """(C, X, Y, Z) scan -> network-grid image (and label), plus the record that undoes it."""
     spatial = tuple(image.shape[1:])
-    box = nonzero_box(image) if settings.crop_nonzero else tuple((0, s) for s in spatial)
+    if not settings.crop_nonzero:
+        box = tuple((0, s) for s in spatial)
+    else:  # CT: air is -1000 HU, not 0, so the body is what lies well above air
+        box = body_box(image) if settings.modality == "CT" else nonzero_box(image)
     window = tuple(slice(a, b) for a, b in box)
     image = image[(slice(None), *window)]
     label = label[window] if label is not None else None
@@ -385,7 +415,7 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], settings: Preprocess
         image = np.stack([resize(channel, new_shape, settings.image_order) for channel in image])
         label = resize(label, new_shape, 0) if label is not None else None
     record = PreprocessRecord(spatial, cropped_spacing, box, new_shape)
-    return normalize(image, settings.normalization), label, record
+    return normalize(image, settings.normalization, settings.ct_statistics, settings.window), label, record
 
 
 def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
+from .ct import foreground_statistics
 from .datasets import DatasetAdapter, count
 from .nifti import (
     NiftiDatasetInfo,
@@ -164,6 +165,25 @@ class NiftiDataset(DatasetAdapter):
         if label is None:
             raise UserError(f"case {case_id} has no label file; it cannot be scored")
         return image, label
+
+
+def ct_statistics_of(info: NiftiDatasetInfo, cases: list[str]) -> list[dict[str, float]]:
+    """nnU-Net's CT statistics (per channel: 0.5 / 99.5 percentiles, mean, std) of the labeled voxels of `cases`
+    pooled, on each scan's own grid (the foreground lies inside any body crop; resampling would invent values)."""
+    def scans_and_labels():
+        for case in cases:
+            scan = read_scan(info.image_paths(case))
+            yield scan.image, read_label(info.label_path(case), scan.image.shape[1:], info.num_classes)
+
+    return foreground_statistics(scans_and_labels())
+
+
+def labeled_training_cases(info: NiftiDatasetInfo, labelnum: int, select: str, lists_dir: str | Path = "",
+                           num_val: int = -1, split_seed: int = 1337) -> list[str]:
+    """The cases whose labels a run trains on (validation and the labeled cases beyond labelnum excluded): the
+    split is drawn per case, the same in 2-D and 3-D mode, without reading any scan."""
+    return NiftiDataset("3d", Preprocessing(), info, num_val=num_val, split_seed=split_seed).split(
+        labelnum, select, lists_dir).labeled
 
 
 def dataset_from_config(config) -> NiftiDataset:
