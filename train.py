@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dataloaders.nifti import NORMALIZATIONS
 from dataloaders.nifti_dataset import NIFTI_MODES
 from training import TrainConfig, make_config, train
 from training.flags import build_train_parser, config_from_args, explicit_flags, settings_from_args
@@ -28,8 +29,9 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
                         "or a Decathlon task folder (imagesTr/<case>.nii.gz); the layout is detected")
     g.add_argument("--mode", choices=NIFTI_MODES, default="3d",
                    help="3d: V-Net on volumes (LA defaults); 2d: U-Net on slices (ACDC defaults)")
-    g.add_argument("--normalization", choices=("zscore", "minmax", "none"), default="zscore",
-                   help="per-case, per-channel intensity normalisation (the paper: zscore)")
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default="zscore",
+                   help="per-case, per-channel intensity normalisation (the paper: zscore); ct: nnU-Net's CT scheme "
+                        "(the default when dataset.json names CT)")
     g.add_argument("--target_spacing", type=float_list, default=None,
                    help="resample every case to this voxel size in mm (per array axis); default: keep each grid")
     g.add_argument("--image_order", type=int, choices=(1, 3), default=3, help="image resampling: 3 cubic, 1 linear")
@@ -51,6 +53,7 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
     import nibabel as nib
 
     from dataloaders.nifti import Preprocessing, choose_slice_axis, read_nifti_dataset
+    from dataloaders.nifti_dataset import labeled_training_cases, resolve_preprocessing
 
     info = read_nifti_dataset(args.data)
     print(f"data: {info.describe()}", file=sys.stderr)
@@ -65,6 +68,11 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
         image_order=args.image_order,
         slice_axis=choose_slice_axis(spacings, args.target_spacing),
     )
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    preprocessing, chosen = resolve_preprocessing(
+        preprocessing, info, "normalization" in given,
+        lambda: labeled_training_cases(info, args.labelnum, args.select, args.lists_dir, args.num_val, split_seed))
+    print(chosen, file=sys.stderr)
     settings.update(
         root_path=args.data, num_classes=info.num_classes,
         network_kwargs={**settings.get("network_kwargs", {}), "in_channels": info.num_channels,
@@ -79,7 +87,7 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
             "file_ending": info.file_ending,
             "layout": info.layout,
             "num_val": args.num_val,
-            "split_seed": args.seed if args.split_seed is None else args.split_seed,
+            "split_seed": split_seed,
         })
     config = make_config(dataset, **settings)
     if not config.stride:

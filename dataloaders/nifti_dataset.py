@@ -9,6 +9,8 @@ In 2-D mode the labeled / unlabeled items are slices `<case>_slice_<k>` of the p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
-from .ct import foreground_statistics
+from .ct import foreground_statistics, is_ct
 from .datasets import DatasetAdapter, count
 from .nifti import (
     NiftiDatasetInfo,
@@ -184,6 +186,36 @@ def labeled_training_cases(info: NiftiDatasetInfo, labelnum: int, select: str, l
     split is drawn per case, the same in 2-D and 3-D mode, without reading any scan."""
     return NiftiDataset("3d", Preprocessing(), info, num_val=num_val, split_seed=split_seed).split(
         labelnum, select, lists_dir).labeled
+
+
+def resolve_preprocessing(preprocessing: Preprocessing, info: NiftiDatasetInfo, normalization_given: bool,
+                          labeled_cases: Callable[[], list[str]]) -> tuple[Preprocessing, str]:
+    """The run's preprocessing with what dataset.json implies, and one line saying what was chosen.
+
+    A dataset whose channels are all named CT gets nnU-Net's CT scheme unless --normalization or --window says
+    otherwise, and its scans count as CT (body crop, predict.py's modality check). The CT statistics are computed
+    here, once, from the labeled voxels of `labeled_cases()` (the run's labeled training cases only: validation
+    and unlabeled cases keep their labels out of training), and travel in the config and every checkpoint.
+    """
+    ct = is_ct(info.channel_names)
+    normalization = preprocessing.normalization
+    if ct and not normalization_given and preprocessing.window is None:
+        normalization = "ct"
+    resolved = replace(preprocessing, normalization=normalization,
+                       modality="CT" if ct or normalization in ("ct", "window") else "", ct_statistics=None)
+    why = "dataset.json names CT" if ct and not normalization_given else "as asked"
+    if normalization == "window":
+        low, high = resolved.window
+        return resolved, f"normalization: window [{low:g}, {high:g}] HU -> [0, 1] ({why})"
+    if normalization != "ct":
+        return resolved, f"normalization: {normalization} per case and channel"
+    cases = labeled_cases()
+    resolved = replace(resolved, ct_statistics=ct_statistics_of(info, cases))
+    numbers = "; ".join(f"{name}: clip [{s['percentile_00_5']:.5g}, {s['percentile_99_5']:.5g}], mean "
+                        f"{s['mean']:.5g}, std {s['std']:.5g}" for name, s in zip(info.channel_names,
+                                                                                 resolved.ct_statistics, strict=True))
+    return resolved, (f"normalization: ct, nnU-Net's CT scheme ({why}), from the labeled voxels of "
+                      f"{count(len(cases), 'labeled training case')}: {numbers}")
 
 
 def dataset_from_config(config) -> NiftiDataset:

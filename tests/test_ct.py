@@ -2,10 +2,17 @@
 check that tells CT from MR (dataloaders/ct.py, dataloaders/nifti.py)."""
 from __future__ import annotations
 
+import json
+
+import nibabel as nib
 import numpy as np
 import pytest
-from nifti_data import synthetic_case, synthetic_ct_case
+import torch
+from nifti_data import make_ct_dataset, make_nifti_dataset, synthetic_case, synthetic_ct_case
 
+import predict
+import train
+from dataloaders import read_list
 from dataloaders.ct import body_box, foreground_statistics, hu_summary, modality_problem
 from dataloaders.nifti import Preprocessing, nonzero_box, preprocess, restore_labels
 
@@ -71,3 +78,71 @@ def test_ct_and_mr_volumes_are_told_apart():
     assert "not trained on CT" in modality_problem(hu_summary(ct), model_is_ct=False)
     assert modality_problem(hu_summary(mr), model_is_ct=False) == ""
     assert modality_problem(hu_summary(zscored), model_is_ct=False) == ""
+
+
+TINY = ["--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--num_workers", "0", "--device", "cpu",
+        "--no_progress", "--num_val", "1", "--patch_size", "16,16,16", "--base_filters", "4", "--batch_size", "2",
+        "--labeled_bs", "1"]
+
+
+@pytest.fixture(scope="module")
+def ct_dataset(tmp_path_factory):
+    return make_ct_dataset(tmp_path_factory.mktemp("ct") / "Dataset009_CT")
+
+
+def test_ct_run_records_its_statistics_and_predict_reuses_them(ct_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--data", str(ct_dataset), "--mode", "3d", "--labelnum", "2", "--crop_nonzero",
+                       "--run_dir", str(run), *TINY]) == 0
+    assert "normalization: ct, nnU-Net's CT scheme (dataset.json names CT)" in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    stored = config["nifti"]["preprocessing"]
+    assert stored["normalization"] == "ct" and stored["modality"] == "CT"
+    labeled = read_list(run / "splits" / "labeled.list")
+    assert len(labeled) == 2  # the run's labeled cases only: not the validation case nor the unlabeled pool
+    voxels = np.concatenate([
+        np.asarray(nib.load(str(ct_dataset / "imagesTr" / f"{c}_0000.nii.gz")).dataobj, np.float64)[
+            np.asarray(nib.load(str(ct_dataset / "labelsTr" / f"{c}.nii.gz")).dataobj) > 0] for c in labeled])
+    (stats,) = stored["ct_statistics"]
+    assert stats["percentile_00_5"] == float(np.percentile(voxels, 0.5))
+    assert stats["percentile_99_5"] == float(np.percentile(voxels, 99.5))
+    assert stats["mean"] == float(voxels.mean()) and stats["std"] == float(voxels.std())
+    checkpoint = torch.load(run / "best_model.pth", weights_only=True)
+    assert checkpoint["config"]["nifti"]["preprocessing"]["ct_statistics"] == [stats]
+
+    scan_path = ct_dataset / "imagesTs" / "cttest000_0000.nii.gz"
+    out = tmp_path / "pred"
+    assert predict.main(["--checkpoint", str(run / "best_model.pth"), "--input", str(scan_path), "--output",
+                         str(out), "--device", "cpu", "--no_progress"]) == 0
+    scan, written = nib.load(str(scan_path)), nib.load(str(out / "cttest000.nii.gz"))
+    assert written.shape == scan.shape and np.allclose(written.affine, scan.affine)
+
+    # an MR-like volume (no air, no fat) is refused by the CT model, with the reason
+    mr = tmp_path / "mr" / "mr000_0000.nii.gz"
+    mr.parent.mkdir()
+    image = np.asarray(scan.dataobj, np.float32)
+    nib.save(nib.Nifti1Image(np.clip(image + 1000, 0, None) / 10, scan.affine), str(mr))
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(run / "best_model.pth"), "--input", str(mr), "--output",
+                         str(tmp_path / "pred_mr"), "--device", "cpu", "--no_progress"]) == 2
+    assert "looks like an MR" in capsys.readouterr().err and not (tmp_path / "pred_mr").exists()
+
+
+def test_a_window_replaces_the_statistics_and_an_mr_model_refuses_ct(ct_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--data", str(ct_dataset), "--mode", "3d", "--labelnum", "2", "--window", "-160,240",
+                       "--run_dir", str(run), *TINY]) == 0
+    stored = json.loads((run / "config.json").read_text())["nifti"]["preprocessing"]
+    assert stored["normalization"] == "window" and stored["window"] == [-160.0, 240.0]
+    assert stored["ct_statistics"] is None and stored["modality"] == "CT"
+
+    mr_data = make_nifti_dataset(tmp_path / "mr", n_labeled=3, n_unlabeled=1, n_test=0)
+    mr_run = tmp_path / "mr_run"
+    assert train.main(["--data", str(mr_data), "--mode", "3d", "--labelnum", "1", "--run_dir", str(mr_run),
+                       *TINY]) == 0
+    assert json.loads((mr_run / "config.json").read_text())["nifti"]["preprocessing"]["modality"] == ""
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(mr_run / "best_model.pth"), "--input",
+                         str(ct_dataset / "imagesTs" / "cttest000_0000.nii.gz"), "--output", str(tmp_path / "p"),
+                         "--device", "cpu", "--no_progress"]) == 2
+    assert "not trained on CT" in capsys.readouterr().err
