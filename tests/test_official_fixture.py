@@ -32,7 +32,7 @@ from benchmarks.official_fixture import (
     step_record,
     tensor_digest,
 )
-from methods import Batch, Method, build_method
+from methods import Batch, Method, StepContext, build_method
 from networks import build_network, load_official_state_dict
 from training import make_config
 from training.optim import build_sgd, zero_gradients
@@ -53,7 +53,7 @@ def project_state(method: Method) -> tuple[dict[str, Tensor], dict[str, Tensor],
     """(parameters, buffers) under the official state-dict names (networks/loading.py: ours are the same) and the
     prototype memory per class."""
     buffers = {**dict(method.network.named_buffers()), **dict(method.heads.named_buffers())}
-    return dict(method.named_parameters()), buffers, list(method.memory.prototypes)
+    return dict(method.trained_parameters()), buffers, list(method.memory.prototypes)
 
 
 def load_start(method: Method, state: dict[str, Tensor]) -> None:
@@ -64,11 +64,11 @@ def run_project_step(method: Method, optimizer: torch.optim.Optimizer, images: T
                      iteration: int, low_memory: bool) -> tuple[dict[str, float], float]:
     """The trainer's step up to the optimizer step (gradients zeroed first, then the loss; --low_memory 1: parts
     of it backpropagated inside), then the backward of what is left. Returns (terms, w(t))."""
-    method.backward_early = Precision("off").backward if low_memory else None
+    step = StepContext(iteration, backward=Precision("off").backward if low_memory else None)
     n_labeled = labels.shape[0]
     method.train()
     zero_gradients(optimizer)
-    output = method.training_loss(Batch(images[:n_labeled], labels), Batch(images[n_labeled:], None), iteration)
+    output = method(Batch(images[:n_labeled], labels), Batch(images[n_labeled:], None), step)
     output.loss.backward()
     terms = {k: float(v) for k, v in output.terms.items()}
     return terms, float(output.monitors["consistency_weight"])
@@ -101,7 +101,7 @@ def project_records(case: Case, low_memory: bool) -> Iterator[dict]:
     start = initial_state({n: (tuple(t.shape), t.dtype) for n, t in {**parameters, **buffers}.items()},
                           case.init_seed)
     load_start(method, start)
-    optimizer = build_sgd(method.parameters(), lr=case.learning_rate)
+    optimizer = build_sgd([p for _, p in method.trained_parameters()], lr=case.learning_rate)
     yield {"batch": {"images": tensor_digest(images), "labels": tensor_digest(labels)},
            "initial_state_sha256": state_digest(start)}
     for iteration in range(case.first_iteration, case.first_iteration + case.iterations):
