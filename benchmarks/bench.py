@@ -259,7 +259,7 @@ def test_job(job: dict) -> dict:
         if fast:
             prepare_network(network, channels_last=options["channels_last"], compile=options["compile"])
         batch_size = options["eval_batch_size"] if fast else job["test_batch_size"]
-        settings = InferenceSettings(patch, stride, batch_size=batch_size, nms=False,
+        settings = InferenceSettings(patch, stride, batch_size=batch_size, largest_component=False,
                                      amp=options["amp"] if fast else "off")
         predictor = Predictor(network, get_dataset("LA"), settings)
 

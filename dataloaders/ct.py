@@ -11,6 +11,7 @@ sampling, so the numbers are exactly numpy's on those voxels).
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
 
 import numpy as np
@@ -75,6 +76,17 @@ def window_normalize(channel: np.ndarray, window: tuple[float, float]) -> np.nda
     """A fixed HU window: clip to [low, high] and map it linearly to [0, 1]."""
     low, high = window
     return ((np.clip(channel, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def parse_window(text: str) -> list[float]:
+    """`-160,240` -> [-160.0, 240.0]: the --window flag (HU, LOW < HIGH)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in HU like -160,240, got {text!r}") from None
+    if len(values) != 2 or not values[0] < values[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in HU with LOW < HIGH like -160,240, got {text!r}")
+    return values
 
 
 def check_window(window) -> tuple[float, float] | None:

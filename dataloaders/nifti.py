@@ -35,12 +35,15 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from utils.cli import float_list
 from utils.errors import UserError
+from utils.settings import setting
 
 from .cases import check_label_values, parse_key
-from .ct import body_box, check_statistics, check_window, ct_normalize, window_normalize
+from .ct import body_box, check_statistics, check_window, ct_normalize, parse_window, window_normalize
 
 NORMALIZATIONS = ("zscore", "minmax", "none", "ct", "window")
+NIFTI_GROUP = "your NIfTI dataset"  # train.py's -h section of these settings
 UNLABELED = -1  # label value of unlabeled training samples: never read (methods get label=None), fails if used
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(\.gz)?)$")
 LAYOUTS = {"nnunet": "nnU-Net raw layout (imagesTr/<case>_0000.nii.gz, one file per channel)",
@@ -288,16 +291,31 @@ def read_label(path: Path, shape: tuple[int, ...], num_classes: int | None = Non
 # ----------------------------------------------------------------------------------------------- preprocessing
 @dataclass
 class Preprocessing:
-    """Written into every checkpoint (config.nifti.preprocessing) so predict.py repeats it on new scans."""
+    """Written into every checkpoint (config.nifti.preprocessing) so predict.py repeats it on new scans; train.py's
+    preprocessing flags are generated from these fields."""
 
-    normalization: str = "zscore"
-    target_spacing: tuple[float, ...] | None = None  # mm per array axis; None keeps each scan's grid
-    crop_nonzero: bool = False
-    image_order: int = 3  # spline order for images when resampling: 3 cubic, 1 linear (labels always nearest)
-    slice_axis: int = 2  # 2-D mode: the array axis slices are taken along (the coarsest one)
-    window: tuple[float, float] | None = None  # HU clipped to and mapped to [0, 1] (normalization "window")
-    modality: str = ""  # "CT" for scans in Hounsfield units (body crop, input check), else ""
-    ct_statistics: list[dict[str, float]] | None = None  # per channel, of the training set's foreground ("ct")
+    normalization: str = setting(
+        "zscore", "per-case, per-channel intensity normalisation (the paper: zscore); ct: nnU-Net's CT scheme with the "
+        "foreground statistics of the labeled training cases, chosen when dataset.json names every channel CT; "
+        "window: a fixed HU window (--window)", choices=NORMALIZATIONS, group=NIFTI_GROUP)
+    target_spacing: tuple[float, ...] | None = setting(
+        None, "resample every case to this voxel size (per array axis); default: keep each grid", unit="mm",
+        parse=float_list, group=NIFTI_GROUP)
+    crop_nonzero: bool = setting(False, "crop each case to its non-zero (body) region; on CT to the largest region "
+                                        "above -500 HU", switch=True, group=NIFTI_GROUP)
+    image_order: int = setting(3, "image resampling: 3 cubic, 1 linear (labels always nearest)", choices=(1, 3),
+                               group=NIFTI_GROUP)
+    slice_axis: int = setting(2, "2-D mode: the array axis slices are taken along (the coarsest one, from the "
+                                 "scans' spacing)", flag=False)
+    window: tuple[float, float] | None = setting(
+        None, "CT: clip to this HU window and map it to [0, 1] instead of the CT statistics (sets --normalization "
+              "window), e.g. --window=-160,240 (with '=': a negative value is not a flag)", unit="HU",
+        parse=parse_window, metavar="LOW,HIGH", group=NIFTI_GROUP)
+    modality: str = setting("", "'CT' for scans in Hounsfield units (body crop, predict.py's modality check), "
+                                "else ''; from dataset.json and the normalisation", flag=False)
+    ct_statistics: list[dict[str, float]] | None = setting(
+        None, "per channel, the foreground statistics of the CT scheme (percentile_00_5, percentile_99_5, mean, "
+              "std), computed by train.py", flag=False)
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:

@@ -130,7 +130,7 @@ def test_ct_run_records_its_statistics_and_predict_reuses_them(ct_dataset, tmp_p
 
 def test_a_window_replaces_the_statistics_and_an_mr_model_refuses_ct(ct_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert train.main(["--data", str(ct_dataset), "--mode", "3d", "--labelnum", "2", "--window", "-160,240",
+    assert train.main(["--data", str(ct_dataset), "--mode", "3d", "--labelnum", "2", "--window=-160,240",
                        "--run_dir", str(run), *TINY]) == 0
     stored = json.loads((run / "config.json").read_text())["nifti"]["preprocessing"]
     assert stored["normalization"] == "window" and stored["window"] == [-160.0, 240.0]

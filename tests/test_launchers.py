@@ -20,6 +20,7 @@ from reproduction.lock import LOCK_FILE, STALE_AFTER_SECONDS, CellBusy, CellLock
 from reproduction.plan import Evaluation, Run
 from reproduction.status import log_progress
 from training.checkpoints import list_checkpoints
+from utils.machine import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,7 +216,7 @@ def test_local_slots_pin_cells_to_gpus_or_share_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     env = cell_environment("2", 4)
     assert env["CUDA_VISIBLE_DEVICES"] == "2" and "OMP_NUM_THREADS" not in env  # a GPU cell: torch decides
-    assert cell_environment(None, 2)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert cell_environment(None, 2)["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
 
 
 def test_cell_round_trips_through_its_json(tmp_path):
@@ -223,7 +224,7 @@ def test_cell_round_trips_through_its_json(tmp_path):
     cell = Cell(run, [Evaluation(run, "best_model.pth", ("honest-val",)),
                       Evaluation(run, "last_model.pth", ("honest-last",))],
                 CellSettings(device="cuda", num_workers=4, root_path="/data/LA", test_list="data/LA/test.list",
-                             extra_flags=["--amp", "bf16"]))
+                             train_settings={"amp": "bf16"}))
     assert Cell.from_json(cell.to_json()) == cell
     assert Cell.from_json(cell.write().read_text()) == cell
 

@@ -247,7 +247,8 @@ def test_fp32_and_bf16_test_metrics_agree_on_a_fixed_checkpoint(trained_syntheti
     cases = read_list(root / "test.list")
     evaluations = {}
     for amp in ("off", "bf16"):
-        settings = InferenceSettings((32, 32, 32), (8, 8, 4), batch_size=4 if amp == "off" else 8, nms=True, amp=amp)
+        settings = InferenceSettings((32, 32, 32), (8, 8, 4), batch_size=4 if amp == "off" else 8,
+                                     largest_component=True, amp=amp)
         evaluations[amp] = evaluate_cases(Predictor(net, dataset, settings), root, cases, keep_predictions=True)
     fp32, bf16 = evaluations["off"], evaluations["bf16"]
     assert fp32.mean_dice() > 0.6, "the fixture network should have learned the synthetic task"

@@ -169,8 +169,9 @@ class Training:
         self.optimizer = build_sgd([p for _, p in trained], lr=config.base_lr, impl=config.optimizer_impl)
         self.train_step = ddp.wrap(self.method)  # torchrun: DDP around the method; else the method itself
         inference = InferenceSettings(patch_size=tuple(config.patch_size), stride=tuple(config.stride),
-                                      batch_size=config.eval_batch_size, nms=False)
-        self.store = CheckpointStore(self.run_dir, config, {**inference.to_dict(), "nms": dataset.test_nms})
+                                      batch_size=config.eval_batch_size, largest_component=False)
+        self.store = CheckpointStore(self.run_dir, config,
+                                     {**inference.to_dict(), "largest_component": dataset.test_largest_component})
         bests = {name: Best(name, self.store.best_path(name)) for name in eval_lists}
         # in-training evaluation may be cheaper (coarser stride, autocast) than the test the checkpoints record;
         # it runs the live network (its weights change between evaluations), not a folded snapshot

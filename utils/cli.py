@@ -32,11 +32,13 @@ def run_cli(job: Callable[[], object], debug: bool = False) -> int:
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" only where the help does not state its default already and X says something."""
+    """Appends "(default: X)" only where the help does not state its default already and X says something (not to a
+    switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS:
+        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS \
+                or action.nargs == 0:  # a switch (--tta, --no_progress): its name says what it does
             return text
         return super()._get_help_string(action)
 
