@@ -60,8 +60,8 @@ from training.config import OPTIMIZER_IMPLS, make_config
 from training.optim import build_sgd, zero_gradients
 from training.precision import Precision
 from utils.atomic import write_text_atomic
+from utils.autocast import PRECISION_MODES
 from utils.cli import int_list
-from utils.precision import PRECISION_MODES
 from utils.sliding_window import count_windows, window_starts
 
 MODES = ("official", "default", "fast")

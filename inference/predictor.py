@@ -31,11 +31,11 @@ from dataloaders.nifti import Scan, preprocess, restore_labels
 from dataloaders.nifti_dataset import dataset_from_checkpoint
 from networks import load_network
 from networks.speed import fold_batchnorm, prepare_network, use_channels_last
+from utils.autocast import autocast
 from utils.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from utils.cli import resolve_device
 from utils.errors import UserError
 from utils.postprocess import keep_largest_component_per_class
-from utils.precision import autocast
 from utils.sliding_window import predict_slices_2d, sliding_window_predict
 
 from .settings import InferenceSettings

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from dataloaders import DatasetAdapter
+from utils.autocast import PRECISION_MODES
 from utils.cli import int_list
-from utils.precision import PRECISION_MODES
 from utils.settings import check_settings, setting
 
 SPEED = "speed (opt-in; the defaults are the paper's fp32 math)"

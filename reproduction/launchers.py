@@ -162,8 +162,8 @@ def import_submitit():
     try:
         import submitit
     except ImportError:
-        raise UserError("--launcher slurm needs submitit: pip install submitit (or pip install -e '.[cluster]')") \
-            from None
+        raise UserError("--launcher slurm needs submitit: pip install submitit (or pip install '.[cluster]' in the "
+                        "checkout)") from None
     return submitit
 
 

@@ -20,7 +20,6 @@ from reproduction.lock import LOCK_FILE, STALE_AFTER_SECONDS, CellBusy, CellLock
 from reproduction.plan import Evaluation, Run
 from reproduction.status import log_progress
 from training.checkpoints import list_checkpoints
-from utils.machine import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,9 +213,18 @@ def test_local_slots_pin_cells_to_gpus_or_share_the_cores(monkeypatch):
     with pytest.raises(ValueError, match="use --device cuda"):
         local_slots(["0"], None, "cuda:1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SSNET_MARKER", "kept")
     env = cell_environment("2", 4)
     assert env["CUDA_VISIBLE_DEVICES"] == "2" and "OMP_NUM_THREADS" not in env  # a GPU cell: torch decides
-    assert cell_environment(None, 2)["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
+    assert env["SSNET_MARKER"] == "kept"  # the rest of this process's environment goes along
+    # a machine with 8 usable cores, however the launcher counts them
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 8, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    threads = {cells: cell_environment(None, cells)["OMP_NUM_THREADS"] for cells in (1, 2, 3, 8, 12)}
+    assert threads == {1: "8", 2: "4", 3: "2", 8: "1", 12: "1"}  # whole cores each, at least one
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cell_environment(None, 2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
 
 
 def test_cell_round_trips_through_its_json(tmp_path):
