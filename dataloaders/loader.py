@@ -8,19 +8,28 @@ Every sample's augmentation is seeded by the sampler's (index, sample seed) entr
 on the number of workers, nor on which thread reads it; the workers need no seeding of their own.
 
 Who loads (docs/speed.md, "Data loading"): `num_workers` > 0 worker processes (DataLoader's); 0 a background thread
-of the training process that prepares the next batch while the step runs. The default (training/config.py,
+of the training process that prepares the next batch while the step runs. The default (utils/machine.py,
 `default_num_workers`) is the thread where the default device is a CPU: there the step's intra-op threads use every
 core, and worker processes would take cores (and memory) from it for work that a thread overlaps with the step.
 """
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 to the main process (a terminal's Ctrl-C and a scheduler
+    signal every process): it finishes the iteration, saves and ends them (training/signals.py)."""
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class BackgroundBatches(Iterator):
@@ -64,7 +73,8 @@ def training_batches(dataset: Dataset, batch_sampler: Iterable[list], num_worker
     not at the first batch: a resumed run restores its generators after this call."""
     pin = device.type == "cuda"
     loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                        pin_memory=pin and num_workers > 0, persistent_workers=num_workers > 0)
+                        pin_memory=pin and num_workers > 0, persistent_workers=num_workers > 0,
+                        worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
     batches: Iterator[dict] = iter(loader)
     if num_workers == 0:
         batches = BackgroundBatches(_pinned(batches) if pin else batches)
