@@ -62,17 +62,20 @@ def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = D
     train = read_list(lists_dir / "train.list")
     val = read_list(lists_dir / "val.list")
     test = read_list(lists_dir / "test.list")
-    available = len(train)
-    if labelnum < 1 or labelnum > available:
-        raise UserError(f"--labelnum {labelnum} out of range: choose 1..{available} (cases in train.list)")
-    labeled = train[:labelnum]
     val_set = set(val)
-    leaked = [case for case in labeled if case in val_set]
-    if hold_out_val and leaked:
-        raise UserError(
-            f"--labelnum {labelnum} would label validation case(s) {leaked} from val.list; "
-            f"use --labelnum <= {available - len(val)} or disable the held-out validation set"
-        )
+    # The true limit at once: held out, the first validation case in train.list ends the labeled prefix.
+    limit = next((i for i, case in enumerate(train) if case in val_set), len(train)) if hold_out_val else len(train)
+    if labelnum < 1 or labelnum > limit:
+        if limit < len(train):
+            reason = (f"{lists_dir / 'train.list'} lists {len(train)} cases and case {limit + 1} "
+                      f"({train[limit]}) is a validation case of val.list, held out by --select val; choose "
+                      f"--labelnum 1..{limit}, or --select last to train on the validation cases too")
+        else:
+            reason = f"{lists_dir / 'train.list'} lists {len(train)} cases; choose --labelnum 1..{limit}"
+        raise UserError(f"--labelnum {labelnum} out of range: {reason}" if limit else
+                        f"--labelnum {labelnum}: no case of {lists_dir / 'train.list'} can be labeled "
+                        f"(its first case is a validation case of val.list); use --select last or reorder the list")
+    labeled = train[:labelnum]
     rest = train[labelnum:]
     unlabeled = [case for case in rest if case not in val_set] if hold_out_val else rest
     return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
@@ -88,7 +91,8 @@ def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
     distinct = list(dict.fromkeys(patient_of(name) for name in slice_ids))
     if labeled_patients < 1 or labeled_patients > len(distinct):
         raise UserError(
-            f"--labelnum {labeled_patients} (labeled patients) out of range: choose 1..{len(distinct)}"
+            f"--labelnum {labeled_patients} (labeled patients) out of range: the list has {len(distinct)} "
+            f"patients; choose --labelnum 1..{len(distinct)}"
         )
     chosen = set(distinct[:labeled_patients])
     count = 0

@@ -75,6 +75,22 @@ def test_la_split_refuses_to_label_validation_cases():
         la_split(73)
 
 
+@pytest.mark.parametrize("labelnum", [8, 6])
+def test_la_split_tells_the_true_limit_at_once_with_the_flags(labelnum, tmp_path):
+    """6 listed cases, the last held out for validation: 8 and 6 get the same answer, 1..5, naming --select."""
+    (tmp_path / "train.list").write_text("a\nb\nc\nd\ne\nv\n")
+    (tmp_path / "val.list").write_text("v\n")
+    (tmp_path / "test.list").write_text("t\n")
+    with pytest.raises(ValueError, match=rf"--labelnum {labelnum} out of range: .*train\.list lists 6 cases and "
+                                         r"case 6 \(v\) is a validation case .*--select val; choose --labelnum "
+                                         r"1\.\.5, or --select last"):
+        la_split(labelnum, lists_dir=tmp_path)
+    assert len(la_split(5, lists_dir=tmp_path).labeled) == 5
+    assert len(la_split(6, hold_out_val=False, lists_dir=tmp_path).labeled) == 6
+    with pytest.raises(ValueError, match=r"lists 6 cases; choose --labelnum 1\.\.6"):
+        la_split(7, hold_out_val=False, lists_dir=tmp_path)
+
+
 def test_la_split_reads_other_lists_dir(tmp_path):
     (tmp_path / "train.list").write_text("a\nb\nc\nd\n")
     (tmp_path / "val.list").write_text("d\n")
