@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper = the published checkpoint selection (LA: best on the TEST set); honest = best on "
                         "the validation list, and the last checkpoint")
     p.add_argument("--root_path", default="", help="dataset folder (default ./data/<dataset>; --quick: synthetic)")
-    p.add_argument("--lists_dir", default="", help="split lists (default data/<dataset>)")
+    p.add_argument("--lists_dir", default="", help="split lists (default data/splits/<dataset>)")
     p.add_argument("--runs_dir", default="", help="run folders (default model/reproduce, quick: model/reproduce_quick)")
     p.add_argument("--results_dir", default="", help="tables and chart (default results, quick: results/quick)")
     p.add_argument("--device", default=default_device())

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from data.lists import write_lists
+from data.lists import refuse_shipped_lists, write_lists
 from dataloaders.manifest import (
     MANIFEST,
     dataset_keys,
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in args.cases.split(",") if c] or None
 
     def job() -> None:
+        if args.write_lists:
+            refuse_shipped_lists(Path(args.write_lists))  # before downloading, not after
         download(args.dataset, args.dest, args.base_url, cases, args.manifest, args.retries, args.timeout,
                  not args.no_progress)
         if args.write_lists:

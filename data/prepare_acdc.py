@@ -9,7 +9,7 @@ For every `patientXXX/patientXXX_frameYY.nii.gz` with its `_gt.nii.gz` (the ED a
   * writes DEST/data/<patient>_<frame>.h5 (image, label: S x H x W) and one 2-D file per short-axis slice,
     DEST/data/slices/<patient>_<frame>_slice_<k>.h5 (H x W), k = 1..S from the first stored slice (1-based, as
     the public slice names).
-The split lists ship with this repository (data/ACDC/*.list); check the result with data/verify.py DEST.
+The split lists ship with this repository (data/splits/ACDC/*.list); check the result with data/verify.py DEST.
 """
 from __future__ import annotations
 

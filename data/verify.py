@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from data.lists import write_lists
+from data.lists import refuse_shipped_lists, write_lists
 from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder
 from utils.cli import run_cli
 
@@ -29,6 +29,8 @@ def detect_dataset(root: Path) -> str:
 def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST, complete: bool = False,
            lists_out: str | Path = "") -> bool:
     root = Path(root)
+    if lists_out:
+        refuse_shipped_lists(Path(lists_out))
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     dataset = dataset.upper() if dataset else detect_dataset(root)

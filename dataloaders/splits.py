@@ -1,7 +1,9 @@
 """Labeled / unlabeled / validation / test id lists for LA and ACDC.
 
-The lists live in the repository's `data/` folder. Labeled subsets follow the official code: the first N
-ids of the training list (LA), or the slices of the first N patients of `train_slices.list` (ACDC).
+The shipped lists live in `data/splits/<dataset>/` (SPLITS_DIR), apart from `./data/LA` and `./data/ACDC`, the
+default data roots where downloads and restores land: no tool writing lists beside the cases touches them.
+Labeled subsets follow the official code: the first N ids of the training list (LA), or the slices of the first N
+patients of `train_slices.list` (ACDC).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from utils.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+SPLITS_DIR = DATA_DIR / "splits"  # the shipped split lists, one folder per dataset (never written by a tool)
 
 _LIST_CONTENTS = {
     "train.list": "one training case id per line",
@@ -52,7 +55,7 @@ class Split:
         return asdict(self)
 
 
-def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = DATA_DIR / "LA") -> Split:
+def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = SPLITS_DIR / "LA") -> Split:
     """LA split with the first `labelnum` ids of train.list labeled.
 
     hold_out_val=True (honest protocol): the val.list cases are neither labeled nor unlabeled training data.
@@ -106,7 +109,7 @@ def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
     return count
 
 
-def acdc_split(labeled_patients: int, lists_dir: str | Path = DATA_DIR / "ACDC") -> Split:
+def acdc_split(labeled_patients: int, lists_dir: str | Path = SPLITS_DIR / "ACDC") -> Split:
     """ACDC split: labeled = slices of the first `labeled_patients` patients of train_slices.list."""
     lists_dir = Path(lists_dir)
     slices = read_list(lists_dir / "train_slices.list")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dataloaders.splits import (
-    DATA_DIR,
+    SPLITS_DIR,
     Split,
     acdc_split,
     la_split,
@@ -30,7 +30,7 @@ def test_read_list_missing_file_names_path_and_contents(tmp_path):
 
 
 def test_la_lists_have_80_20_8_ids_and_val_is_tail_of_train():
-    train, test, val = (read_list(DATA_DIR / "LA" / f"{n}.list") for n in ("train", "test", "val"))
+    train, test, val = (read_list(SPLITS_DIR / "LA" / f"{n}.list") for n in ("train", "test", "val"))
     assert (len(train), len(test), len(val)) == (80, 20, 8)
     assert len(set(train)) == 80 and not set(train) & set(test)
     assert val == train[-8:]
@@ -39,7 +39,7 @@ def test_la_lists_have_80_20_8_ids_and_val_is_tail_of_train():
 @pytest.mark.parametrize("labelnum", [4, 8, 16])
 def test_la_split_honest_protocol_is_disjoint(labelnum):
     split = la_split(labelnum)
-    assert split.labeled == read_list(DATA_DIR / "LA" / "train.list")[:labelnum]
+    assert split.labeled == read_list(SPLITS_DIR / "LA" / "train.list")[:labelnum]
     parts = [set(split.labeled), set(split.unlabeled), set(split.val), set(split.test)]
     assert sum(map(len, parts)) == len(set().union(*parts)) == 100
     assert len(split.unlabeled) == 80 - 8 - labelnum
@@ -101,8 +101,8 @@ def test_la_split_reads_other_lists_dir(tmp_path):
 
 
 def test_acdc_lists_sizes_and_patient_disjointness():
-    slices = read_list(DATA_DIR / "ACDC" / "train_slices.list")
-    train, val, test = (read_list(DATA_DIR / "ACDC" / f"{n}.list") for n in ("train", "val", "test"))
+    slices = read_list(SPLITS_DIR / "ACDC" / "train_slices.list")
+    train, val, test = (read_list(SPLITS_DIR / "ACDC" / f"{n}.list") for n in ("train", "val", "test"))
     assert (len(slices), len(train), len(val), len(test)) == (1312, 140, 20, 40)
     patients = [{patient_of(name) for name in ids} for ids in (train, val, test)]
     assert [len(p) for p in patients] == [70, 10, 20]
@@ -111,7 +111,7 @@ def test_acdc_lists_sizes_and_patient_disjointness():
 
 
 def test_patients_to_slices_matches_official_table():
-    slices = read_list(DATA_DIR / "ACDC" / "train_slices.list")
+    slices = read_list(SPLITS_DIR / "ACDC" / "train_slices.list")
     table = {3: 68, 7: 136, 14: 256, 21: 396, 28: 512, 35: 664, 70: 1312}
     assert {n: patients_to_slices(n, slices) for n in table} == table
 

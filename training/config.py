@@ -64,7 +64,7 @@ class TrainConfig(MethodSettings):
     # -- data and run folder
     dataset: str = setting(help="LA | ACDC | NIfTI-3d | NIfTI-2d", flag=False)
     root_path: str = setting("", "dataset folder", runtime=True, group=RUN)
-    lists_dir: str = setting("", "folder with the split lists (default: data/<dataset>)", group=RUN)
+    lists_dir: str = setting("", "folder with the split lists (default: data/splits/<dataset>)", group=RUN)
     exp: str = setting("", "experiment name (run folder prefix)", group=RUN)
     run_dir: str = setting("", "run folder (default: model/<exp>_<labelnum>_labeled/<method>_seed<seed>)",
                            runtime=True, group=RUN)
