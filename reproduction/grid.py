@@ -27,7 +27,16 @@ from reproduction.cell import (
 from reproduction.launchers import LaunchReport, SlurmSettings, local_slots, run_local, submit_cells, wait_for_jobs
 from reproduction.lock import CellBusy, job_active, live_holder, short_job_id
 from reproduction.paper import PAPER_RESULTS, load_paper_results
-from reproduction.plan import DEFAULT_BUDGETS, Evaluation, Plan, Run, format_plan, load_timings, plan_grid
+from reproduction.plan import (
+    DEFAULT_BUDGETS,
+    Evaluation,
+    Plan,
+    Run,
+    check_grid_data,
+    format_plan,
+    load_timings,
+    plan_grid,
+)
 from reproduction.rows import FULL_MODE, QUICK_MODE, SHORTENED_MODE
 from reproduction.status import cell_state, format_status
 from training.flags import build_train_parser
@@ -228,11 +237,18 @@ def run_grid(options: GridOptions) -> GridResult:
         train_config(cell.run, settings)
     banner = QUICK_BANNER if options.quick else (f"*** {SHORTENED_MODE} ({shortened(max_iteration, extra)}) ***"
                                                  if mode == SHORTENED_MODE else "")
-    timings = load_timings(runs_dir, options.timing)
+    # docs/speed.md's times are of the full shapes: not for --quick's tiny ones
+    timings = load_timings(runs_dir, options.timing, documented=not options.quick)
     result = GridResult(plan, mode=mode)
+    data_ready, data_line = (True, "") if options.quick or options.status or options.aggregate else \
+        check_grid_data(dataset, options.root_path or f"./data/{dataset}", options.lists_dir)
     if options.dry_run:
         print(format_plan(plan, timings, banner))
+        if data_line:
+            print(f"data: {data_line}" if data_ready else f"data: NOT READY: {data_line}")
         return result
+    if not data_ready:  # before the first cell, not at it
+        raise FileNotFoundError(data_line)
     if options.status:
         print(format_status([cell_state(cell) for cell in cells], timings, banner))
         return result

@@ -34,6 +34,13 @@ CHECKPOINTS = {"paper": "best_model.pth", "honest-val": "best_model.pth", "hones
 DEFAULT_BUDGETS = {"LA": ["4", "8", "all"], "ACDC": ["3", "7", "all"]}
 ALL = "all"
 TIMING_FILE = "reproduce_timing.json"
+# Measured seconds per iteration published in docs/speed.md (tests/test_reproduce.py keeps them equal): the
+# estimate's starting point until a run of this grid (or --timing FILE) measures the machine it runs on.
+DOCUMENTED_TIMES = {
+    ("LA", "ss_net"): (26.7, "the default SS-Net step at 112x112x80, batch 4, median of three quiet runs"),
+    ("ACDC", "ss_net"): (39.1, "the default SS-Net step at 256x256, batch 24, measured while the machine was busy"),
+}
+DOCUMENTED_MACHINE = "the CPU machine of docs/speed.md (2 cores, AMD EPYC, torch 2.13 CPU, 2 threads)"
 
 
 def describe_protocol(protocol: str, dataset: str) -> str:
@@ -191,6 +198,28 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
     return Plan(dataset, runs, evaluations, notes)
 
 
+# ---- the data the grid needs ----------------------------------------------------------------------------------
+
+
+def check_grid_data(dataset: str, root_path: str | Path, lists_dir: str | Path = "") -> tuple[bool, str]:
+    """(every case of the grid's lists is under the root, one line saying so or what is missing and the fix)."""
+    task = get_dataset(dataset)
+    lists = task.lists_dir(lists_dir)
+    if dataset == "LA":  # val.list is the tail of train.list
+        train, evaluated = read_list(lists / "train.list"), read_list(lists / "test.list")
+    else:
+        train = read_list(lists / "train_slices.list")
+        evaluated = read_list(lists / "val.list") + read_list(lists / "test.list")
+    try:
+        task.check_data(root_path, train, evaluated)
+    except FileNotFoundError as exc:
+        download = (f"; to get the data: python -m data.download {dataset.lower()} {root_path} (docs/data.md)"
+                    if not Path(root_path).is_dir() else "")
+        return False, f"{exc}{download}"
+    return True, (f"every case of the lists in {lists} is under {root_path} ({task.describe_items(train)} to "
+                  f"train, {len(evaluated)} to evaluate)")
+
+
 # ---- measured iteration times and the GPU-hour estimate ----------------------------------------------------
 
 
@@ -200,9 +229,11 @@ def timing_record(run: Run, iterations: int, seconds: float, device: str, device
             "device": device, "device_name": device_name, "run_dir": str(run.run_dir)}
 
 
-def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tuple[str, str], dict]:
+def load_timings(runs_dir: str | Path, timing_file: str | Path = "", documented: bool = False
+                 ) -> dict[tuple[str, str], dict]:
     """{(dataset, method): {"seconds_per_iteration", "device_name", "source"}} from a --timing file, else from
-    the timing records earlier grid sessions wrote in their run folders (longest measurement wins)."""
+    the timing records earlier grid sessions wrote in their run folders (longest measurement wins), else (with
+    `documented`) from docs/speed.md's measurements, on the machine they name."""
     found: dict[tuple[str, str], dict] = {}
     if timing_file:
         path = Path(timing_file)
@@ -225,7 +256,11 @@ def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tup
             continue
         key = (record["dataset"], record["method"])
         if key not in found or record["iterations"] > (found[key]["iterations"] or 0):
-            found[key] = {**record, "source": str(path)}
+            found[key] = {**record, "source": f"{path}, evaluations included"}
+    for key, (seconds, what) in DOCUMENTED_TIMES.items() if documented else ():
+        found.setdefault(key, {"seconds_per_iteration": seconds, "device_name": DOCUMENTED_MACHINE,
+                               "source": f"docs/speed.md: {what}; training steps only, until a run here measures "
+                                         f"its own", "iterations": None, "documented": True})
     return found
 
 
@@ -240,8 +275,8 @@ def estimate_hours(plan: Plan, timings: dict[tuple[str, str], dict]) -> tuple[fl
                 unknown.append(run.method)
             continue
         seconds += remaining * timing["seconds_per_iteration"]
-        line = (f"{run.method}: {timing['seconds_per_iteration']:.3f} s/iteration on {timing['device_name']} "
-                f"({timing['source']})")
+        line = (f"{run.dataset} {run.method}: {timing['seconds_per_iteration']:.3f} s/iteration on "
+                f"{timing['device_name']} ({timing['source']})")
         if line not in sources:
             sources.append(line)
     return seconds / 3600.0, unknown, sources
@@ -267,9 +302,12 @@ def format_plan(plan: Plan, timings: dict[tuple[str, str], dict], banner: str = 
     hours, unknown, sources = estimate_hours(plan, timings)
     if sources:
         lines.append(f"estimated time for the remaining iterations: {hours:.2f} h "
-                     f"({'lower bound: ' + ', '.join(unknown) + ' unmeasured; ' if unknown else ''}"
-                     f"measured iteration times incl. evaluations):")
+                     f"{' (a lower bound: ' + ', '.join(unknown) + ' unmeasured)' if unknown else ''}, from "
+                     f"measured iteration times:")
         lines += [f"  {s}" for s in sources]
+        if any(timings[k].get("documented") for k in {(r.dataset, r.method) for r in plan.runs} if k in timings):
+            lines.append("  (docs/speed.md's figures come from another machine and leave out the evaluations; the "
+                         "first cell trained here replaces them with this machine's own)")
     else:
         lines.append("estimated GPU hours: unknown -- no measured iteration time yet (run one cell, or pass "
                      "--timing FILE with seconds per iteration)")

@@ -3,17 +3,33 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import reproduce
+from data import lists
+from dataloaders import la_case_path, read_list
+from dataloaders.splits import SPLITS_DIR
 from methods import METHODS
 from reproduction.aggregate import paired_table, seed_means, summary_table, write_results
 from reproduction.grid import QUICK_MODE, GridOptions, run_grid
 from reproduction.paper import load_paper_results, paper_entry
-from reproduction.plan import Run, estimate_hours, format_plan, load_timings, plan_grid
+from reproduction.plan import (
+    DOCUMENTED_MACHINE,
+    DOCUMENTED_TIMES,
+    TIMING_FILE,
+    Run,
+    estimate_hours,
+    format_plan,
+    load_timings,
+    plan_grid,
+    timing_record,
+)
 from reproduction.stats import bootstrap_mean_ci, mean_sd, paired_comparison, wilcoxon_p
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---- statistics on hand-made numbers ---------------------------------------------------------------------------
 
@@ -199,6 +215,49 @@ def test_dry_run_estimate_needs_a_measurement(tmp_path):
     assert hours == pytest.approx(1000 * (0.36 + 0.18) / 3600) and not unknown
     text = format_plan(plan, timings)
     assert "NVIDIA H100" in text and "0.15 h" in text and "2,000 still to train" in text
+
+
+def test_dry_run_starts_from_the_times_docs_speed_md_measured(tmp_path):
+    """No run measured yet: docs/speed.md's SS-Net step times, with the machine they came from; a run measured here
+    replaces them (longest measurement of this grid wins)."""
+    speed = (REPO / "docs" / "speed.md").read_text()
+    for seconds, _ in DOCUMENTED_TIMES.values():
+        assert f"{seconds} s/it" in speed  # the constant stays what the docs state
+    plan = plan_grid("LA", ["8"], ["ss_net", "supervised"], [1], ["honest"], tmp_path / "runs", 1000)
+    timings = load_timings(tmp_path / "runs", documented=True)
+    hours, unknown, _ = estimate_hours(plan, timings)
+    assert hours == pytest.approx(1000 * DOCUMENTED_TIMES[("LA", "ss_net")][0] / 3600) and unknown == ["supervised"]
+    text = format_plan(plan, timings)
+    assert "unknown" not in text and DOCUMENTED_MACHINE in text and "a lower bound: supervised unmeasured" in text
+    record = plan.runs[0].run_dir / TIMING_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(timing_record(plan.runs[0], 10, 5.0, "cuda", "NVIDIA H100")))
+    measured = load_timings(tmp_path / "runs", documented=True)[("LA", "ss_net")]
+    assert measured["device_name"] == "NVIDIA H100" and measured["seconds_per_iteration"] == 0.5
+
+
+def test_dry_run_reports_missing_data_and_how_to_list_what_is_there(tmp_path, capsys):
+    """A root with 5 + 2 of the 100 LA cases: the dry run names what is missing and the data.lists command; the
+    launch refuses before its first cell; with lists of the present cases the data is ready."""
+    root = tmp_path / "LA"
+    cases = read_list(SPLITS_DIR / "LA" / "train.list")[:5] + read_list(SPLITS_DIR / "LA" / "test.list")[:2]
+    for case in cases:
+        la_case_path(root, case).parent.mkdir(parents=True)
+        la_case_path(root, case).write_bytes(b"")
+    base = ["--methods", "supervised", "--labelnum", "2", "--seeds", "1", "--protocol", "honest",
+            "--runs_dir", str(tmp_path / "runs"), "--root_path", str(root), "--device", "cpu"]
+    assert reproduce.main([*base, "--dry-run"]) == 0
+    data = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
+    assert len(data) == 1 and "NOT READY: 93 of 100 LA cases missing" in data[0]
+    assert f"python -m data.lists la {root} --out DIR" in data[0] and "--lists_dir DIR" in data[0]
+    assert reproduce.main(base) == 2  # the launch: refused at once, nothing trained
+    assert "93 of 100 LA cases missing" in capsys.readouterr().err and not (tmp_path / "runs" / "LA").exists()
+    assert reproduce.main([*base, "--dry-run", "--root_path", str(tmp_path / "none")]) == 0
+    assert "python -m data.download la" in capsys.readouterr().out
+    assert lists.main(["la", str(root), "--out", str(tmp_path / "lists")]) == 0
+    assert reproduce.main([*base, "--dry-run", "--lists_dir", str(tmp_path / "lists")]) == 0
+    out = capsys.readouterr().out
+    assert "data: every case of the lists" in out and "NOT READY" not in out
 
 
 # ---- the grid end to end (quick mode) ------------------------------------------------------------------------
