@@ -21,6 +21,7 @@ from dataloaders import NIFTI_DATASETS, get_dataset
 from methods import METHODS, check_method_name
 from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Recipe, Schedule
 from methods.settings import LOSSES, OPTIMISATION, SCHEDULE, SSNET, TEACHERS, MethodSettings
+from networks.unet import unet_channels
 from utils.cli import default_device, int_list
 from utils.errors import UserError
 from utils.precision import PRECISION_MODES
@@ -239,6 +240,8 @@ def make_config(dataset: str, **given: Any) -> TrainConfig:
     if recipe and recipe.dice:
         values.update(dice_values(recipe))
     network_kwargs = {**values["network_kwargs"], **given.pop("network_kwargs", {})}
+    if values["network"] == "unet" and network_kwargs.get("base_filters") is not None:  # --base_filters: the width
+        network_kwargs["channels"] = unet_channels(int(network_kwargs.pop("base_filters")))
     values.update(given)
     values["network_kwargs"] = {**network_kwargs, **METHODS[method].network_options(dims)}
     values["patch_size"], values["stride"] = list(values["patch_size"]), list(values["stride"])
@@ -368,7 +371,10 @@ def validate_config(config: TrainConfig) -> None:
             raise UserError(f"--{name} {stride} needs {len(config.patch_size)} values between 1 and the patch size "
                             f"{config.patch_size} (a larger step would leave voxels between windows unpredicted)")
     if config.network_kwargs.get("base_filters") is not None and config.network != "vnet":
-        raise UserError("--base_filters applies to the V-Net (LA) only")
+        raise UserError(f"--base_filters sets the width of the V-Net and the U-Net, not of {config.network!r}")
+    widths = [config.network_kwargs.get("base_filters", 1), *config.network_kwargs.get("channels", [])]
+    if min(widths) < 1:
+        raise UserError(f"--base_filters {min(widths)}: give a positive number of channels (official 16)")
 
 
 def default_run_dir(config: TrainConfig) -> Path:

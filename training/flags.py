@@ -3,7 +3,7 @@
 Every field with a `flag` becomes `--<name>`; bool settings are 0/1 flags, except `progress` (`--no_progress`).
 A flag's default is the dataset's value of the setting (training.config.defaults); settings the method's recipe
 or --schedule decide default to None and say so in -h. Two flags are not settings: --base_filters (the V-Net's
-width, into network_kwargs) and --debug (tracebacks).
+or U-Net's width, into network_kwargs) and --debug (tracebacks).
 """
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def _describe_default(name: str, value: Any, dataset: str) -> str:
 
 
 TRAIN_FIELD_META = {f.name: f.metadata for f in fields(TrainConfig)}
+NETWORK_WIDTH_HELP = {  # --base_filters: a narrower network (e.g. 4) for CPU trials
+    "vnet": "V-Net width: channels of the first level, doubled at each level (official 16)",
+    "unet": "U-Net width: channels of the first of its 5 levels, doubled at each level (official 16: 16..256)",
+}
 
 
 def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParser:
@@ -79,8 +83,9 @@ def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParse
             elif f.type in (float, "float"):
                 kwargs["type"] = float
             target.add_argument(*names, **kwargs)
-    if values["network"] == "vnet":
-        groups[GROUP_ORDER[0]].add_argument("--base_filters", type=int, default=None, help="V-Net width (official 16)")
+    if values["network"] in NETWORK_WIDTH_HELP:
+        groups[GROUP_ORDER[0]].add_argument("--base_filters", type=int, default=None,
+                                            help=NETWORK_WIDTH_HELP[values["network"]])
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
 
