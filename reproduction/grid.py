@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -303,6 +306,18 @@ def claimed_elsewhere(cell: Cell) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def cell_output(log: Path):
+    """What a cell prints (its log lines, progress bar, test table) goes to its job log, as with --launcher local;
+    the grid's own lines stay on the terminal."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} started by reproduce.py (sequential, pid {os.getpid()})\n")
+        f.flush()
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+
+
 def run_sequential(cells: list[Cell], keep_going: bool, result: GridResult) -> None:
     """Every cell in this process, one after another (the default launcher)."""
     for number, cell in enumerate(cells, start=1):
@@ -314,8 +329,10 @@ def run_sequential(cells: list[Cell], keep_going: bool, result: GridResult) -> N
                 print(f"{label}: {claimed}; skipped", flush=True)
                 continue
             status = cell.run.status()
-            print(f"{label}: {'finished, reused' if status == 'finished' else status + ', training'}", flush=True)
-            outcome = run_cell(cell)
+            print(f"{label}: {'finished, reused' if status == 'finished' else status + ', training'} (output: "
+                  f"{cell.run_dir / JOB_LOG})", flush=True)
+            with cell_output(cell.run_dir / JOB_LOG):
+                outcome = run_cell(cell)
             (result.trained if outcome.trained else result.skipped).append(cell.run_dir)
             if outcome.took_over:
                 print(f"{label}: took over a stale lock ({outcome.took_over})", flush=True)

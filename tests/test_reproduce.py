@@ -267,8 +267,15 @@ def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
     args = ["--quick", "--methods", "ss_net", "supervised", "--max_iteration", "4", "--device", "cpu",
             "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
     assert reproduce.main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "NOT a reproduction" in out and "honest-val" in out
+    # the cells' own output (log lines, test tables) is in each cell's job log, as with --launcher local
+    assert "iteration" not in captured.err and "mean Dice" not in captured.err and "run folder" not in out
+    logs = sorted((tmp_path / "runs").glob("LA/*/*/*/reproduce_job.log"))
+    assert len(logs) == 12 and all("iteration 4: val mean Dice" in log.read_text() for log in logs
+                                   if "select_val" in str(log))
+    assert all(f"(output: {log})" in out for log in logs)
     results = tmp_path / "results"
     for name in ("LA.md", "LA.csv", "LA_cases.csv", "LA_paired.csv", "LA.png"):
         assert (results / name).is_file(), name
