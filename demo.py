@@ -22,6 +22,8 @@ from training import make_config, train
 from utils.cli import DocstringHelpFormatter, default_device, run_cli
 from utils.report import TABLE_KEYS
 
+TEST_FOLDER = "test_test"  # test_la.py's default output folder, test_<list name>, for data/test.list
+
 
 def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_cases: int, device: str,
              seed: int, methods: list[str]) -> dict[str, dict]:
@@ -47,7 +49,7 @@ def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_case
         print(f"\n=== testing {method} on {test_cases} synthetic test cases ===", flush=True)
         summary = run_test(TestOptions(dataset="LA", checkpoint=str(trained.best_checkpoint), root_path=str(data),
                                        list_path=str(data / "test.list"), device=device, progress=False,
-                                       output_dir=str(run_dir / "test"), save_predictions=True))
+                                       save_predictions=True))  # into <run>/test_test/, as test_la.py would
         reused = trained.resumed_from == iterations
         results[method] = {"seconds": None if reused else seconds, "run_dir": run_dir,
                            **{k: summary["mean"][k] for k in TABLE_KEYS}}
@@ -57,7 +59,7 @@ def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_case
 def write_figures(out: Path, data: Path, run_dirs: dict[str, Path], max_cases: int = 2) -> dict[str, Path]:
     """<out>/figures/curves.png (every run's loss terms, weights, LR and validation Dice) and test_cases.png (the
     first test cases: image, truth, each run's prediction with the truth outlined, and its Dice), from the run
-    folders and the predictions their tests saved (<run>/test/predictions/)."""
+    folders and the predictions their tests saved (<run>/test_test/predictions/, test_la.py's default folder)."""
     from dataloaders import get_dataset, read_list
     from viz.curves import curves_figure, read_run_scalars
     from viz.io import save_png
@@ -67,7 +69,7 @@ def write_figures(out: Path, data: Path, run_dirs: dict[str, Path], max_cases: i
     task = get_dataset("LA")
     figures = out / "figures"
     curves = save_png(curves_figure({m: read_run_scalars(r) for m, r in run_dirs.items()}), figures / "curves.png")
-    predictions = {m: RunPredictions(describe_source(str(r / "test")), task) for m, r in run_dirs.items()}
+    predictions = {m: RunPredictions(describe_source(str(r / TEST_FOLDER)), task) for m, r in run_dirs.items()}
     cases = []
     for case in read_list(data / "test.list")[:max_cases]:
         image, label = task.load_case(data, case)

@@ -145,6 +145,10 @@ def run_test(options: TestOptions) -> dict:
              f"empty predictions: {payload['empty_predictions']} ({payload['metrics']['empty_rule']})")
     print(format_table(payload, units, title))
     print(f"per-case metrics: {csv_path}\nsummary: {json_path}")
+    if options.save_predictions:
+        print(f"predictions (NIfTI, one per case): {output_dir / 'predictions'}/")
+    if options.save_png:
+        print(f"pictures (--save_png, one per case: truth and prediction): {output_dir / 'png'}/")
     return payload
 
 

@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "supervised" in out and "ss_net" in out and "Dice (%)" in out
     for method in ("supervised", "ss_net"):
         run = tmp_path / f"{method}_2_labeled_8it_seed1337"
-        assert (run / "best_model.pth").is_file() and (run / "test" / "metrics.csv").is_file()
+        assert (run / "best_model.pth").is_file() and (run / "test_test" / "metrics.csv").is_file()
     # the same demo again reuses the finished runs instead of training them again
     assert demo.main(["--out", str(tmp_path), "--iterations", "8", "--unlabeled", "3", "--test_cases", "2",
                       "--device", "cpu"]) == 0
@@ -41,7 +41,7 @@ def test_the_demo_draws_its_pictures_of_a_tiny_run(tmp_path, capsys):
         trained = train(config)
         evaluation.run_test(evaluation.TestOptions(dataset="LA", checkpoint=str(trained.best_checkpoint),
                                                    root_path=str(data), list_path=str(data / "test.list"), device="cpu",
-                                                   progress=False, output_dir=str(tmp_path / method / "test"),
+                                                   progress=False, output_dir=str(tmp_path / method / demo.TEST_FOLDER),
                                                    save_predictions=True))
         run_dirs[method] = tmp_path / method
     figures = demo.write_figures(tmp_path, data, run_dirs)

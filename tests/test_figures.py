@@ -150,7 +150,7 @@ def la_runs(la_root, tmp_path_factory):
     return folder, runs
 
 
-def test_la_save_png_compare_runs_and_plot_runs(la_root, la_runs, tmp_path):
+def test_la_save_png_compare_runs_and_plot_runs(la_root, la_runs, tmp_path, capsys):
     lists, runs = la_runs
     test_dir = tmp_path / "test_supervised"
     code = test_la.main(["--checkpoint", str(runs["supervised"] / "best_model.pth"), "--root_path", str(la_root),
@@ -160,6 +160,9 @@ def test_la_save_png_compare_runs_and_plot_runs(la_root, la_runs, tmp_path):
     cases = read_list(lists / "test.list")
     for case in cases:
         assert_png(test_dir / "png" / f"{case}.png", 7.5, 5.3)
+    out = capsys.readouterr().out  # where the files went
+    assert f"pictures (--save_png, one per case: truth and prediction): {test_dir / 'png'}/" in out
+    assert f"predictions (NIfTI, one per case): {test_dir / 'predictions'}/" in out
 
     # a test folder (saved predictions) next to a run folder (predicted here)
     montage = tmp_path / "compare.png"
