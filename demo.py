@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dataloaders import make_synthetic_la
 from evaluation import TestOptions, run_test
+from methods import check_method_name
 from training import make_config, train
 from utils.cli import DocstringHelpFormatter, default_device, run_cli
 from utils.report import TABLE_KEYS
@@ -27,6 +28,8 @@ TEST_FOLDER = "test_test"  # test_la.py's default output folder, test_<list name
 
 def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_cases: int, device: str,
              seed: int, methods: list[str]) -> dict[str, dict]:
+    for method in methods:  # before anything is written
+        check_method_name(method)
     data = out / "data"
     if not (data / "test.list").is_file():
         print(f"writing the synthetic dataset to {data} ...", flush=True)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = write_figures(a.out, a.out / "data", {m: r["run_dir"] for m, r in results.items()})
         print_next_steps(figures, a.out)
 
-    return run_cli(job, debug=a.debug)
+    return run_cli(job, debug=a.debug, cpu_threads=True)
 
 
 if __name__ == "__main__":

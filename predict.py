@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_input_checks=args.skip_input_checks,
         fold_bn=bool(args.fold_bn),
     )
-    return run_cli(lambda: run_predict(options), debug=args.debug)
+    return run_cli(lambda: run_predict(options), debug=args.debug, cpu_threads=True)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     def job():
         outcome["result"] = run_grid(options)
 
-    code = run_cli(job, debug=args.debug)
+    code = run_cli(job, debug=args.debug, cpu_threads=not (args.dry_run or args.status or args.aggregate))
     if code == 0 and outcome["result"].failed:
         return 1
     return code

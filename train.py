@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     mode, _ = mode_parser.parse_known_args(argv)
     parser = build_parser(mode.mode)
     args = parser.parse_args(argv)
-    return run_cli(lambda: train(nifti_config_from_args(args, explicit_flags(parser, argv))), debug=args.debug)
+    return run_cli(lambda: train(nifti_config_from_args(args, explicit_flags(parser, argv))), debug=args.debug,
+                   cpu_threads=True)
 
 
 if __name__ == "__main__":

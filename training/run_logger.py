@@ -39,6 +39,7 @@ def environment(device: torch.device, seed: int) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "seed": seed,
+        "cpu_threads": torch.get_num_threads(),  # another count sums in another order (utils/machine.py)
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     try:

@@ -13,12 +13,18 @@ from utils.errors import UserError
 USER_ERRORS = (UserError, OSError)
 
 
-def run_cli(job: Callable[[], object], debug: bool = False) -> int:
+def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = False) -> int:
     """Run job(); a user error prints `error: ...` on stderr and returns 2 (its traceback with --debug).
 
     Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
+    cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores), for
+    the scripts that train or predict.
     """
     try:
+        if cpu_threads:
+            from utils.machine import use_free_cores
+
+            use_free_cores()
         job()
     except USER_ERRORS as exc:
         if debug:
