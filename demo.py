@@ -11,7 +11,6 @@ It ends with two pictures in <out>/figures/: the training curves of both runs an
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from dataloaders import make_synthetic_la
 from evaluation import TestOptions, run_test
 from methods import check_method_name
 from training import make_config, train
-from utils.cli import DocstringHelpFormatter, default_device, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, default_device, run_cli
 from utils.report import TABLE_KEYS
 
 TEST_FOLDER = "test_test"  # test_la.py's default output folder, test_<list name>, for data/test.list
@@ -105,7 +104,7 @@ def print_comparison(results: dict[str, dict], labeled: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_runs"), help="where data, runs and results go")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--labeled", type=int, default=2)

@@ -16,11 +16,11 @@ import sys
 
 from inference.predict import PredictOptions, run_predict
 from inference.settings import add_fold_bn_argument
-from utils.cli import DocstringHelpFormatter, default_device, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, default_device, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best_model.pth / last_model.pth, or an official .pth")
     p.add_argument("--input", required=True, help="a .nii/.nii.gz/.h5 file or a folder of them")
     p.add_argument("--output", required=True, help="folder for the label NIfTI files")

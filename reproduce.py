@@ -22,11 +22,11 @@ import sys
 from reproduction.grid import LAUNCHERS, GridOptions, run_grid
 from reproduction.launchers import SlurmSettings
 from reproduction.plan import PROTOCOL_CHOICES
-from utils.cli import DocstringHelpFormatter, default_device, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, default_device, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--dataset", default="LA", choices=("LA", "ACDC"))
     p.add_argument("--labelnum", nargs="+", default=[], metavar="N|all",
                    help="labeled budgets: LA scans (4 = 5 %%, 8 = 10 %%), ACDC patients (3, 7); 'all' = the fully "

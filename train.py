@@ -15,7 +15,7 @@ from pathlib import Path
 from dataloaders.nifti_dataset import NIFTI_MODES
 from training import TrainConfig, make_config, train
 from training.flags import build_train_parser, config_from_args, explicit_flags, settings_from_args
-from utils.cli import float_list, run_cli
+from utils.cli import ScriptParser, float_list, run_cli
 from utils.errors import UserError
 
 
@@ -86,7 +86,7 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    mode_parser = argparse.ArgumentParser(add_help=False)
+    mode_parser = ScriptParser(add_help=False)
     mode_parser.add_argument("--mode", choices=NIFTI_MODES, default="3d")
     mode, _ = mode_parser.parse_known_args(argv)
     parser = build_parser(mode.mode)

@@ -60,7 +60,7 @@ from training.config import OPTIMIZER_IMPLS, make_config
 from training.optim import build_sgd, zero_gradients
 from training.precision import Precision
 from utils.atomic import write_text_atomic
-from utils.cli import int_list
+from utils.cli import ScriptParser, int_list
 from utils.precision import PRECISION_MODES
 from utils.sliding_window import count_windows, window_starts
 
@@ -353,7 +353,7 @@ def print_table(title: str, entry: dict, modes: list[str], time_key: str, unit: 
 
 # -- the whole run ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of official, default, fast")
     p.add_argument("--datasets", default="LA,ACDC", help="training shapes to measure: LA, ACDC or both")

@@ -29,7 +29,7 @@ from dataloaders.manifest import (
     read_manifest,
     relative_path,
 )
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 from utils.errors import UserError
 from utils.progress import progress_bar
 
@@ -145,7 +145,7 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=("la", "acdc"))
     p.add_argument("dest", help="dataset root to fill (e.g. ./data/LA)")
     p.add_argument("--base_url", default="", help=f"source of the h5 layout (LA default: {LA_URL})")

@@ -13,7 +13,6 @@ empty and named in the summary (an empty val.list needs --select last, an empty 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from dataloaders.datasets import count
 from dataloaders.la import LA_FOLDER, la_case_path
 from dataloaders.splits import SPLITS_DIR, patient_of, read_list
 from utils.atomic import write_text_atomic
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 LIST_DATASETS = ("LA", "ACDC")
@@ -114,7 +113,7 @@ def write_lists(dataset: str, root: str | Path, out: str | Path, source: str | P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("dataset", choices=("la", "acdc", "LA", "ACDC"))
     p.add_argument("root", help="dataset root (LA: holds '2018LA_Seg_Training Set/'; ACDC: holds 'data/')")
     p.add_argument("--out", required=True, help="folder for the lists (pass it as --lists_dir)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 from utils.errors import UserError
 
 FRAME = re.compile(r"^(?P<name>patient\d{3}_frame\d{2})\.nii(\.gz)?$")
@@ -76,7 +76,7 @@ def prepare_acdc(raw: str | Path, dest: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("raw", help="the unpacked official ACDC release")
     p.add_argument("dest", help="output root (gets data/ and data/slices/)")
     p.add_argument("--debug", action="store_true")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from data.lists import refuse_shipped_lists, write_lists
 from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 
 
 def detect_dataset(root: Path) -> str:
@@ -53,7 +53,7 @@ def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset root")
     p.add_argument("--dataset", choices=("la", "acdc", "LA", "ACDC"), default="", help="default: detected")
     p.add_argument("--manifest", default=str(MANIFEST))

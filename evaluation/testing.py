@@ -11,7 +11,7 @@ from inference import InferenceSettings, Predictor
 from inference.nifti import write_labels_nifti
 from inference.settings import add_fold_bn_argument
 from utils.atomic import make_writable_folder
-from utils.cli import DefaultsHelpFormatter, default_device, int_list
+from utils.cli import DefaultsHelpFormatter, ScriptParser, default_device, int_list
 from utils.errors import UserError
 from utils.metrics import EMPTY_POLICIES
 from utils.precision import PRECISION_MODES
@@ -153,7 +153,7 @@ def run_test(options: TestOptions) -> dict:
 
 
 def build_test_parser(dataset: DatasetAdapter, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
+    p = ScriptParser(description=description, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="our best_model.pth / last_model.pth, or an official .pth")
     p.add_argument("--root_path", default=f"./data/{dataset.name}", help=dataset.root_help)
     p.add_argument("--list", default="", help=f"case ids to test (default: data/{dataset.name}/test.list)")

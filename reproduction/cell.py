@@ -17,7 +17,6 @@ and the test write there, plus
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -34,7 +33,7 @@ from reproduction.plan import TIMING_FILE, Evaluation, Run, timing_record
 from training.config import TrainConfig
 from training.flags import build_train_parser, config_from_args
 from utils.atomic import write_text_atomic
-from utils.cli import USER_ERRORS
+from utils.cli import USER_ERRORS, ScriptParser
 
 CELL_FILE = "reproduce_cell.json"
 ERROR_FILE = "reproduce_error.txt"
@@ -257,7 +256,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train and test one cell of a reproduction grid (what "
+    parser = ScriptParser(description="Train and test one cell of a reproduction grid (what "
                                                  "reproduce.py --launcher local runs per cell).")
     parser.add_argument("cell", help=f"the cell's {CELL_FILE}")
     args = parser.parse_args(argv)

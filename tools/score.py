@@ -17,12 +17,12 @@ import argparse
 import sys
 
 from evaluation.scoring import SPACING_CHOICES, ScoreOptions, score_folders
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.metrics import EMPTY_POLICIES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("predictions", help="folder of predicted label maps")
     p.add_argument("references", help="folder of reference label maps")
     p.add_argument("--csv", default="", help="per-case CSV (case,class,class_name,dice,jaccard,hd95,asd,assd,...)")

@@ -12,7 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from dataloaders import NIFTI_DATASETS, get_dataset
-from utils.cli import DocstringHelpFormatter, help_text
+from utils.cli import DocstringHelpFormatter, ScriptParser, help_text
 
 from .config import GROUP_ORDER, RESOLVED_FIELDS, TrainConfig, defaults, make_config, resumed_config
 
@@ -37,7 +37,7 @@ NETWORK_WIDTH_HELP = {  # --base_filters: a narrower network (e.g. 4) for CPU tr
 
 def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParser:
     """The parser of train_la.py (dataset "LA"), train_acdc.py ("ACDC") and train.py ("NIfTI-3d" / "NIfTI-2d")."""
-    p = argparse.ArgumentParser(description=description, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=description, formatter_class=DocstringHelpFormatter)
     values = defaults(dataset)
     adapter = None if dataset in NIFTI_DATASETS else get_dataset(dataset)
     groups = {name: p.add_argument_group(name) for name in GROUP_ORDER}
