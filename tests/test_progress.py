@@ -12,9 +12,10 @@ import pytest
 
 from dataloaders import make_synthetic_la
 from training import make_config, train
-from training.config import TrainConfig, default_num_workers
+from training.config import TrainConfig
 from training.flags import build_train_parser, config_from_args
 from training.run_logger import NullWriter, RunLogger
+from utils.machine import default_num_workers
 from utils.progress import LOG_INTERVAL_S, progress_bar
 
 

@@ -9,6 +9,7 @@ newer than the newest resume checkpoint (`restore_best_files` rebuilds one a cra
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -22,6 +23,7 @@ import torch
 from networks import save_checkpoint
 from utils.atomic import write_text_atomic
 from utils.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, read_checkpoint
+from utils.disk import WriteFailed
 from utils.errors import UserError
 
 from .config import PROTOCOLS, TrainConfig, config_differences
@@ -166,7 +168,14 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
             raise FileNotFoundError(f"--resume {config.resume}: no such run folder")
         return None
     remove_stale_temp_files(run_dir)
-    found = load_resume_checkpoint(run_dir, log=lambda m: print(f"warning: {m}", file=sys.stderr))
+    skipped: list[str] = []
+    found = load_resume_checkpoint(run_dir, log=skipped.append)
+    if skipped:
+        # loud: the iterations after the checkpoint resumed from are trained again (same result, more time)
+        to = f"resuming from {found[0]} (iteration {found[1]['iteration']})" if found else "no readable one is left"
+        print(f"warning: {'; '.join(skipped)}; {to}", file=sys.stderr)
+        if found:
+            found[1]["skipped_checkpoints"] = skipped  # the log says it again once it is open
     if found is None:
         results = [p.name for p in (run_dir / "best_model.pth", run_dir / "last_model.pth", run_dir / "result.json")
                    if p.exists()]
@@ -182,6 +191,10 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
     if changed:
         raise UserError(f"run folder {run_dir} holds a run with other settings ({'; '.join(changed[:4])}); "
                         f"continue it with --resume {run_dir}, or start a new run with another --run_dir")
+    if not state.get("parameter_names"):  # refused before anything is written to the run folder
+        raise UserError(f"cannot resume from {path}: it was written by an earlier version whose networks carried "
+                        f"SS-Net's heads; evaluate its checkpoints with test_la.py / test_acdc.py, or start a new run "
+                        f"with another --run_dir")
     if state["iteration"] > config.max_iteration:
         raise UserError(f"--max_iteration {config.max_iteration} is below iteration {state['iteration']} of "
                         f"{path}; raise --max_iteration or choose another --run_dir")
@@ -197,6 +210,9 @@ class CheckpointStore:
         self.inference = inference  # the settings a test script should predict with (stored in best/last)
         self.last_path = self.run_dir / "last_model.pth"
         self.primary_path = self.run_dir / "best_model.pth"
+
+    def resume_path(self, iteration: int) -> Path:
+        return checkpoint_path(self.run_dir, iteration)
 
     def best_path(self, list_name: str) -> Path:
         return self.run_dir / ("best_model.pth" if list_name == self.config.select else f"best_model_{list_name}.pth")
@@ -215,7 +231,22 @@ class CheckpointStore:
             "method_state": method_state,
         }
 
+    @contextlib.contextmanager
+    def naming_the_last_good_checkpoint(self):
+        """A write the disk refused: its error also says where a re-run continues from (the files are intact)."""
+        try:
+            yield
+        except WriteFailed as exc:
+            saved = list_checkpoints(self.run_dir)
+            last = f"{saved[-1][1]} (iteration {saved[-1][0]})" if saved else "none yet, it starts again"
+            raise WriteFailed(f"{exc}; then re-run the same command: it continues from the newest good checkpoint, "
+                              f"{last}") from None
+
     def save_resume(self, network, state: ResumeState) -> Path:
+        with self.naming_the_last_good_checkpoint():
+            return self._save_resume(network, state)
+
+    def _save_resume(self, network, state: ResumeState) -> Path:
         path = save_resume_checkpoint(self.run_dir, network, state, {
             "dataset": self.config.dataset, "num_classes": self.config.num_classes, "method": self.config.method,
             "config": asdict(self.config)})
@@ -224,18 +255,15 @@ class CheckpointStore:
 
     def save_model(self, path: Path, network, iteration: int, list_name: str, score: float | None,
                    method_state: dict) -> None:
-        save_checkpoint(path, network, **self.metadata(iteration, list_name, score, method_state))
+        with self.naming_the_last_good_checkpoint():
+            save_checkpoint(path, network, **self.metadata(iteration, list_name, score, method_state))
 
     @staticmethod
     def restore(state: dict, path: Path, method, optimizer, parameter_names: list[str]) -> None:
-        """Weights, optimiser and method state of a resume checkpoint. Run folders of the versions whose networks
-        carried SS-Net's heads (no `parameter_names`) cannot be resumed (docs/training.md)."""
-        saved_names = state.get("parameter_names")
-        if saved_names != parameter_names:
-            why = ("it was written by an earlier version whose networks carried SS-Net's heads" if not saved_names
-                   else "its optimiser state belongs to other parameters")
-            raise UserError(f"cannot resume from {path}: {why}; evaluate its checkpoints with test_la.py / "
-                            f"test_acdc.py, or start a new run with another --run_dir")
+        """Weights, optimiser and method state of a resume checkpoint."""
+        if state["parameter_names"] != parameter_names:  # find_resume refused the checkpoints without names
+            raise UserError(f"cannot resume from {path}: its optimiser state belongs to other parameters; start a "
+                            f"new run with another --run_dir")
         method.network.load_state_dict(state["state_dict"])
         method.load_method_state(state["method_state"])
         optimizer.load_state_dict(state["optimizer"])
@@ -277,4 +305,5 @@ class CheckpointStore:
                            for n, b in bests.items() if b.found},
             "seconds_this_session": round(seconds, 1),
         }
-        write_text_atomic(self.run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        with self.naming_the_last_good_checkpoint():
+            write_text_atomic(self.run_dir / "result.json", json.dumps(result, indent=2) + "\n")

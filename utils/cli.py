@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from utils.choices import closest, did_you_mean
-from utils.errors import UserError
+from utils.errors import StoppedBySignal, UserError
 
 # What a user can cause and fix: bad input (UserError) and the file system (missing files, permissions, disk).
 USER_ERRORS = (UserError, OSError)
@@ -16,6 +16,9 @@ USER_ERRORS = (UserError, OSError)
 
 def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = False) -> int:
     """Run job(); a user error prints `error: ...` on stderr and returns 2 (its traceback with --debug).
+
+    A run stopped by a signal after saving its state returns 128 + the signal number (training/signals.py);
+    a Ctrl-C that interrupts at once returns 130.
 
     Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
     cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores), for
@@ -32,6 +35,9 @@ def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = 
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoppedBySignal as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -69,11 +75,13 @@ class ScriptParser(argparse.ArgumentParser):
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" only where the help does not state its default already and X says something."""
+    """Appends "(default: X)" only where the help does not state its default already and X says something (not to a
+    switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS:
+        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS \
+                or action.nargs == 0:  # a switch (--tta, --no_progress): its name says what it does
             return text
         return super()._get_help_string(action)
 

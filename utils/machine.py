@@ -1,4 +1,5 @@
-"""The CPU share of this process: how many cores it may use, and how many PyTorch threads to run on them.
+"""The CPU share of this process: how many cores it may use, the data-loading workers that follow from it,
+and how many PyTorch threads to run on them.
 
 PyTorch's intra-op threads split every operation into equal parts and wait for the slowest: on a core that another
 job keeps busy, one part runs at a fraction of the speed and the others wait for it. With every core's thread
@@ -27,6 +28,11 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """Data-loading processes: 4 (the official scripts) or fewer when this process may use fewer CPU cores."""
+    return min(4, usable_cores())
 
 
 def _cpu_times(cpus: Iterable[int]) -> tuple[float, float] | None:
