@@ -53,7 +53,10 @@ def check_command(argv: list[str]) -> str:
         return ""
     except SystemExit as stop:
         lines = stderr.getvalue().strip().splitlines()
-        return lines[-1].split(" error: ", 1)[-1] if lines else f"exited with {stop.code} before parsing its flags"
+        if not lines:
+            return f"exited with {stop.code} before parsing its flags"
+        # argparse's "prog: error: ..." or the scripts' one line "error: ... (-h lists the flags)"
+        return lines[-1].split("error: ", 1)[-1].removesuffix(" (-h lists the flags)")
     finally:
         sys.argv = saved_argv
     return "finished without parsing any flags"
