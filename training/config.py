@@ -68,6 +68,8 @@ class TrainConfig(MethodSettings):
     exp: str = setting("", "experiment name (run folder prefix)", group=RUN)
     run_dir: str = setting("", "run folder (default: model/<exp>_<labelnum>_labeled/<method>_seed<seed>)",
                            runtime=True, group=RUN)
+    init_from: str = setting("", "start from the weights of this checkpoint (a two-stage method's second stage: "
+                                 "the first stage's best_model.pth)", flag=False, runtime=True)
     resume: str = setting("", "continue the run in RUN_DIR with its saved settings (re-running the same command "
                               "also resumes); only runtime flags such as --device, --num_workers, --max_iteration "
                               "may change", metavar="RUN_DIR", runtime=True, group=RUN)
@@ -238,6 +240,10 @@ def make_config(dataset: str, **given: Any) -> TrainConfig:
         preset.values["consistency"]
     if recipe and recipe.dice:
         values.update(dice_values(recipe))
+    if recipe and recipe.batch:
+        values["batch_size"], values["labeled_bs"] = recipe.batch
+    # a first stage is part of the method: --schedule shared changes the second stage's length only
+    values["pretrain_iterations"] = recipe.schedule.pretrain_iterations if recipe and recipe.schedule else 0
     network_kwargs = {**values["network_kwargs"], **given.pop("network_kwargs", {})}
     values.update(given)
     values["network_kwargs"] = {**network_kwargs, **METHODS[method].network_options(dims)}
@@ -312,7 +318,7 @@ def resumed_config(run_dir: str | Path, given: dict[str, Any]) -> TrainConfig:
 # settings that must be at least this (the others are checked by their choices or below)
 MINIMUMS = {"max_iteration": 1, "eval_every": 1, "save_every": 1, "keep_checkpoints": 1, "eval_batch_size": 1,
             "memory_size": 1, "power_iterations": 1, "num_workers": 0, "image_every": 0, "lr_step": 0,
-            "consistency_off": 0, "eval_start": 0, "labelnum": 0, "seed": 0}
+            "consistency_off": 0, "pretrain_iterations": 0, "eval_start": 0, "labelnum": 0, "seed": 0}
 
 
 def validate_config(config: TrainConfig) -> None:

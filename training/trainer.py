@@ -26,6 +26,7 @@ from networks.speed import prepare_network
 from utils.cli import resolve_device
 from utils.errors import TrainingDiverged, UserError
 
+from . import stages
 from .checkpoints import Best, CheckpointStore, ResumeState, capture_rng, find_resume, list_checkpoints, restore_rng
 from .config import TrainConfig, default_run_dir
 from .distributed import Distributed, distributed_session
@@ -63,11 +64,18 @@ def train(config: TrainConfig) -> TrainResult:
     Under torchrun every process runs this; they share the work of each global batch (training/distributed.py).
     """
     with distributed_session(config.device) as ddp:
-        training = Training(config, ddp)
-        try:
-            return training.run()
-        finally:
-            training.log.close()
+        if ddp.is_main:
+            stages.write_outer_config(config)
+        result = None
+        for stage in stages.stage_configs(config):  # one stage, or a pre-train then the main stage (training/stages.py)
+            if stages.stage_finished(stage):
+                continue
+            training = Training(stage, ddp)
+            try:
+                result = training.run()
+            finally:
+                training.log.close()
+        return result
 
 
 def seed_everything(seed: int) -> None:
@@ -121,7 +129,8 @@ class Training:
         self.log = RunLogger.quiet(ddp.rank) if not ddp.is_main else RunLogger.open(
             run_dir, config.to_json(), split, environment(self.device, config.seed),
             resume[1]["iteration"] if resume else None, show_progress=config.progress,
-            image_every=config.image_every, title=f"{config.method} {config.dataset}")
+            image_every=config.image_every, title=f"{config.method} {config.dataset}" +
+            (f" ({stages.STAGE_TITLES[config.stage]})" if config.pretrain_iterations else ""))
         try:
             self._build_model(dataset, eval_lists)
             self.losses: list[float] = []
@@ -156,6 +165,8 @@ class Training:
         """Network, method (with what it trains besides the network), optimiser, checkpoint store, selector."""
         config, ddp = self.config, self.ddp
         self.network = build_network(config.network, **config.network_kwargs).to(self.device)
+        if config.init_from:  # a two-stage method's main stage: from the first stage's best checkpoint
+            stages.load_initial_weights(self.network, config.init_from)
         ddp.prepare_network(self.network, sync_bn=config.sync_bn)  # torchrun --sync_bn: SyncBatchNorm
         prepare_network(self.network, channels_last=config.channels_last, compile=config.compile)
         self.precision = Precision(config.amp, self.device, self.log.logger)
@@ -216,6 +227,8 @@ class Training:
         c = self.config
         if not resumed:
             self.log.info("run folder %s", self.run_dir)
+            if stages.describe_stage(c):
+                self.log.info("%s", stages.describe_stage(c))
             self.log.info("%s on %s: labeled %s, unlabeled %s, selection: %s", c.method, c.dataset,
                           self.dataset.describe_items(labeled), self.dataset.describe_items(unlabeled), c.protocol)
             extra = sum(p.numel() for m in self.method.trained_modules()[1:] for p in m.parameters())
