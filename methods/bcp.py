@@ -129,6 +129,7 @@ def pseudo_labels(logits: Tensor, threshold: float | None, largest_component: bo
 # -- the method -------------------------------------------------------------------------------------------------------
 class BCP(Method):
     name = "bcp"
+    stages = (PRETRAIN, "train")
     recipes = {
         3: Recipe("DeepMed-Lab-ECNU/BCP @ 7879f98 `code/LA_BCP_train.py`",
                   ":36 pre-train 2,000, :37 self-train 15,000, :39-40 batch 8 (4 labeled), :41 LR 0.01, :50 "
@@ -194,7 +195,7 @@ class BCP(Method):
                                     **self.dice())
             ce = F.cross_entropy(logits, pasted)
         loss = self.supervised_weight * (dice + ce) / 2
-        return self.output(loss, logits, {"dice": dice, "ce": ce})
+        return self.pasted_output(loss, {"dice": dice, "ce": ce})
 
     def self_train_step(self, labeled: Batch, unlabeled: Batch) -> MethodOutput:
         v, w = self.variant, self.settings.consistency
@@ -213,20 +214,25 @@ class BCP(Method):
         else:
             labeled_out = (image_b, unlabeled_b, label_b, pseudo_b)
             unlabeled_out = (unlabeled_a, image_a, pseudo_a, label_a)
-        order = [("labeled_outside", labeled_out, 1.0, w), ("unlabeled_outside", unlabeled_out, w, 1.0)]
+        # the ground-truth regions are the supervised part (supervised_weight, 1 in training), the pseudo-labelled
+        # ones the unlabeled term (--consistency = BCP's u_weight)
+        gt = self.supervised_weight
+        order = [("labeled_outside", labeled_out, gt, w), ("unlabeled_outside", unlabeled_out, w, gt)]
         if not v.labeled_outside_first:
             order.reverse()
-        loss, terms, logits_of = 0.0, {}, {}
+        loss, terms = 0.0, {}
         for name, (outside, inside, outside_labels, inside_labels), outside_weight, inside_weight in order:
             logits = self.network(copy_paste(outside, inside, keep)).logits
             dice, ce = copy_paste_loss(logits, outside_labels, inside_labels, keep, outside_weight, inside_weight,
                                        **self.dice())
-            part = (dice + ce) / 2
-            if name == "labeled_outside":
-                part = self.supervised_weight * part
-            loss = loss + part
-            terms[f"{name}_dice"], terms[f"{name}_ce"], logits_of[name] = dice, ce, logits
-        return self.output(loss, logits_of["labeled_outside"], terms)
+            loss = loss + (dice + ce) / 2
+            terms[f"{name}_dice"], terms[f"{name}_ce"] = dice, ce
+        return self.pasted_output(loss, terms)
+
+    @staticmethod
+    def pasted_output(loss: Tensor, terms: dict[str, Tensor]) -> MethodOutput:
+        """No training image panels: every input is a pasted image, none is a labeled batch with its labels."""
+        return MethodOutput(loss, {"total": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, None)
 
     def after_optimizer_step(self, step: StepContext) -> None:
         if self.teacher is not None:

@@ -337,6 +337,10 @@ def validate_config(config: TrainConfig) -> None:
     if method.uses_unlabeled and config.batch_size == config.labeled_bs:
         raise UserError(f"method {config.method} needs unlabeled samples: --batch_size ({config.batch_size}) must "
                         f"exceed --labeled_bs ({config.labeled_bs})")
+    if config.pretrain_iterations and "pretrain" not in method.stages:
+        two_stage = ", ".join(name for name, cls in METHODS.items() if "pretrain" in cls.stages)
+        raise UserError(f"--pretrain_iterations applies to methods with a pre-train stage ({two_stage}), not to "
+                        f"{config.method}; leave it at 0")
     if config.max_iteration < 1:
         raise UserError(f"--max_iteration must be >= 1, got {config.max_iteration}")
     if config.select not in SELECT_CHOICES:
