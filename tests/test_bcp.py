@@ -13,6 +13,7 @@ from torch import nn
 import train_acdc
 import train_la
 import training.stages as stages
+import training.trainer as trainer
 from dataloaders import make_synthetic_la
 from methods import Batch, MethodSettings, StepContext, build_method
 from methods.bcp import copy_paste, copy_paste_loss, cuboid_corner, cuboid_keep_mask, pseudo_labels
@@ -270,17 +271,17 @@ def test_two_stages_in_one_run_folder(reference):
 def test_stopped_at_the_stage_boundary_then_rerun_ends_bitwise_equal(synthetic, reference, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     all_stages = stages.stage_configs
-    monkeypatch.setattr(stages, "stage_configs", lambda config: all_stages(config)[:1])  # stop after the pre-train
+    monkeypatch.setattr(trainer, "stage_configs", lambda config: all_stages(config)[:1])  # stop after the pre-train
     assert train_la.main(flags(synthetic, run_dir)) == 0
     assert (run_dir / "pretrain" / "result.json").is_file() and not (run_dir / "result.json").exists()
-    monkeypatch.setattr(stages, "stage_configs", all_stages)
+    monkeypatch.setattr(trainer, "stage_configs", all_stages)
     loaded = []
 
     def load(network, path, _load=stages.load_initial_weights):
         _load(network, path)
         loaded.append({k: v.clone() for k, v in network.state_dict().items()})
 
-    monkeypatch.setattr(stages, "load_initial_weights", load)
+    monkeypatch.setattr(trainer, "load_initial_weights", load)
     assert train_la.main(flags(synthetic, run_dir)) == 0  # the same command: the main stage from the boundary
     best = weights(run_dir / "pretrain" / "best_model.pth")  # the main stage starts from the pre-train's best
     assert len(loaded) == 1 and all(torch.equal(loaded[0][k], best[k]) for k in best)

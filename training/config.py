@@ -20,7 +20,7 @@ from typing import Any
 from dataloaders import NIFTI_DATASETS, get_dataset
 from methods import METHODS, check_method_name
 from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Recipe, Schedule
-from methods.settings import LOSSES, OPTIMISATION, SCHEDULE, SSNET, TEACHERS, MethodSettings
+from methods.settings import LOSSES, OPTIMISATION, RECIPE, SCHEDULE, SSNET, TEACHERS, MethodSettings
 from utils.cli import default_device, int_list
 from utils.errors import UserError
 from utils.precision import PRECISION_MODES
@@ -86,8 +86,8 @@ class TrainConfig(MethodSettings):
         "recipe", "recipe = each method's authors' schedule (iterations, LR policy, warm-up; docs/baselines.md); "
                   "shared = SS-Net's schedule of the dataset for every method. Flags marked 'from --schedule' "
                   "override single values", choices=SCHEDULE_CHOICES, group=OPTIMISATION)
-    batch_size: int = setting(4, "labeled + unlabeled samples per batch", group=OPTIMISATION)
-    labeled_bs: int = setting(2, "labeled samples per batch", group=OPTIMISATION)
+    batch_size: int = setting(4, "labeled + unlabeled samples per batch", resolved=RECIPE, group=OPTIMISATION)
+    labeled_bs: int = setting(2, "labeled samples per batch", resolved=RECIPE, group=OPTIMISATION)
     patch_size: list[int] = setting(help="training crop (LA) / resize (ACDC) size, comma separated", factory=list,
                                     parse=int_list, group=OPTIMISATION)
     base_lr: float = setting(0.01, "initial SGD learning rate", group=OPTIMISATION)

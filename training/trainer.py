@@ -26,7 +26,6 @@ from networks.speed import prepare_network
 from utils.cli import resolve_device
 from utils.errors import TrainingDiverged, UserError
 
-from . import stages
 from .checkpoints import Best, CheckpointStore, ResumeState, capture_rng, find_resume, list_checkpoints, restore_rng
 from .config import TrainConfig, default_run_dir
 from .distributed import Distributed, distributed_session
@@ -34,6 +33,14 @@ from .optim import build_sgd, set_learning_rate, zero_gradients
 from .precision import Precision
 from .run_logger import RunLogger, environment
 from .selection import Selector, selection_lists
+from .stages import (
+    STAGE_TITLES,
+    describe_stage,
+    load_initial_weights,
+    stage_configs,
+    stage_finished,
+    write_outer_config,
+)
 
 
 @dataclass
@@ -65,10 +72,10 @@ def train(config: TrainConfig) -> TrainResult:
     """
     with distributed_session(config.device) as ddp:
         if ddp.is_main:
-            stages.write_outer_config(config)
+            write_outer_config(config)
         result = None
-        for stage in stages.stage_configs(config):  # one stage, or a pre-train then the main stage (training/stages.py)
-            if stages.stage_finished(stage):
+        for stage in stage_configs(config):  # one stage, or a pre-train then the main stage (training/stages.py)
+            if stage_finished(stage):
                 continue
             training = Training(stage, ddp)
             try:
@@ -130,7 +137,7 @@ class Training:
             run_dir, config.to_json(), split, environment(self.device, config.seed),
             resume[1]["iteration"] if resume else None, show_progress=config.progress,
             image_every=config.image_every, title=f"{config.method} {config.dataset}" +
-            (f" ({stages.STAGE_TITLES[config.stage]})" if config.pretrain_iterations else ""))
+            (f" ({STAGE_TITLES[config.stage]})" if config.pretrain_iterations else ""))
         try:
             self._build_model(dataset, eval_lists)
             self.losses: list[float] = []
@@ -166,7 +173,7 @@ class Training:
         config, ddp = self.config, self.ddp
         self.network = build_network(config.network, **config.network_kwargs).to(self.device)
         if config.init_from:  # a two-stage method's main stage: from the first stage's best checkpoint
-            stages.load_initial_weights(self.network, config.init_from)
+            load_initial_weights(self.network, config.init_from)
         ddp.prepare_network(self.network, sync_bn=config.sync_bn)  # torchrun --sync_bn: SyncBatchNorm
         prepare_network(self.network, channels_last=config.channels_last, compile=config.compile)
         self.precision = Precision(config.amp, self.device, self.log.logger)
@@ -227,8 +234,8 @@ class Training:
         c = self.config
         if not resumed:
             self.log.info("run folder %s", self.run_dir)
-            if stages.describe_stage(c):
-                self.log.info("%s", stages.describe_stage(c))
+            if describe_stage(c):
+                self.log.info("%s", describe_stage(c))
             self.log.info("%s on %s: labeled %s, unlabeled %s, selection: %s", c.method, c.dataset,
                           self.dataset.describe_items(labeled), self.dataset.describe_items(unlabeled), c.protocol)
             extra = sum(p.numel() for m in self.method.trained_modules()[1:] for p in m.parameters())
