@@ -10,8 +10,9 @@
 
 Re-running the same command never redoes finished work: finished runs are reused, interrupted ones resume
 from their newest checkpoint, tested checkpoints are not tested again; a cell another live launch works on is
-skipped. Results: results/<dataset>.md, .csv, _cases.csv, _paired.csv, .png, from the finished cells (the
-missing ones are named). Protocols and launchers: see docs/reproduction.md.
+skipped. Results: results/<dataset>.md, .csv, _cases.csv, _paired.csv (every method against --reference,
+default supervised), _paired_cases.csv, .png and, with several --labelnum, _budgets.png (Dice against the number of
+labeled cases), from the finished cells (the missing ones are named). Protocols and launchers: see docs/reproduction.md.
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny CPU grid in minutes (2 seeds): NOT a reproduction")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the plan (runs, iterations, status, time estimate) and exit")
+    p.add_argument("--reference", default="supervised",
+                   help="the paired comparisons: every method against this one at the same budget, schedule and "
+                        "seeds (default supervised: does the unlabeled data help?; e.g. ss_net)")
     p.add_argument("--timing", default="", help='JSON of measured seconds per iteration, e.g. {"device_name": '
                    '"NVIDIA H100", "LA/ss_net": 0.45}; default: the measurements of earlier runs in --runs_dir')
     p.add_argument("--keep_going", action="store_true", help="a failing run is reported, the others go on")
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         dry_run=args.dry_run, timing=args.timing, keep_going=args.keep_going, progress=args.progress,
         status=args.status, aggregate=args.aggregate, launcher=args.launcher, gpus=args.gpus, jobs=args.jobs,
-        wait=args.wait,
+        wait=args.wait, reference=args.reference,
         slurm=SlurmSettings(partition=args.partition, time=args.time, gpus_per_job=args.gpus_per_job,
                             cpus_per_job=args.cpus_per_job, slurm_args=list(args.slurm_args),
                             requeue_timeouts=args.requeue_timeouts, array_parallelism=args.array_parallelism),

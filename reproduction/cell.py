@@ -107,6 +107,8 @@ def train_config(run: Run, settings: CellSettings) -> TrainConfig:
              "--run_dir", str(run.run_dir), "--max_iteration", str(run.max_iteration), "--schedule", run.schedule,
              "--device", settings.device,
              "--num_workers", str(settings.num_workers), "--exp", f"{run.dataset}_reproduce", *settings.extra_flags]
+    if run.pretrain_iterations:  # a two-stage method: its first stage, shortened with the run
+        flags += ["--pretrain_iterations", str(run.pretrain_iterations)]
     if settings.root_path:
         flags += ["--root_path", settings.root_path]
     if settings.lists_dir:

@@ -10,6 +10,7 @@ import pytest
 import reproduce
 from methods import METHODS
 from reproduction.aggregate import paired_table, seed_means, summary_table, write_results
+from reproduction.budget_chart import budget_curves
 from reproduction.grid import QUICK_MODE, GridOptions, run_grid
 from reproduction.paper import load_paper_results, paper_entry
 from reproduction.plan import Run, estimate_hours, format_plan, load_timings, plan_grid
@@ -102,15 +103,36 @@ def test_seed_means_average_classes_like_the_test_scripts():
     assert seed_means(rows)["dice"] == pytest.approx(60.0)
 
 
-def test_paired_table_against_ss_net():
+def test_paired_table_every_method_against_supervised_or_another_reference():
     rows = []
     for seed in (1, 2):
         for case, ss, sup in (("a", 0.9, 0.8), ("b", 0.8, 0.75), ("c", 0.7, 0.72), ("d", 0.6, 0.5)):
             rows += [case_row("ss_net", seed, case, ss), case_row("supervised", seed, case, sup)]
-    (paired,) = paired_table(rows)
-    assert paired["method"] == "supervised" and paired["n_cases"] == 4 and paired["seeds"] == "1 2"
-    assert paired["mean_difference"] == pytest.approx((10 + 5 - 2 + 10) / 4)
+    per_case = []
+    (paired,) = paired_table(rows, per_case=per_case)  # default reference: supervised (labeled only)
+    assert paired["method"] == "ss_net" and paired["reference"] == "supervised"
+    assert paired["n_cases"] == 4 and paired["seeds"] == "1 2"
+    assert paired["mean_difference"] == pytest.approx((10 + 5 - 2 + 10) / 4)  # method - reference: > 0 helps
     assert paired["wilcoxon_p"] == pytest.approx(wilcoxon_p([10, 5, -2, 10]))
+    assert [r["case"] for r in per_case] == ["a", "b", "c", "d"]
+    assert [r["difference"] for r in per_case] == pytest.approx([10.0, 5.0, -2.0, 10.0])
+    assert per_case[0]["method_dice_percent"] == pytest.approx(90.0)
+    assert per_case[0]["reference_dice_percent"] == pytest.approx(80.0)
+    (against_ss_net,) = paired_table(rows, "ss_net")  # --reference ss_net: the old table, signs reversed
+    assert against_ss_net["method"] == "supervised"
+    assert against_ss_net["mean_difference"] == pytest.approx(-paired["mean_difference"])
+    assert paired_table(rows, "bcp") == []  # a reference that did not run: no pairs
+
+
+def test_budget_curves_mean_and_spread_over_seeds():
+    rows = [case_row("bcp", 1, "a", 0.8, budget="4"), case_row("bcp", 2, "a", 0.6, budget="4"),
+            case_row("bcp", 1, "a", 0.9, budget="8"), case_row("supervised", 1, "a", 0.5, budget="8"),
+            case_row("supervised", 1, "a", 0.3, budget="4"), case_row("supervised", 1, "b", 0.5, budget="4")]
+    curves = budget_curves(rows)["paper"]
+    (low, high) = curves["bcp"]
+    assert low[0] == 4 and low[1] == pytest.approx(70.0) and low[2] == pytest.approx(math.sqrt(200.0))
+    assert low[3] == 2 and high == (8, pytest.approx(90.0), 0.0, 1)
+    assert curves["supervised"][0][:2] == (4, pytest.approx(40.0))  # the mean over the seed's cases
 
 
 def test_paper_lookup_by_registry_name():
@@ -227,6 +249,28 @@ def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
     assert reproduce.main(args) == 0  # the same command again: nothing is trained or tested again
     out = capsys.readouterr().out
     assert "trained or resumed: 0 run(s); reused finished: 12; tested now: 0" in out
+
+
+def test_quick_grid_compares_every_method_with_supervised_and_draws_the_budget_chart(tmp_path, capsys):
+    args = ["--quick", "--methods", "ss_net", "bcp", "supervised", "--seeds", "1337", "--protocol", "honest",
+            "--labelnum", "2", "3", "--max_iteration", "2", "--device", "cpu", "--runs_dir", str(tmp_path / "runs"),
+            "--results_dir", str(tmp_path / "results")]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "Paired per-case Dice (%), method − supervised" in out
+    results = tmp_path / "results"
+    paired = (results / "LA_paired.csv").read_text().splitlines()
+    assert {(line.split(",")[2], line.split(",")[3], line.split(",")[4]) for line in paired[1:]} >= {
+        ("2", "supervised", "bcp"), ("3", "supervised", "bcp"), ("2", "supervised", "ss_net")}
+    cases = (results / "LA_paired_cases.csv").read_text().splitlines()
+    assert cases[0].endswith("case,method_dice_percent,reference_dice_percent,difference") and len(cases) > 1
+    assert (results / "LA_budgets.png").stat().st_size > 0 and "LA_budgets.png" in (results / "LA.md").read_text()
+    assert "bcp 2 (after a 2-iteration pre-train)" in out  # the shortened run shortens its pre-train too
+    # another reference from the same finished runs; one budget: no budget chart
+    assert reproduce.main([*args[:-1], str(tmp_path / "again"), "--reference", "ss_net", "--labelnum", "2"]) == 0
+    assert "method − ss_net" in capsys.readouterr().out and not (tmp_path / "again" / "LA_budgets.png").exists()
+    assert reproduce.main([*args, "--reference", "ssnet"]) == 2
+    assert "--reference: unknown method 'ssnet'" in capsys.readouterr().err
 
 
 def test_grid_resumes_a_half_finished_run(tmp_path, capsys):
