@@ -305,3 +305,17 @@ def test_acdc_two_stages_on_cpu(tmp_path, acdc_root):
                             "--labeled_bs", "2", "--num_workers", "0", "--device", "cpu", "--no_progress",
                             "--image_every", "0", "--run_dir", str(run)]) == 0
     assert (run / "pretrain" / "best_model.pth").is_file() and (run / "best_model.pth").is_file()
+
+
+def test_the_benchmark_times_bcps_step():
+    from benchmarks.bench import build_training
+
+    options = {"amp": "off", "channels_last": False, "compile": False, "optimizer_impl": "default"}
+    step = build_training("default", "LA", {"num_classes": 2, "base_filters": 4}, (16, 16, 16), 8, 4,
+                          torch.device("cpu"), options, method="bcp")
+    assert step.method.name == "bcp" and step.method.teacher is not None and len(step.unlabeled) == 4
+    calls = []
+    step.method.network.register_forward_pre_hook(lambda module, args: calls.append(1))
+    step.method.teacher.register_forward_pre_hook(lambda module, args: calls.append(2))
+    step(1)
+    assert sorted(calls) == [1, 1, 2, 2]  # two student and two teacher forwards per step
