@@ -49,7 +49,7 @@ CE_EPS = 1e-16  # BCP_utils.py:66-67; ACDC :177-178
 class Variant:
     """What differs between BCP's two scripts besides the schedule."""
 
-    dice_per_sample: bool  # LA mask_DiceLoss: per sample and class (losses.py:20-45); ACDC DiceLoss: batch pooled
+    dice_per_sample: bool  # LA mask_DiceLoss: per sample and class (losses.py:47-77); ACDC DiceLoss: batch pooled
     threshold: float | None  # LA: foreground probability >= 0.5 (:57-63); None: argmax (ACDC :112-117)
     pretrain_split_loss: bool  # ACDC: the copy-paste loss with weights 1/1 (:249); LA: whole-crop loss (:159-161)
     labeled_outside_first_half: bool  # LA: (a labeled | a unlabeled pasted) first (:248, :252); ACDC: b (:373)
@@ -135,7 +135,7 @@ class BCP(Method):
                   ":36 pre-train 2,000, :37 self-train 15,000, :39-40 batch 8 (4 labeled), :41 LR 0.01, :50 "
                   "u_weight 0.5, :51 mask 2/3, :143-190 pre-train at constant LR, :218-222 self-train from the "
                   "pre-train's best weights with a fresh SGD, :243-244 pseudo labels p >= 0.5 + largest component, "
-                  ":270 EMA 0.99 (BCP_utils.py:78-81), :273-276 LR x0.1 every 2,500; `code/utils/losses.py:8-45` "
+                  ":270 EMA 0.99 (BCP_utils.py:78-81), :273-276 LR x0.1 every 2,500; `code/utils/losses.py:8-77` "
                   "Dice (per sample, all classes, plain sums, smooth 1e-5)", 0.5,
                   Schedule(15000, "step", 40.0, rampup_zero_based=False, lr_step=2500, pretrain_iterations=2000),
                   Dice(include_background=True, squared_denominator=False, smooth=1e-5), batch=(8, 4),
