@@ -319,3 +319,84 @@ def test_the_benchmark_times_bcps_step():
     step.method.teacher.register_forward_pre_hook(lambda module, args: calls.append(2))
     step(1)
     assert sorted(calls) == [1, 1, 2, 2]  # two student and two teacher forwards per step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill_at", "main_iterations"), [
+    (3, 4),  # the pre-train's iteration 3 (after its checkpoint of iteration 2): the first iteration 3 of the run
+    (5, 6),  # the main stage's iteration 5 (after its checkpoint of iteration 4): the pre-train has only 4
+])
+def test_sigkill_in_either_stage_then_rerun_ends_bitwise_equal(kill_at, main_iterations, synthetic, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def with_length(run_dir: Path) -> list[str]:
+        args = flags(synthetic, run_dir)
+        args[args.index("--max_iteration") + 1] = str(main_iterations)
+        return args
+
+    repo = Path(__file__).resolve().parents[1]
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert train_la.main(with_length(reference)) == 0
+    result = subprocess.run([sys.executable, str(repo / "tests" / "crash_runner.py"), "step", str(kill_at), "--",
+                             *with_length(run_dir)], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert (run_dir / "pretrain" / "result.json").exists() == (kill_at > 4)
+    assert train_la.main(with_length(run_dir)) == 0
+    for name in ("pretrain/best_model.pth", "best_model.pth", "last_model.pth"):
+        a, b = weights(reference / name), weights(run_dir / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    iterations = [int(line.split("iteration ")[1].split(":")[0]) for line in (run_dir / "log.txt").read_text()
+                  .splitlines() if "] iteration " in line and "mean Dice" not in line]
+    assert iterations == list(range(1, main_iterations + 1))  # every main-stage iteration once in the log
+
+
+@pytest.mark.slow
+def test_two_processes_train_both_stages(synthetic, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = make_synthetic_la(tmp_path / "data", n_train=8, n_test=1, shape=(40, 40, 24), seed=3, n_val=1)
+    args = flags(data, tmp_path / "run")
+    args[args.index("--patch_size") + 1] = "32,32,16"  # 1 + 1 samples per rank and half: BN needs > 1 value
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), "train_la.py", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+    run = tmp_path / "run"
+    assert (run / "pretrain" / "best_model.pth").is_file() and (run / "best_model.pth").is_file()
+    assert "torchrun: 2 processes, each 2 labeled + 2 unlabeled" in (run / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_la_two_stages_on_real_cases_then_test(la_root, tmp_path, capsys):
+    import test_la
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    train_ids = (la_root / "train.list").read_text().split()[:6]
+    (lists / "train.list").write_text("\n".join(train_ids) + "\n")
+    (lists / "val.list").write_text(train_ids[-1] + "\n")
+    (lists / "test.list").write_text((la_root / "test.list").read_text().split()[0] + "\n")
+    run = tmp_path / "run"
+    assert train_la.main(["--method", "bcp", "--root_path", str(la_root), "--lists_dir", str(lists), "--labelnum",
+                          "2", "--batch_size", "4", "--labeled_bs", "2", "--pretrain_iterations", "2",
+                          "--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--patch_size",
+                          "32,32,32", "--base_filters", "4", "--stride", "32,32,32", "--num_workers", "0",
+                          "--device", "cpu", "--no_progress", "--image_every", "0", "--run_dir", str(run)]) == 0
+    out = tmp_path / "eval"
+    assert test_la.main(["--checkpoint", str(run / "best_model.pth"), "--root_path", str(la_root), "--list",
+                         str(lists / "test.list"), "--output_dir", str(out), "--device", "cpu",
+                         "--no_progress"]) == 0
+    assert "left atrium" in capsys.readouterr().out and (out / "metrics.csv").is_file()
