@@ -226,6 +226,21 @@ def test_stage_configs_of_a_two_stage_run(tmp_path):
     assert stages.stage_configs(make_config("LA", method="ss_net")) == [make_config("LA", method="ss_net")]
 
 
+def test_a_finished_pretrain_is_skipped_only_at_its_length(tmp_path):
+    config = make_config("LA", method="bcp", run_dir=str(tmp_path / "run"), pretrain_iterations=4)
+    pretrain = stages.stage_configs(config)[0]
+    assert not stages.stage_finished(pretrain)
+    folder = tmp_path / "run" / "pretrain"
+    folder.mkdir(parents=True)
+    (folder / "best_model.pth").write_bytes(b"")
+    (folder / "result.json").write_text(json.dumps({"finished": True, "max_iteration": 4}))
+    assert stages.stage_finished(pretrain)
+    longer = stages.stage_configs(make_config("LA", method="bcp", run_dir=str(tmp_path / "run"),
+                                              pretrain_iterations=6))[0]
+    assert not stages.stage_finished(longer)  # the trainer resumes and extends it
+    assert not stages.stage_finished(stages.stage_configs(config)[1])  # the main stage always goes to the trainer
+
+
 # -- two stages end to end, and resumed across the boundary ------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:

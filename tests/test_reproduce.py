@@ -223,6 +223,24 @@ def test_dry_run_estimate_needs_a_measurement(tmp_path):
     assert "NVIDIA H100" in text and "0.15 h" in text and "2,000 still to train" in text
 
 
+def test_dry_run_counts_both_stages_of_bcp(tmp_path):
+    plan = plan_grid("LA", ["8"], ["bcp"], [1], ["honest"], tmp_path, None)
+    (run,) = plan.runs
+    assert (run.pretrain_iterations, run.max_iteration, run.total_iterations) == (2000, 15000, 17000)
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps({"device_name": "NVIDIA H100", "LA/bcp": 0.5}))
+    text = format_plan(plan, load_timings(tmp_path, timing))
+    assert "(2,000 pre-train + 15,000)" in text and "17,000 still to train" in text
+    assert estimate_hours(plan, load_timings(tmp_path, timing))[0] == pytest.approx(17000 * 0.5 / 3600)
+    # a finished pre-train counts as done
+    (run.run_dir / "pretrain").mkdir(parents=True)
+    (run.run_dir / "pretrain" / "result.json").write_text("{}")
+    assert run.done_iterations() == 2000
+    shortened = plan_grid("ACDC", ["7"], ["bcp"], [1], ["honest"], tmp_path, 300).runs[0]
+    assert (shortened.pretrain_iterations, shortened.max_iteration) == (300, 300)  # never longer than the run
+    assert plan_grid("LA", ["8"], ["ss_net"], [1], ["honest"], tmp_path, None).runs[0].pretrain_iterations == 0
+
+
 # ---- the grid end to end (quick mode) ------------------------------------------------------------------------
 
 

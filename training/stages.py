@@ -13,6 +13,7 @@ script's pre-train loop), evaluated every --eval_every from the first (LA :173, 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,10 +41,16 @@ def stage_configs(config: TrainConfig) -> list[TrainConfig]:
 
 
 def stage_finished(config: TrainConfig) -> bool:
-    """A pre-train whose run wrote its result (and best checkpoint): nothing left to do in it."""
+    """A pre-train whose run wrote its result and best checkpoint at this length: nothing left to do in it (another
+    length goes to the trainer, which extends the stage or names the conflict)."""
     run_dir = default_run_dir(config)
-    return config.stage == "pretrain" and (run_dir / "result.json").is_file() and \
-        (run_dir / "best_model.pth").is_file()
+    if config.stage != "pretrain" or not (run_dir / "best_model.pth").is_file():
+        return False
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return result.get("max_iteration") == config.max_iteration
 
 
 def describe_stage(config: TrainConfig) -> str:
