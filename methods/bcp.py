@@ -7,7 +7,7 @@ docs/baselines.md.
 One cuboid of 2/3 of the crop per axis, at a random corner, is the region a second image is pasted into
 (`cuboid_keep_mask`: 1 where the first image stays, 0 in the cuboid).
 
-* Pre-train (`--stage pretrain`, `--pretrain_iterations`, run first by training/stages.py in the same run folder):
+* Pre-train (`settings.stage == "pretrain"`, `--pretrain_iterations`; training/stages.py runs it first, same folder):
   the labeled half of the batch split in two, a = first half, b = second; input = a outside the cuboid, b inside
   it; LA: (CE + per-sample Dice) / 2 of the pasted label over the whole crop; ACDC: the copy-paste loss with
   weight 1 on both regions. Constant LR. The best pre-train checkpoint (by --select) starts the self-train.
