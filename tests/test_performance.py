@@ -121,7 +121,8 @@ def test_compiled_network_keeps_names_and_outputs():
         torch.testing.assert_close(net(x).logits, expected)
     assert list(net.state_dict()) == keys
     method = build_method("ss_net", net, MethodSettings(num_classes=TINY_UNET.get("num_classes", 4)))
-    assert method.heads.projection_head(torch.randn(3, net.feature_channels)).shape == (3, 32)  # heads beside the compiled net
+    # the heads beside the compiled network
+    assert method.heads.projection_head(torch.randn(3, net.feature_channels)).shape == (3, 32)
 
 
 @pytest.mark.parametrize("impl", ["foreach", "fused"])

@@ -1,5 +1,6 @@
 """Checkpoints and run folders written by the code before the architecture redesign (tests/data/pre_redesign,
-written when every network carried SS-Net's heads) still evaluate and resume, with the same numbers."""
+written when every network carried SS-Net's heads) still evaluate with the same numbers; their run folders are
+refused on resume with a clear error; a fresh SS-Net run trains as the old code did."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,26 @@ from inference import Predictor
 
 FIXTURES = Path(__file__).parent / "data" / "pre_redesign"
 METHODS = ("ss_net", "mean_teacher", "mc_net")
+# The expected values are float32 weight sums of a few training steps. Another thread count or CPU sums in another
+# order; the difference is judged against the tensor's absolute sum. Measured (1 vs 2 threads): mean_teacher and
+# mc_net move by at most 4e-5 of it, while a real change moves some tensor by >= 5e-2 (momentum lost on resume:
+# >= 0.26; LR x1.1: >= 5e-2).
+SUM_TOLERANCE = 1e-3
+# SS-Net is the exception: on these 1- and 2-filter networks its argmax pseudo labels and prototype ranking turn a
+# rounding difference into another trajectory (1 vs 2 threads moves a BatchNorm bias by 8% of its size, as much as
+# the real changes above), so no tolerance tells them apart. Its runs use the thread count that made the fixtures;
+# on a CPU whose kernels round differently they would fail for the same reason. tests/test_official_fixture.py
+# checks SS-Net's numerics independently of the CPU (float64).
+SS_NET_THREADS = 2
+
+
+def assert_sums_match(tensors: dict[str, torch.Tensor], expected: dict[str, float]) -> None:
+    """Every floating-point tensor's sum as expected, within SUM_TOLERANCE of its absolute sum."""
+    floating = {k: v.double() for k, v in tensors.items() if v.dtype.is_floating_point}
+    assert set(floating) == set(expected)
+    for key, value in floating.items():
+        difference = abs(float(value.sum()) - expected[key])
+        assert difference <= SUM_TOLERANCE * float(value.abs().sum()), f"{key}: sum off by {difference:.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +84,31 @@ def copy_run(method: str, synthetic: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_old_runs_resume_to_the_weights_the_old_code_reached(method, synthetic, tmp_path):
-    """Resumed from iteration 2 to 4 by today's code: every network tensor as the old code's resumed run (SS-Net's
-    heads move from the network into the method; the optimiser state is re-indexed by parameter name)."""
-    expected = json.loads((FIXTURES / "expected_resume.json").read_text())[method]
+def test_old_runs_are_refused_on_resume_with_a_clear_error(method, synthetic, tmp_path, capsys):
+    """Their optimiser state indexes the network's parameters with SS-Net's heads among them; the code that
+    re-indexed it was dropped with the redesign of the method contract (docs/training.md). The refusal names the
+    checkpoint and what still works, and writes nothing."""
     run = copy_run(method, synthetic, tmp_path)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
     assert train_la.main(["--resume", str(run), "--max_iteration", "4", "--device", "cpu", "--num_workers", "0",
-                          "--no_progress"]) == 0
-    last = torch.load(run / "last_model.pth", weights_only=True)
-    tensors = dict(last["state_dict"])
-    if method == "ss_net":
-        tensors.update(last["method_state"]["heads"])
-    sums = {k: float(v.double().sum()) for k, v in tensors.items() if v.dtype.is_floating_point}
-    old_heads = {k for k in expected["sums"] if k.startswith(("projection_head", "prediction_head", "contrastive"))}
-    assert set(sums) == set(expected["sums"]) - (old_heads if method != "ss_net" else set())
-    for key, value in sums.items():
-        assert value == expected["sums"][key], key  # bitwise: the same float tensors sum to the same double
-    result = json.loads((run / "result.json").read_text())
-    assert result["best_score"] == pytest.approx(expected["best_score"], abs=1e-9)
+                          "--no_progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: cannot resume from") and "iter_0000002.pth" in error
+    assert "networks carried SS-Net's heads" in error and "test_la.py" in error
+    assert sorted(p.relative_to(run) for p in run.rglob("*") if p.name != "log.txt") == \
+        [p for p in before if p.name != "log.txt"]
 
 
 def test_a_fresh_ss_net_run_is_numerically_unchanged(synthetic, tmp_path):
     """SS-Net initialises and trains its heads in the order the network used to: same draws, same weights."""
     expected = json.loads((FIXTURES / "expected_fresh.json").read_text())["ss_net"]
     run = tmp_path / "fresh"
+    torch.set_num_threads(SS_NET_THREADS)  # restored after the test (conftest.py)
     assert train_la.main(["--root_path", str(synthetic), "--lists_dir", str(synthetic), "--labelnum", "2",
                           "--method", "ss_net", "--max_iteration", "3", "--patch_size", "16,16,16", "--base_filters",
                           "2", "--stride", "8,8,8", "--batch_size", "4", "--labeled_bs", "2", "--eval_every", "1",
                           "--eval_start", "1", "--save_every", "1", "--select", "val", "--num_workers", "0",
                           "--device", "cpu", "--no_progress", "--image_every", "0", "--run_dir", str(run)]) == 0
     last = torch.load(run / "last_model.pth", weights_only=True)
-    tensors = {**last["state_dict"], **last["method_state"]["heads"]}
-    sums = {k: float(v.double().sum()) for k, v in tensors.items() if v.dtype.is_floating_point}
-    assert set(sums) == set(expected["sums"])
-    for key, value in sums.items():
-        assert value == expected["sums"][key], key  # bitwise: the same float tensors sum to the same double
+    assert_sums_match({**last["state_dict"], **last["method_state"]["heads"]}, expected["sums"])
     assert json.loads((run / "result.json").read_text())["best_score"] == pytest.approx(expected["result"], abs=1e-9)

@@ -182,6 +182,10 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
     if changed:
         raise UserError(f"run folder {run_dir} holds a run with other settings ({'; '.join(changed[:4])}); "
                         f"continue it with --resume {run_dir}, or start a new run with another --run_dir")
+    if not state.get("parameter_names"):  # refused before anything is written to the run folder
+        raise UserError(f"cannot resume from {path}: it was written by an earlier version whose networks carried "
+                        f"SS-Net's heads; evaluate its checkpoints with test_la.py / test_acdc.py, or start a new run "
+                        f"with another --run_dir")
     if state["iteration"] > config.max_iteration:
         raise UserError(f"--max_iteration {config.max_iteration} is below iteration {state['iteration']} of "
                         f"{path}; raise --max_iteration or choose another --run_dir")
@@ -228,14 +232,10 @@ class CheckpointStore:
 
     @staticmethod
     def restore(state: dict, path: Path, method, optimizer, parameter_names: list[str]) -> None:
-        """Weights, optimiser and method state of a resume checkpoint. Run folders of the versions whose networks
-        carried SS-Net's heads (no `parameter_names`) cannot be resumed (docs/training.md)."""
-        saved_names = state.get("parameter_names")
-        if saved_names != parameter_names:
-            why = ("it was written by an earlier version whose networks carried SS-Net's heads" if not saved_names
-                   else "its optimiser state belongs to other parameters")
-            raise UserError(f"cannot resume from {path}: {why}; evaluate its checkpoints with test_la.py / "
-                            f"test_acdc.py, or start a new run with another --run_dir")
+        """Weights, optimiser and method state of a resume checkpoint."""
+        if state["parameter_names"] != parameter_names:  # find_resume refused the checkpoints without names
+            raise UserError(f"cannot resume from {path}: its optimiser state belongs to other parameters; start a "
+                            f"new run with another --run_dir")
         method.network.load_state_dict(state["state_dict"])
         method.load_method_state(state["method_state"])
         optimizer.load_state_dict(state["optimizer"])
