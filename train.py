@@ -10,71 +10,56 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from dataloaders.nifti_dataset import NIFTI_MODES
+from dataloaders.nifti_dataset import NIFTI_MODES, NiftiOptions
 from training import TrainConfig, make_config, train
 from training.flags import build_train_parser, config_from_args, explicit_flags, settings_from_args
-from utils.cli import float_list, run_cli
+from utils.cli import run_cli
 from utils.errors import UserError
+from utils.flags import add_flags, options_from_args
 
 
 def build_parser(mode: str) -> argparse.ArgumentParser:
     p = build_train_parser(f"NIfTI-{mode}", __doc__)
-    g = p.add_argument_group("your NIfTI dataset")
-    g.add_argument("--data", default="", help="nnU-Net raw folder: dataset.json, imagesTr/, labelsTr/[, imagesTs/]")
-    g.add_argument("--mode", choices=NIFTI_MODES, default="3d",
-                   help="3d: V-Net on volumes (LA defaults); 2d: U-Net on slices (ACDC defaults)")
-    g.add_argument("--normalization", choices=("zscore", "minmax", "none"), default="zscore",
-                   help="per-case, per-channel intensity normalisation (the paper: zscore)")
-    g.add_argument("--target_spacing", type=float_list, default=None,
-                   help="resample every case to this voxel size in mm (per array axis); default: keep each grid")
-    g.add_argument("--image_order", type=int, choices=(1, 3), default=3, help="image resampling: 3 cubic, 1 linear")
-    g.add_argument("--crop_nonzero", action="store_true", help="crop each case to its non-zero (body) region")
-    g.add_argument("--num_val", type=int, default=-1,
-                   help="validation cases drawn from the labeled ones; a val.list in --lists_dir gives them "
-                        "instead (default: 20%%, at least 1)")
-    g.add_argument("--split_seed", type=int, default=None, help="seed of the validation draw (default --seed)")
+    add_flags(p, NiftiOptions)
     return p
 
 
 def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainConfig:
     """Resolve the config: classes and channels from dataset.json, the slice axis from the scans' spacing."""
-    dataset = f"NIfTI-{args.mode}"
+    options = options_from_args(NiftiOptions, args)
+    dataset = f"NIfTI-{options.mode}"
     if args.resume:  # the saved config already holds the dataset description and preprocessing
         return config_from_args(args, dataset, given)
-    if not args.data:
+    if not options.data:
         raise UserError("--data is required: the nnU-Net raw folder (dataset.json, imagesTr/, labelsTr/)")
     import nibabel as nib
 
-    from dataloaders.nifti import Preprocessing, choose_slice_axis, read_nifti_dataset
+    from dataloaders.nifti import choose_slice_axis, read_nifti_dataset
 
-    info = read_nifti_dataset(args.data)
+    info = read_nifti_dataset(options.data)
     settings = settings_from_args(args)
     if "exp" not in given:
-        settings["exp"] = f"{Path(args.data).resolve().name}_{args.mode}"
+        settings["exp"] = f"{Path(options.data).resolve().name}_{options.mode}"
     spacings = [nib.load(str(info.image_paths(c)[0])).header.get_zooms()[:3] for c in info.labeled + info.unlabeled]
-    preprocessing = Preprocessing(
-        normalization=args.normalization,
-        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
-        crop_nonzero=args.crop_nonzero,
-        image_order=args.image_order,
-        slice_axis=choose_slice_axis(spacings, args.target_spacing),
-    )
+    preprocessing = replace(options.preprocessing,
+                            slice_axis=choose_slice_axis(spacings, options.preprocessing.target_spacing))
     settings.update(
-        root_path=args.data, num_classes=info.num_classes,
+        root_path=options.data, num_classes=info.num_classes,
         network_kwargs={**settings.get("network_kwargs", {}), "in_channels": info.num_channels,
                         "num_classes": info.num_classes},
         nifti={
-            "mode": args.mode,
-            "data": str(Path(args.data).resolve()),
+            "mode": options.mode,
+            "data": str(Path(options.data).resolve()),
             "preprocessing": preprocessing.to_dict(),
             "labels": info.labels,
             "class_names": info.class_names,
             "channel_names": info.channel_names,
             "file_ending": info.file_ending,
-            "num_val": args.num_val,
-            "split_seed": args.seed if args.split_seed is None else args.split_seed,
+            "num_val": options.num_val,
+            "split_seed": args.seed if options.split_seed is None else options.split_seed,
         })
     config = make_config(dataset, **settings)
     if not config.stride:
@@ -87,7 +72,7 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     mode_parser = argparse.ArgumentParser(add_help=False)
-    mode_parser.add_argument("--mode", choices=NIFTI_MODES, default="3d")
+    mode_parser.add_argument("--mode", choices=NIFTI_MODES, default=NiftiOptions.mode)
     mode, _ = mode_parser.parse_known_args(argv)
     parser = build_parser(mode.mode)
     args = parser.parse_args(argv)

@@ -60,8 +60,8 @@ from training.config import OPTIMIZER_IMPLS, make_config
 from training.optim import build_sgd, zero_gradients
 from training.precision import Precision
 from utils.atomic import write_text_atomic
+from utils.autocast import PRECISION_MODES
 from utils.cli import int_list
-from utils.precision import PRECISION_MODES
 from utils.sliding_window import count_windows, window_starts
 
 MODES = ("official", "default", "fast")
@@ -261,7 +261,7 @@ def test_job(job: dict) -> dict:
         if fast:
             prepare_network(network, channels_last=options["channels_last"], compile=options["compile"])
         batch_size = options["eval_batch_size"] if fast else job["test_batch_size"]
-        settings = InferenceSettings(patch, stride, batch_size=batch_size, nms=False,
+        settings = InferenceSettings(patch, stride, batch_size=batch_size, largest_component=False,
                                      amp=options["amp"] if fast else "off")
         predictor = Predictor(network, get_dataset("LA"), settings)
 

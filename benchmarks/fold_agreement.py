@@ -65,13 +65,14 @@ def agreement(args: argparse.Namespace) -> dict:
     cases = read_list(Path(args.list) if args.list else root / "test.list")
     stride = tuple(args.stride or dataset.stride)
     if args.checkpoint:
-        network = Predictor.from_checkpoint(args.checkpoint, expect_dataset="LA", fold_bn=False).network
+        network = Predictor.from_checkpoint(args.checkpoint, settings=InferenceSettings(fold_bn=False),
+                                            expect_dataset="LA").network
     else:
         network = calibrated_vnet(root, read_list(root / "train.list"), dataset.patch_size, args.seed)
     results, seconds = {}, {}
     for fold_bn in (False, True):
         settings = InferenceSettings(tuple(dataset.patch_size), stride, batch_size=args.batch_size,
-                                     nms=dataset.test_nms, fold_bn=fold_bn)
+                                     largest_component=dataset.test_largest_component, fold_bn=fold_bn)
         start = time.perf_counter()
         results[fold_bn] = evaluate_cases(Predictor(network, dataset, settings), root, cases, keep_predictions=True)
         seconds[fold_bn] = time.perf_counter() - start
@@ -88,7 +89,8 @@ def agreement(args: argparse.Namespace) -> dict:
               f"({per_case[-1]['foreground_voxels']} foreground), largest metric difference {metric_difference:.2e}",
               flush=True)
     report = {"network": args.checkpoint or "random LA V-Net, BatchNorm statistics from the training crops",
-              "stride": list(stride), "batch_size": args.batch_size, "nms": dataset.test_nms,
+              "stride": list(stride), "batch_size": args.batch_size,
+              "largest_component": dataset.test_largest_component,
               "seconds": {"unfolded": seconds[False], "folded": seconds[True]},
               "voxels_differing": sum(c["voxels_differing"] for c in per_case),
               "max_metric_difference": max(c["max_metric_difference"] for c in per_case), "cases": per_case}

@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# GPU check for the speed work (issues 6 and 15): fits one device call of under 8 minutes on one H100.
-#   1. bench.py on the GPU: the table of docs/speed.md: SS-Net training s/iteration and peak memory
-#      (torch.cuda.max_memory_allocated) on the LA and ACDC shapes and LA test-volume time, official vs default
-#      vs fast, ratios to official, the largest LA batch that fits $FITS_GB GiB (2..8 tried) and the projected
-#      full LA run; JSON to $OUT/bench_gpu.json (put it under results/gpu/ with the device name).
-#   2. bench.py --compile 1, fast mode only (torch.compile cost and gain), JSON to $OUT/bench_gpu_compile.json.
-#   3. a short real LA SS-Net training with periodic evaluation (fast options), then test_la.py on its best
-#      checkpoint in fp32 and in bf16 (same metrics within the tolerance of docs/speed.md).
-# Checkpoints and TensorBoard files stay in $WORK (they exceed what a device call returns); $OUT gets at most
-# 8 flat files: the two bench JSONs, bench/train logs and both test summaries. The figures are also printed.
+# GPU check: the speed table of docs/speed.md and a short real LA training and test, sized to finish in under
+# 8 minutes on one H100.
 #
-# Preparation, on the development machine, once (the LA data is ~130 MB packed; the tree that travels is at
-# most 64 MiB, and ../shared does not travel):
-#     python ../shared/data/restore.py .device_data --dataset LA --limit 4   # 4 train + 4 test cases, ~18 MB
-#     du -sh .device_data                                                   # must stay well under 64 MiB
-# .device_data/ is git-ignored, so name it in the call's carry:
-#     run(command="bash benchmarks/gpu_check.sh", carry=[".device_data"], timeout_s=480)
-# The GPU machine has torch 2.11 + CUDA, h5py, scipy, tensorboard and tqdm, but no medpy/nibabel: this path
-# imports neither (utils/metrics.py is written on scipy; nibabel is imported only for --save_predictions).
+#   bash benchmarks/gpu_check.sh                      # on a CUDA machine
+#   DRY_RUN=1 bash benchmarks/gpu_check.sh            # any machine, seconds: only checks that every command's flags
+#                                                     # parse (python -m benchmarks.flag_check); add TINY=1 for the
+#                                                     # reduced form's commands
+#   DEVICE=cpu TINY=1 bash benchmarks/gpu_check.sh    # the reduced form on a CPU: minutes on 2 cores
 #
-# Reduced CPU form (what the tests and a CPU session can run; minutes on 2 cores):
-#     DEVICE=cpu TINY=1 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+# What it runs and prints, each step stamped with the seconds since the start:
+#   1. python -m benchmarks.bench: SS-Net training s/iteration and peak memory (torch.cuda.max_memory_allocated)
+#      on the LA and ACDC shapes and the LA test-volume time, official vs default vs fast, ratios to official,
+#      the largest LA batch that fits $FITS_GB GiB (default 24; 2..8 tried) and the projected full LA run.
+#      Table printed; JSON in $OUT/bench_gpu.json, log in $OUT/bench_gpu.log.
+#   2. the same, fast mode only, with torch.compile (compile cost and gain): $OUT/bench_gpu_compile.json / .log.
+#   3. train_la.py: a 300-iteration SS-Net training on the cases under $DATA, evaluated every 100 iterations,
+#      fast options (bf16, channels-last, fused SGD); its last lines and evaluation lines printed, its log in
+#      $OUT/train_log.txt.
+#   4. test_la.py on that run's best checkpoint in fp32 and in bf16: both mean metrics printed (they agree within
+#      the tolerance of docs/speed.md), the summaries in $OUT/test_off_summary.json and $OUT/test_bf16_summary.json.
+# Checkpoints and TensorBoard files stay in $WORK (default /tmp/gpu_check_work); $OUT (default /tmp/gpu_check_out)
+# gets only the small files named above.
+#
+# Steps 3-4 need LA cases in the h5 layout under $DATA (default .device_data/LA, git-ignored); a few are enough,
+# e.g. 4 training and 4 test cases copied from ./data/LA (docs/data.md), or the tests' subset (~18 MB):
+#     python ../shared/data/restore.py .device_data --dataset LA --limit 4
+# Without them steps 3-4 are skipped with a message. Python packages: torch with CUDA, h5py, scipy, tensorboard,
+# tqdm; not medpy or nibabel (the metrics are computed with scipy; nibabel is imported only for --save_predictions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check_out}
@@ -28,15 +34,26 @@ WORK=${WORK:-/tmp/gpu_check_work}
 DEVICE=${DEVICE:-cuda}
 TINY=${TINY:-0}
 DATA=${DATA:-.device_data/LA}
+DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT" "$WORK"
 PY=${PYTHON:-python3}
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+COMMANDS="$WORK/commands.txt"
+: > "$COMMANDS"
+# a project command: run it, or under DRY_RUN=1 note it for the flag check at the end
+project() {
+    if [ "$DRY_RUN" = 1 ]; then printf '%q ' "$@" >> "$COMMANDS"; echo >> "$COMMANDS"; else $PY "$@"; fi
+}
 
 stamp "environment"
-if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; fi
-$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
+if [ "$DRY_RUN" = 1 ]; then
+    stamp "   dry run: the commands are listed, then their flags checked; nothing is run"
+else
+    if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; fi
+    $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
 torch.version.cuda, 'available', torch.cuda.is_available())"
+fi
 
 if [ "$TINY" = 1 ]; then
     BENCH=(--tiny --threads 1)
@@ -48,7 +65,7 @@ else
     # 3 modes x (LA, ACDC) x (3 + 5 iterations) + 3 x 3 test volumes + 3 x 4 --fits_gb processes: ~3 minutes
     BENCH=(--iterations 5 --warmup 3 --volumes 2 --eval_batch_size 8)
     FITS=(--fits_gb "${FITS_GB:-24}" --fits_max_batch 8)
-    # 300 iterations, evaluation on the 4 restored test cases every 100 from 100 (the paper protocol's
+    # 300 iterations, evaluation on the test cases present every 100 from 100 (the paper protocol's
     # procedure on fewer cases), coarse evaluation stride, fast options
     TRAIN=(--max_iteration 300 --eval_every 100 --eval_start 100 --eval_stride 56,56,40 --num_workers 6
            --eval_batch_size 8 --deterministic 0)
@@ -56,28 +73,32 @@ else
 fi
 
 stamp "1. bench: official vs default (fp32, memory-saving step, folded BatchNorm) vs fast (bf16, channels-last, fused SGD)"
-$PY -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" ${FITS[@]+"${FITS[@]}"} --eval_stride 56,56,40 \
+project -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" ${FITS[@]+"${FITS[@]}"} --eval_stride 56,56,40 \
     --output "$OUT/bench_gpu.json" \
     2>&1 | tee "$OUT/bench_gpu.log"
 
 stamp "2. bench: fast mode with torch.compile"
+COMPILE=(-m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" --modes fast --compile 1 --eval_stride 56,56,40
+         --output "$OUT/bench_gpu_compile.json")
 if [ "$TINY" = 1 ]; then
     stamp "   (skipped in the reduced CPU form: inductor needs minutes on a CPU)"
+elif [ "$DRY_RUN" = 1 ]; then
+    project "${COMPILE[@]}"
 else
-    timeout 150 $PY -m benchmarks.bench --device "$DEVICE" "${BENCH[@]}" --modes fast --compile 1 \
-        --eval_stride 56,56,40 --output "$OUT/bench_gpu_compile.json" 2>&1 | tee "$OUT/bench_gpu_compile.log" \
+    timeout 150 $PY "${COMPILE[@]}" 2>&1 | tee "$OUT/bench_gpu_compile.log" \
         || stamp "   compile bench did not finish (timeout or error); see bench_gpu_compile.log"
 fi
 
 stamp "3. short real LA training with periodic evaluation"
-if [ ! -d "$DATA/2018LA_Seg_Training Set" ]; then
-    stamp "no LA data at $DATA: restore it first (see the header); skipping the training run"
-    exit 0
-fi
 LISTS="$WORK/lists"
-mkdir -p "$LISTS"
-# the restored subset holds the first N train and N test cases; train: 2 labeled + the rest unlabeled
-$PY - "$DATA" "$LISTS" <<'EOF'
+if [ "$DRY_RUN" != 1 ]; then
+    if [ ! -d "$DATA/2018LA_Seg_Training Set" ]; then
+        stamp "no LA data at $DATA: see the header for how to get a few cases; skipping the training run"
+        exit 0
+    fi
+    mkdir -p "$LISTS"
+    # lists of the cases present, in the official order; train: 2 labeled + the rest unlabeled
+    $PY - "$DATA" "$LISTS" <<'EOF'
 import sys
 from pathlib import Path
 data, lists = Path(sys.argv[1]), Path(sys.argv[2])
@@ -88,21 +109,29 @@ for name in ("train", "test"):
     print(name, len(ids), "cases")
 (lists / "val.list").write_text("")
 EOF
-$PY train_la.py --root_path "$DATA" --lists_dir "$LISTS" --labelnum 2 --select test --device "$DEVICE" \
+fi
+# what reads the run's outputs (nothing to read in a dry run)
+outputs() { [ "$DRY_RUN" = 1 ] || "$@"; }
+project train_la.py --root_path "$DATA" --lists_dir "$LISTS" --labelnum 2 --select test --device "$DEVICE" \
     --run_dir "$WORK/run" --amp bf16 --channels_last 1 --optimizer_impl fused --no_progress "${TRAIN[@]}" \
     2>&1 | tail -n 40
-cp "$WORK/run/log.txt" "$OUT/train_log.txt"
-grep -E "mean Dice|done in" "$WORK/run/log.txt" || true
+outputs cp "$WORK/run/log.txt" "$OUT/train_log.txt"
+outputs grep -E "mean Dice|done in" "$WORK/run/log.txt" || true
 
 stamp "4. test the best checkpoint: fp32 (official path) vs bf16 (fast path)"
 for amp in off bf16; do
     channels_last=$([ "$amp" = off ] && echo 0 || echo 1)
     stamp "   test_la.py --amp $amp"
-    $PY test_la.py --checkpoint "$WORK/run/best_model.pth" \
+    project test_la.py --checkpoint "$WORK/run/best_model.pth" \
         --root_path "$DATA" --list "$LISTS/test.list" --device "$DEVICE" --output_dir "$WORK/test_$amp" \
         --amp "$amp" --channels_last "$channels_last" --no_progress "${TEST[@]}"
-    cp "$WORK/test_$amp/summary.json" "$OUT/test_${amp}_summary.json"
+    outputs cp "$WORK/test_$amp/summary.json" "$OUT/test_${amp}_summary.json"
 done
+if [ "$DRY_RUN" = 1 ]; then
+    stamp "dry run: the flags of every command above"
+    $PY -m benchmarks.flag_check "$COMMANDS"
+    exit $?
+fi
 $PY - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path

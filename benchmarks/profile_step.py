@@ -39,8 +39,8 @@ from dataloaders import get_dataset
 from training.config import make_config
 from training.optim import zero_gradients
 from utils.atomic import write_text_atomic
+from utils.autocast import autocast
 from utils.cli import int_list
-from utils.precision import autocast
 from utils.profiling import recording, section
 
 MODES = ("official", "default")

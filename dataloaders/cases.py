@@ -1,6 +1,9 @@
 """What the LA and ACDC datasets share: reading an h5 case, the key/transform contract, the sample dict."""
 from __future__ import annotations
 
+import errno
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,6 +13,10 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
+
+# Errors of a network file system or a failing disk that often pass: retried before a case counts as unreadable.
+TRANSIENT_READ_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE}
+READ_RETRY_DELAYS_S = (1.0, 4.0, 15.0)  # waits before the 2nd, 3rd and 4th attempt
 
 # (image, label, rng) -> (image, label)
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -26,16 +33,7 @@ def read_image_label(path: Path, ndim: int, what: str, num_classes: int | None =
             f"{what}: {path} not found; expected an h5 file with datasets 'image' and 'label'. "
             f"Restore or prepare the dataset (see docs/data.md) and check the data root."
         )
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [key for key in ("image", "label") if key not in f]
-            if missing:
-                raise UserError(f"{what}: {path} has no dataset(s) {missing}; found {sorted(f.keys())}. "
-                                 f"Re-create it with datasets 'image' and 'label'")
-            image = np.asarray(f["image"][()], dtype=np.float32)
-            raw_label = np.asarray(f["label"][()])
-    except OSError as exc:  # h5py: truncated file, not HDF5, ...
-        raise UserError(f"{what}: {path} is not a readable h5 file ({exc}); restore or re-download it") from None
+    image, raw_label = read_with_retries(lambda: read_h5_arrays(path, what), path, what)
     if image.shape != raw_label.shape or image.ndim != ndim or image.size == 0:
         raise UserError(
             f"{what}: {path} has image shape {image.shape} and label shape {raw_label.shape}; "
@@ -45,6 +43,32 @@ def read_image_label(path: Path, ndim: int, what: str, num_classes: int | None =
         bad = int(np.size(image) - np.isfinite(image).sum())
         raise UserError(f"{what}: {path} has {bad} NaN/Inf voxels in 'image'; fix or exclude this case")
     return image, check_label_values(raw_label, path, what, num_classes)
+
+
+def read_h5_arrays(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        missing = [key for key in ("image", "label") if key not in f]
+        if missing:
+            raise UserError(f"{what}: {path} has no dataset(s) {missing}; found {sorted(f.keys())}. "
+                             f"Re-create it with datasets 'image' and 'label'")
+        return np.asarray(f["image"][()], dtype=np.float32), np.asarray(f["label"][()])
+
+
+def read_with_retries(read: Callable[[], tuple], path: Path, what: str) -> tuple:
+    """read(), retried with a warning after a transient OSError (EIO, ESTALE, ...); any other OSError (h5py: a
+    truncated file, not HDF5) or the last failure becomes a UserError naming the case and the file."""
+    for attempt, delay_s in enumerate((*READ_RETRY_DELAYS_S, None), start=1):
+        try:
+            return read()
+        except OSError as exc:
+            if exc.errno not in TRANSIENT_READ_ERRNOS or delay_s is None:
+                tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+                raise UserError(f"{what}: {path} is not a readable h5 file{tried} ({exc}); restore or re-download "
+                                 f"it") from None
+            print(f"warning: {what}: reading {path} failed ({exc.strerror or exc}); retrying in {delay_s:g} s "
+                  f"(attempt {attempt + 1} of {len(READ_RETRY_DELAYS_S) + 1})", file=sys.stderr, flush=True)
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")
 
 
 def check_label_values(label: np.ndarray, path: Path, what: str, num_classes: int | None) -> np.ndarray:

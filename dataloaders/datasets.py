@@ -55,7 +55,8 @@ class DatasetAdapter:
     patch_size: tuple[int, ...]  # network input: training crop / resize, the sliding window at test
     stride: tuple[int, ...] = ()  # sliding-window step at test; () = half the patch (NIfTI) or none (ACDC)
     spacing_mm: tuple[float, ...] | None = None  # voxel size of the stored arrays, when known
-    test_nms: bool = False  # largest-connected-component post-processing at test time (the paper's protocol)
+    # keep the largest connected component of each class at test time (the paper's protocol)
+    test_largest_component: bool = False
     has_channel_axis: bool = False  # stored images are (C, *spatial) rather than single-channel (*spatial)
     slice_axis: int | None = None  # 2-D models on volumes: the spatial axis sliced
     scan_preprocessing: Preprocessing = field(default_factory=Preprocessing)  # for new scans (predict.py)
@@ -111,7 +112,7 @@ class LADataset(DatasetAdapter):
             num_classes=2, class_names=("left atrium",), inference="volume", patch_size=(112, 112, 80),
             stride=(18, 18, 4),
             # The original LA scans are 0.625 mm isotropic; the h5 crops keep that grid.
-            spacing_mm=(0.625, 0.625, 0.625), test_nms=True,
+            spacing_mm=(0.625, 0.625, 0.625), test_largest_component=True,
             scan_preprocessing=Preprocessing(normalization="zscore", target_spacing=(0.625, 0.625, 0.625)),
             stored_normalization="zscore",  # UA-MT's preprocessing: each scan z-scored, then cropped
             labelnum_meaning="labeled training scans (first N of data/LA/train.list; 4 = 5 %, 8 = 10 %)",
@@ -145,7 +146,7 @@ class ACDCDataset(DatasetAdapter):
             name="ACDC", network="unet", network_kwargs={"in_channels": 1, "num_classes": 4},
             num_classes=4, class_names=("RV", "Myo", "LV"), inference="slices_resized", patch_size=(256, 256),
             spacing_mm=None,  # the public h5 volumes carry no voxel size
-            test_nms=False, scan_preprocessing=Preprocessing(normalization="minmax"),
+            test_largest_component=False, scan_preprocessing=Preprocessing(normalization="minmax"),
             stored_normalization="minmax",  # SSL4MIS: each volume min-max scaled to [0, 1]
             labelnum_meaning=("labeled training patients (first N patients of data/ACDC/train_slices.list; "
                               "3 -> 68 slices, 7 -> 136)"),

@@ -27,11 +27,14 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from utils.cli import float_list
 from utils.errors import UserError
+from utils.settings import setting
 
 from .cases import check_label_values, parse_key
 
 NORMALIZATIONS = ("zscore", "minmax", "none")
+NIFTI_GROUP = "your NIfTI dataset"  # train.py's -h section of these settings
 UNLABELED = -1  # label value of unlabeled training samples: never read (methods get label=None), fails if used
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(\.gz)?)$")
 
@@ -214,13 +217,20 @@ def read_label(path: Path, shape: tuple[int, ...], num_classes: int | None = Non
 # ----------------------------------------------------------------------------------------------- preprocessing
 @dataclass
 class Preprocessing:
-    """Written into every checkpoint (config.nifti.preprocessing) so predict.py repeats it on new scans."""
+    """Written into every checkpoint (config.nifti.preprocessing) so predict.py repeats it on new scans; train.py's
+    preprocessing flags are generated from these fields."""
 
-    normalization: str = "zscore"
-    target_spacing: tuple[float, ...] | None = None  # mm per array axis; None keeps each scan's grid
-    crop_nonzero: bool = False
-    image_order: int = 3  # spline order for images when resampling: 3 cubic, 1 linear (labels always nearest)
-    slice_axis: int = 2  # 2-D mode: the array axis slices are taken along (the coarsest one)
+    normalization: str = setting("zscore", "per-case, per-channel intensity normalisation (the paper: zscore)",
+                                 choices=NORMALIZATIONS, group=NIFTI_GROUP)
+    target_spacing: tuple[float, ...] | None = setting(
+        None, "resample every case to this voxel size (per array axis); default: keep each grid", unit="mm",
+        parse=float_list, group=NIFTI_GROUP)
+    crop_nonzero: bool = setting(False, "crop each case to its non-zero (body) region", switch=True,
+                                 group=NIFTI_GROUP)
+    image_order: int = setting(3, "image resampling: 3 cubic, 1 linear (labels always nearest)", choices=(1, 3),
+                               group=NIFTI_GROUP)
+    slice_axis: int = setting(2, "2-D mode: the array axis slices are taken along (the coarsest one, from the "
+                                 "scans' spacing)", flag=False)
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:

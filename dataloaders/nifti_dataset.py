@@ -9,15 +9,18 @@ In 2-D mode the labeled / unlabeled items are slices `<case>_slice_<k>` of the p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
+from utils.settings import nested, setting
 
 from .datasets import DatasetAdapter, count
 from .nifti import (
+    NIFTI_GROUP,
     NiftiDatasetInfo,
     NiftiTrainDataset,
     Preprocessing,
@@ -36,6 +39,20 @@ NIFTI_MODES = ("3d", "2d")
 NIFTI_PATCH_SIZES = {"3d": (96, 96, 96), "2d": (256, 256)}
 NIFTI_NETWORKS = {"3d": ("vnet", {"in_channels": 1, "num_classes": 2, "base_filters": 16, "dropout": True}),
                   "2d": ("unet", {"in_channels": 1, "num_classes": 2})}
+
+
+@dataclass
+class NiftiOptions:
+    """train.py's settings of a user's NIfTI folder (its flags are generated from these fields); with what the
+    folder's dataset.json says they become the run's `config.nifti`."""
+
+    data: str = setting("", "nnU-Net raw folder: dataset.json, imagesTr/, labelsTr/[, imagesTs/]", group=NIFTI_GROUP)
+    mode: str = setting("3d", "3d: V-Net on volumes (LA defaults); 2d: U-Net on slices (ACDC defaults)",
+                        choices=NIFTI_MODES, group=NIFTI_GROUP)
+    preprocessing: Preprocessing = nested(Preprocessing)
+    num_val: int = setting(-1, "validation cases drawn from the labeled ones; a val.list in --lists_dir gives them "
+                               "instead (default: 20%, at least 1)", group=NIFTI_GROUP)
+    split_seed: int | None = setting(None, "seed of the validation draw (default: --seed)", group=NIFTI_GROUP)
 
 
 def default_num_val(num_labeled: int) -> int:
@@ -61,7 +78,8 @@ class NiftiDataset(DatasetAdapter):
             num_classes=num_classes, class_names=tuple(class_names),
             inference="volume" if mode == "3d" else "slices", patch_size=NIFTI_PATCH_SIZES[mode],
             spacing_mm=preprocessing.target_spacing,
-            test_nms=False, has_channel_axis=True, slice_axis=preprocessing.slice_axis if mode == "2d" else None,
+            test_largest_component=False, has_channel_axis=True,
+            slice_axis=preprocessing.slice_axis if mode == "2d" else None,
             scan_preprocessing=preprocessing,
             labelnum_meaning="labeled training cases to use (the first N labeled cases left after validation; "
                              "0 = all)",

@@ -16,8 +16,8 @@ def test_script(dataset: str, description: str, argv: list[str] | None) -> int:
     from dataloaders import get_dataset
     from utils.cli import run_cli
 
-    from .testing import build_test_parser, options_from_args
+    from .testing import build_test_parser, testing_options_from_args
 
     adapter = get_dataset(dataset)
     args = build_test_parser(adapter, description).parse_args(argv)
-    return run_cli(lambda: run_test(options_from_args(args, adapter)), debug=args.debug)
+    return run_cli(lambda: run_test(testing_options_from_args(args, adapter)), debug=args.debug)

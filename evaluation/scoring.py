@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -18,10 +18,14 @@ import numpy as np
 
 from dataloaders.cases import check_label_values
 from dataloaders.splits import read_list
+from inference.settings import InferenceSettings
 from utils.errors import UserError
 from utils.metrics import EMPTY_POLICIES, case_metrics
 from utils.postprocess import keep_largest_component_per_class
 from utils.report import empty_rule, format_table, report, write_csv, write_json
+from utils.settings import same_as, setting
+
+from .testing import TestOptions
 
 SUFFIXES = (".nii.gz", ".nii", ".h5")
 LA_FILE_NAME = "mri_norm2.h5"  # the LA layout names the case by its folder
@@ -30,16 +34,23 @@ SPACING_CHOICES = ("voxel", "mm")
 
 @dataclass
 class ScoreOptions:
-    predictions: str
-    references: str
-    labels: list[int] = field(default_factory=list)  # empty: the non-zero classes present in each reference
-    spacing: str = "voxel"
-    nms: bool = False
-    empty_policy: str = "official"
-    csv: str = ""
-    json: str = ""
-    cases: list[str] = field(default_factory=list)  # score only these case ids (empty: every reference)
-    list_path: str = ""  # a split list of the case ids to score (added to `cases`)
+    """`python -m tools.score`'s settings (its flags are generated from these fields)."""
+
+    predictions: str = setting(help="folder of predicted label maps", flag="predictions")
+    references: str = setting(help="folder of reference label maps", flag="references")
+    csv: str = same_as(TestOptions, "csv", help="per-case CSV (case,class,class_name,dice,jaccard,hd95,asd,assd,...)")
+    json: str = same_as(TestOptions, "json", help="summary JSON")
+    labels: list[int] = setting(help="classes to score (default: those present in each reference)", factory=list,
+                                nargs="+", parse=int)
+    spacing: str = same_as(TestOptions, "spacing", choices=SPACING_CHOICES,
+                           help="distance units: voxel (as the paper) or mm from the NIfTI header")
+    largest_component: bool = same_as(InferenceSettings, "largest_component", default=False, resolved="",
+                                      switch=True, help="keep the largest connected component per class first")
+    empty_policy: str = same_as(TestOptions, "empty_policy")
+    cases: list[str] = setting(help="score only these case ids (default: every reference)", factory=list, nargs="+",
+                               metavar="CASE")
+    list_path: str = same_as(TestOptions, "list_path", help="score only the case ids of this split list (one per "
+                                                            "line)")
 
 
 def case_id(path: Path) -> str:
@@ -166,7 +177,7 @@ def score_folders(options: ScoreOptions) -> dict:
                              f"{references[case]} {ref.shape}; they must be on the same grid")
         spacing = case_spacing(options.spacing, predictions[case], pred_spacing, references[case], ref_spacing)
         classes = list(options.labels) or [int(c) for c in np.unique(ref) if c != 0]
-        if options.nms:
+        if options.largest_component:
             pred = keep_largest_component_per_class(pred, classes)
         for row in case_metrics(pred, ref, classes, spacing, options.empty_policy):
             rows.append({"case": case, **row, "class_name": f"label {row['class']}"})
@@ -185,14 +196,14 @@ def score_folders(options: ScoreOptions) -> dict:
                          cases=sorted(references), ignored_predictions=extra,
                          scored_cases="named by --cases / --list" if chosen else "every reference",
                          labels=list(options.labels) or "non-zero classes present in each reference",
-                         nms=options.nms)
+                         largest_component=options.largest_component)
     empty, rule = payload["empty_predictions"], empty_rule(options.empty_policy)
     if options.csv:
         write_csv(Path(options.csv), rows)
     if options.json:
         write_json(Path(options.json), payload)
     title = (f"{len(references)} cases: {options.predictions} vs {options.references}\nLCC post-processing: "
-             f"{'on' if options.nms else 'off'}; empty predictions: {empty} ({rule})")
+             f"{'on' if options.largest_component else 'off'}; empty predictions: {empty} ({rule})")
     if extra:
         why = "not named by --cases / --list" if chosen else "without a reference"
         title += f"\nignored {len(extra)} prediction(s) {why}, e.g. {', '.join(extra[:3])}"

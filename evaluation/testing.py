@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dataloaders import DatasetAdapter, get_dataset, read_list
 from inference import InferenceSettings, Predictor
 from inference.nifti import write_labels_nifti
-from inference.settings import add_fold_bn_argument
+from inference.prediction_job import PredictOptions
 from utils.atomic import make_writable_folder
-from utils.cli import DefaultsHelpFormatter, default_device, int_list
+from utils.cli import DefaultsHelpFormatter
 from utils.errors import UserError
+from utils.flags import add_flags, options_from_args
 from utils.metrics import EMPTY_POLICIES
-from utils.precision import PRECISION_MODES
 from utils.report import format_table, report, write_csv, write_json
+from utils.settings import check_settings, nested, same_as, setting
+from utils.shared_settings import SharedSettings
 
 from .evaluate import evaluate_cases
 
@@ -25,28 +27,25 @@ OFFICIAL_PROTOCOL = ("official released weights: selection as published (LA: bes
 
 @dataclass
 class TestOptions:
-    dataset: str
-    checkpoint: str
-    root_path: str
-    list_path: str = ""
-    nms: bool | None = None  # None: the dataset default (LA on, ACDC off)
-    device: str = "cpu"
-    batch_size: int = 4
-    patch_size: list[int] = field(default_factory=list)  # empty: from the checkpoint, else the preset
-    stride: list[int] = field(default_factory=list)
-    spacing: str = "voxel"  # voxel | mm | comma-separated mm values
-    empty_policy: str = "official"
-    output_dir: str = ""
-    csv: str = ""
-    json: str = ""
-    save_predictions: bool = False
-    save_png: bool = False  # per case: image with truth and prediction on representative slices (viz.overlay)
-    progress: bool = True
-    # speed options (docs/speed.md): off/False = the official fp32 path
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    fold_bn: bool = InferenceSettings.fold_bn  # BatchNorm folded into the convolutions (same function)
+    """test_la.py / test_acdc.py's settings (their flags are generated from these fields)."""
+
+    dataset: str = setting(help="LA | ACDC (set by the script)", flag=False)
+    checkpoint: str = same_as(PredictOptions, "checkpoint",
+                              help="our best_model.pth / last_model.pth, or an official .pth")
+    root_path: str = same_as(SharedSettings, "root_path")
+    list_path: str = setting("", "case ids to test (default: data/<dataset>/test.list)", flag="--list", metavar="LIST")
+    device: str = same_as(SharedSettings, "device")
+    spacing: str = setting("voxel", "distance units: voxel (as the paper), mm, or explicit mm values")
+    empty_policy: str = setting("official", "official: an empty prediction scores 0 on every metric; nan: "
+                                            "distances NaN", choices=EMPTY_POLICIES)
+    output_dir: str = setting("", "default: <checkpoint folder>/test_<list name>")
+    csv: str = setting("", "per-case CSV path (default: <output_dir>/metrics.csv)")
+    json: str = setting("", "summary JSON path (default: <output_dir>/summary.json)")
+    save_predictions: bool = setting(False, "write predicted label maps as NIfTI", switch=True)
+    save_png: bool = setting(False, "per case <output_dir>/png/<case>.png: truth and prediction on representative "
+                                    "slices (viz.overlay)", switch=True)
+    progress: bool = same_as(SharedSettings, "progress", help="progress bar (on a terminal)")
+    inference: InferenceSettings = nested(InferenceSettings)
 
 
 def resolve_spacing(option: str, dataset: DatasetAdapter, ndim: int) -> tuple[tuple[float, ...] | None, str]:
@@ -81,24 +80,20 @@ def write_case_pngs(dataset: DatasetAdapter, root: str, cases, png_dir: Path) ->
 
 
 def run_test(options: TestOptions) -> dict:
-    if options.empty_policy not in EMPTY_POLICIES:
-        raise UserError(f"--empty_policy must be one of {', '.join(EMPTY_POLICIES)}, got {options.empty_policy!r}")
-    if options.amp not in PRECISION_MODES:
-        raise UserError(f"--amp must be one of {', '.join(PRECISION_MODES)}, got {options.amp!r}")
+    check_settings(options)
     dataset = get_dataset(options.dataset)
+    root_path = options.root_path or f"./data/{dataset.name}"
     list_path = Path(options.list_path) if options.list_path else dataset.lists_dir() / "test.list"
     case_ids = read_list(list_path)
     if not case_ids:
         raise UserError(f"--list {list_path} names no cases")
 
-    predictor = Predictor.from_checkpoint(
-        options.checkpoint, device=options.device, expect_dataset=dataset.name, batch_size=options.batch_size,
-        nms=options.nms, amp=options.amp, patch_size=tuple(options.patch_size), stride=tuple(options.stride),
-        channels_last=options.channels_last, compile=options.compile, fold_bn=options.fold_bn)
+    predictor = Predictor.from_checkpoint(options.checkpoint, options.device, options.inference,
+                                          expect_dataset=dataset.name)
     settings, meta = predictor.settings, predictor.checkpoint
     # every listed case present and readable before the first inference, not after minutes of it
-    dataset.check_data(options.root_path, [], case_ids)
-    dataset.check_cases(options.root_path, case_ids)
+    dataset.check_data(root_path, [], case_ids)
+    dataset.check_cases(root_path, case_ids)
     spacing, units = resolve_spacing(options.spacing, dataset, 3)  # LA (W, H, D) and ACDC (S, H, W) are both 3-D
     class_names = predictor.class_names()
 
@@ -106,7 +101,7 @@ def run_test(options: TestOptions) -> dict:
         Path(options.checkpoint).resolve().parent / f"test_{list_path.stem}"
     make_writable_folder(output_dir, "output folder", "--output_dir")
 
-    result = evaluate_cases(predictor, options.root_path, case_ids, full_metrics=True, spacing=spacing,
+    result = evaluate_cases(predictor, root_path, case_ids, full_metrics=True, spacing=spacing,
                             empty_policy=options.empty_policy,
                             keep_predictions=options.save_predictions or options.save_png, progress=options.progress,
                             description=f"testing {dataset.name}")
@@ -122,7 +117,7 @@ def run_test(options: TestOptions) -> dict:
             write_labels_nifti(prediction_dir / f"{case.case}.nii.gz", case.prediction,
                                spacing_mm=dataset.spacing_mm)
     if options.save_png:
-        write_case_pngs(dataset, options.root_path, result.cases, output_dir / "png")
+        write_case_pngs(dataset, root_path, result.cases, output_dir / "png")
     payload = report(
         rows, class_names, units=units, spacing=spacing, empty_policy=options.empty_policy,
         dataset=dataset.name,
@@ -141,7 +136,7 @@ def run_test(options: TestOptions) -> dict:
     write_json(json_path, payload)
 
     title = (f"{dataset.name}: {len(case_ids)} cases from {list_path.name}, checkpoint {options.checkpoint}\n"
-             f"protocol: {protocol}\nLCC post-processing: {'on' if settings.nms else 'off'}; "
+             f"protocol: {protocol}\nLCC post-processing: {'on' if settings.largest_component else 'off'}; "
              f"empty predictions: {payload['empty_predictions']} ({payload['metrics']['empty_rule']})")
     print(format_table(payload, units, title))
     print(f"per-case metrics: {csv_path}\nsummary: {json_path}")
@@ -149,53 +144,23 @@ def run_test(options: TestOptions) -> dict:
 
 
 def build_test_parser(dataset: DatasetAdapter, description: str) -> argparse.ArgumentParser:
+    """The parser of test_la.py / test_acdc.py: a flag per setting of TestOptions (InferenceSettings included)."""
     p = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="our best_model.pth / last_model.pth, or an official .pth")
-    p.add_argument("--root_path", default=f"./data/{dataset.name}", help=dataset.root_help)
-    p.add_argument("--list", default="", help=f"case ids to test (default: data/{dataset.name}/test.list)")
-    p.add_argument("--nms", type=int, choices=(0, 1), default=int(dataset.test_nms),
-                   help="keep the largest connected component per class")
-    p.add_argument("--device", default=default_device())
-    p.add_argument("--batch_size", type=int, default=4, help="patches (LA) / slices (ACDC) per forward")
-    p.add_argument("--patch_size", type=int_list, default=[], help=f"default: from the checkpoint, else "
-                   f"{','.join(map(str, dataset.patch_size))}")
-    if dataset.stride:
-        p.add_argument("--stride", type=int_list, default=[],
-                       help=f"sliding-window stride (default: from the checkpoint, else "
-                            f"{','.join(map(str, dataset.stride))})")
-    p.add_argument("--spacing", default="voxel", help="distance units: voxel (as the paper), mm, or explicit mm values")
-    p.add_argument("--empty_policy", default="official", choices=EMPTY_POLICIES,
-                   help="official: an empty prediction scores 0 on every metric; nan: distances NaN")
-    p.add_argument("--output_dir", default="", help="default: <checkpoint folder>/test_<list name>")
-    p.add_argument("--csv", default="", help="per-case CSV path (default: <output_dir>/metrics.csv)")
-    p.add_argument("--json", default="", help="summary JSON path (default: <output_dir>/summary.json)")
-    p.add_argument("--save_predictions", action="store_true", help="write predicted label maps as NIfTI")
-    p.add_argument("--save_png", action="store_true",
-                   help="per case <output_dir>/png/<case>.png: truth and prediction on representative slices")
-    p.add_argument("--no_progress", action="store_true")
+    add_flags(p, TestOptions, context=dataset, values=testing_flag_values(dataset), resolved_example=dataset.name,
+              helps={"root_path": dataset.root_help,
+                     "list_path": f"case ids to test (default: data/{dataset.name}/test.list)"})
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
-    add_inference_speed_arguments(p)
     return p
 
 
-def add_inference_speed_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("speed (opt-in; the defaults are the paper's fp32 math)")
-    g.add_argument("--amp", default="off", choices=PRECISION_MODES,
-                   help="mixed precision: bf16 (recommended on GPUs that have it), fp16, off")
-    g.add_argument("--channels_last", type=int, default=0, choices=(0, 1),
-                   help="channels-last memory format for the convolutions (helps with --amp on GPUs)")
-    g.add_argument("--compile", type=int, default=0, choices=(0, 1),
-                   help="torch.compile the network (minutes of compilation first; pays off on long runs)")
-    add_fold_bn_argument(g)
+def testing_flag_values(dataset: DatasetAdapter) -> dict:
+    """The test scripts' values that depend on their dataset: the default folder, and what a checkpoint without an
+    inference record is tested with (shown in -h; those flags default to the checkpoint's record)."""
+    return {"root_path": f"./data/{dataset.name}", "patch_size": tuple(dataset.patch_size),
+            "stride": tuple(dataset.stride), "largest_component": dataset.test_largest_component}
 
 
-def options_from_args(args: argparse.Namespace, dataset: DatasetAdapter) -> TestOptions:
-    return TestOptions(
-        dataset=dataset.name, checkpoint=args.checkpoint, root_path=args.root_path, list_path=args.list,
-        nms=bool(args.nms), device=args.device, batch_size=args.batch_size, patch_size=list(args.patch_size),
-        stride=list(getattr(args, "stride", []) or []), spacing=args.spacing, empty_policy=args.empty_policy,
-        output_dir=args.output_dir, csv=args.csv, json=args.json, save_predictions=args.save_predictions,
-        save_png=args.save_png,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        amp=args.amp, channels_last=bool(args.channels_last), compile=bool(args.compile), fold_bn=bool(args.fold_bn),
-    )
+def testing_options_from_args(args: argparse.Namespace, dataset: DatasetAdapter) -> TestOptions:
+    """TestOptions from the parsed flags; the progress bar only on a terminal."""
+    options = options_from_args(TestOptions, args, dataset=dataset.name)
+    return replace(options, progress=options.progress and sys.stderr.isatty())

@@ -3,13 +3,14 @@
 One path serves the test scripts, predict.py, the figures, in-training evaluation and the reproduction grid:
 
     predictor = Predictor.from_checkpoint("best_model.pth", device="cuda")      # ours or an official .pth
+    predictor = Predictor.from_checkpoint(path, "cuda", InferenceSettings(tta=True, amp="bf16"))  # other settings
     labels = predictor.predict_stored(image)   # stored array (LA (W,H,D), ACDC (S,H,W), NIfTI (C,X,Y,Z))
     labels = predictor.predict_scan(scan)      # a NIfTI scan -> labels on its own grid (preprocessing included)
 
 How a case is run depends on the adapter's `inference` kind, never on the dataset's name: a 3-D sliding window
 (mean softmax over windows, argmax), 2-D slices resized to the network's input (ACDC's official test), or 2-D
-sliding windows along the slice axis (NIfTI 2-D models). Predictions are uint8 label maps; `nms` keeps the
-largest connected component of each foreground class.
+sliding windows along the slice axis (NIfTI 2-D models). Predictions are uint8 label maps; `largest_component`
+keeps the largest connected component of each foreground class.
 
 The forward runs under `torch.inference_mode` on `runner`: with `settings.fold_bn` (the default) an evaluation
 copy of the network whose convolutions absorb their BatchNorm (networks/speed.py), stored channels-last for a 3-D
@@ -30,11 +31,11 @@ from dataloaders.nifti import Scan, preprocess, restore_labels
 from dataloaders.nifti_dataset import dataset_from_checkpoint
 from networks import load_network
 from networks.speed import fold_batchnorm, prepare_network, use_channels_last
+from utils.autocast import autocast
 from utils.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from utils.cli import resolve_device
 from utils.errors import UserError
 from utils.postprocess import keep_largest_component_per_class
-from utils.precision import autocast, check_precision_mode
 from utils.sliding_window import predict_slices_2d, sliding_window_predict
 
 from .settings import InferenceSettings
@@ -72,19 +73,17 @@ class Predictor:
 
     # -- building -------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", dataset: str = "",
-                        expect_dataset: str = "", batch_size: int = 4, nms: bool | None = None, amp: str = "off",
-                        patch_size: tuple[int, ...] = (), stride: tuple[int, ...] = (), tta: bool = False,
-                        channels_last: bool = False, compile: bool = False,
-                        fold_bn: bool = InferenceSettings.fold_bn) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        settings: InferenceSettings | None = None, *, dataset: str = "",
+                        expect_dataset: str = "") -> Predictor:
         """A predictor from one of our checkpoints (self-describing) or an official state dict.
 
+        settings: how to predict; what they leave open (patch size, stride, largest component) is the
+        checkpoint's record, else the dataset's (InferenceSettings.resolve).
         dataset: the dataset of an official state dict ("" = guessed from its keys: V-Net -> LA, U-Net -> ACDC).
         expect_dataset: refuse a checkpoint of another dataset, class count or dimensionality (the test scripts).
-        nms None, patch_size/stride (): as the checkpoint was evaluated, else the dataset's defaults.
-        fold_bn: run an evaluation copy with BatchNorm folded into the convolutions (InferenceSettings.fold_bn).
         """
-        check_precision_mode(amp)
+        settings = settings if settings is not None else InferenceSettings()
         device = resolve_device(str(device))
         raw = read_checkpoint(path)
         ours = raw.get("format") == CHECKPOINT_FORMAT
@@ -105,19 +104,11 @@ class Predictor:
             adapter = get_dataset(name)
         if expect_dataset:
             _check_fits_dataset(path, network, adapter)
-        stored = meta.get("inference", {})
-        settings = InferenceSettings(
-            patch_size=tuple(patch_size or stored.get("patch_size") or adapter.patch_size),
-            stride=tuple(stride or stored.get("stride") or adapter.stride),
-            batch_size=batch_size,
-            nms=bool(stored.get("nms", adapter.test_nms) if nms is None else nms),
-            amp=amp,
-            fold_bn=fold_bn,
-        )
-        if tta:
+        settings = settings.resolve(meta.get("inference", {}), adapter)
+        if settings.tta:
             network = FlipTTA(network).eval()
         predictor = cls(network, adapter, settings, meta, loaded.official)
-        prepare_network(predictor.runner, channels_last=channels_last, compile=compile)
+        prepare_network(predictor.runner, channels_last=settings.channels_last, compile=settings.compile)
         return predictor
 
     # -- predicting -----------------------------------------------------------------------------------
@@ -131,7 +122,7 @@ class Predictor:
     def predict_stored(self, image: np.ndarray) -> np.ndarray:
         """uint8 label map of an array in the dataset's stored layout (the image's spatial shape)."""
         labels = self._labels(image).astype(np.uint8)
-        if self.settings.nms:
+        if self.settings.largest_component:
             labels = keep_largest_component_per_class(labels, list(range(1, self.num_classes)))
         return labels
 

@@ -12,7 +12,7 @@ is computed after the step from the counter before the increment (SSL4MIS), see 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 LR_POLICIES = ("step", "poly", "constant")
 SCHEDULE_CHOICES = ("recipe", "shared")
@@ -69,7 +69,6 @@ class Recipe:
     consistency_by_labelnum: tuple[tuple[int, float], ...] = ()  # (at most N labeled, weight), first match wins
     batch: tuple[int, int] | None = None  # (batch_size, labeled_bs) of the authors' script; None: the preset's
     note: str = ""  # where there is no authors' recipe: what is used instead, and why
-    extra: dict = field(default_factory=dict, compare=False)  # method constants shown in the recipe table
 
     def weight(self, labelnum: int | None = None) -> float:
         if labelnum is not None:

@@ -23,7 +23,8 @@ TEACHERS = "Mean Teacher / UA-MT"
 @dataclass(kw_only=True)
 class MethodSettings:
     num_classes: int = setting(2, "classes including background", flag=False)
-    max_iteration: int = setting(15000, "training iterations", resolved=SCHEDULE, runtime=True, group=OPTIMISATION)
+    max_iteration: int = setting(15000, "training iterations", resolved=SCHEDULE, runtime=True, group=OPTIMISATION,
+                                 minimum=1)
     # supervised loss: the recipe's soft Dice (+ ce_weight x cross-entropy)
     dice_include_background: bool = setting(False, "supervised Dice averages the background class too",
                                             resolved=RECIPE, group=LOSSES)
@@ -41,11 +42,12 @@ class MethodSettings:
                "increments it", resolved=SCHEDULE, group=OPTIMISATION)
     pretrain_iterations: int = setting(
         0, "length of a two-stage method's first stage (BCP's pre-train), run before the --max_iteration of the "
-           "second in the same run folder; 0 = none", unit="iterations", resolved=RECIPE, group=OPTIMISATION)
+           "second in the same run folder; 0 = none", unit="iterations", resolved=RECIPE, group=OPTIMISATION,
+        minimum=0)
     stage: str = setting("train", "which stage of a two-stage method a run trains (set by training/stages.py)",
                          choices=("pretrain", "train"), flag=False)
     consistency_off: int = setting(0, "first iterations with the unlabeled term switched off", unit="iterations",
-                                   resolved=SCHEDULE, group=OPTIMISATION)
+                                   resolved=SCHEDULE, group=OPTIMISATION, minimum=0)
     # SS-Net: local distributional smoothness (VAT with a Dice discrepancy)
     lds_discrepancy: str = setting(
         "pooled_dice", "pooled_dice = the official 3D LDS (one Dice over all classes pooled); class_mean_dice = "
@@ -53,10 +55,10 @@ class MethodSettings:
         choices=tuple(sorted(LDS_DISCREPANCIES)), group=SSNET)
     xi: float = setting(10.0, "VAT probe step (official 10)", unit="L2 norm per sample", group=SSNET)
     magnitude: float = setting(10.0, "VAT perturbation norm epsilon", unit="L2 norm per sample", group=SSNET)
-    power_iterations: int = setting(1, "VAT power iterations", group=SSNET)
+    power_iterations: int = setting(1, "VAT power iterations", group=SSNET, minimum=1)
     # SS-Net: class separation with the prototype memory
     separation_weight: float = setting(0.1, "class-separation weight relative to w(t)", group=SSNET)
-    memory_size: int = setting(32, "prototypes kept per class", group=SSNET)
+    memory_size: int = setting(32, "prototypes kept per class", group=SSNET, minimum=1)
     memory_keep: str = setting("lowest", "lowest = official code; highest = the paper's 'highest-ranked' text",
                                choices=KEEP_CHOICES, group=SSNET)
     memory_weights: str = setting(

@@ -1,6 +1,6 @@
 """Speed options of a network: memory format and torch.compile (opt-in), BatchNorm folded for evaluation.
 
-Channels-last and compile are opt-in; `--amp` (utils/precision.py) is the only one that changes the precision.
+Channels-last and compile are opt-in; `--amp` (utils/autocast.py) is the only one that changes the precision.
 cuDNN autotuning follows `--deterministic` (training/trainer.py: benchmark = not deterministic); the SGD kernels
 are training/optim.py's. `fold_batchnorm` (the evaluation default, inference/predictor.py) gives an evaluation
 copy whose convolutions absorb the BatchNorm that follows them: the same function, rounded differently; on a CPU

@@ -31,10 +31,12 @@ from pathlib import Path
 
 from reproduction.lock import CellBusy, CellLock
 from reproduction.plan import TIMING_FILE, Evaluation, Run, timing_record
-from training.config import TrainConfig
-from training.flags import build_train_parser, config_from_args
+from training.config import TrainConfig, make_config
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
+from utils.errors import StoppedBySignal
+from utils.settings import same_as, setting
+from utils.shared_settings import SharedSettings
 
 CELL_FILE = "reproduce_cell.json"
 ERROR_FILE = "reproduce_error.txt"
@@ -45,15 +47,16 @@ BUSY_EXIT_CODE = 75  # `python -m reproduction.cell`: another live launch holds 
 
 @dataclass
 class CellSettings:
-    """What every cell of one grid shares (quick mode already resolved into data, lists and train flags)."""
+    """What every cell of one grid shares (quick mode already resolved into data, lists and training settings)."""
 
-    device: str = "cpu"
-    num_workers: int = 4
-    root_path: str = ""
-    lists_dir: str = ""
-    test_list: str = ""  # the test cases every checkpoint is tested on
-    progress: bool = False
-    extra_flags: list[str] = field(default_factory=list)  # train flags for every cell (quick mode, --train_args)
+    device: str = same_as(SharedSettings, "device")
+    num_workers: int = same_as(SharedSettings, "num_workers")
+    root_path: str = same_as(SharedSettings, "root_path")
+    lists_dir: str = same_as(TrainConfig, "lists_dir")
+    test_list: str = setting("", "the test cases every checkpoint is tested on")
+    progress: bool = same_as(SharedSettings, "progress", default=False)
+    # TrainConfig settings of every cell (quick mode's, --train_args'), given to make_config
+    train_settings: dict = setting(help="training settings of every cell", factory=dict)
 
 
 @dataclass
@@ -103,19 +106,14 @@ class CellOutcome:
 
 
 def train_config(run: Run, settings: CellSettings) -> TrainConfig:
-    flags = ["--method", run.method, "--labelnum", str(run.labelnum), "--seed", str(run.seed), "--select", run.select,
-             "--run_dir", str(run.run_dir), "--max_iteration", str(run.max_iteration), "--schedule", run.schedule,
-             "--device", settings.device,
-             "--num_workers", str(settings.num_workers), "--exp", f"{run.dataset}_reproduce", *settings.extra_flags]
-    if run.pretrain_iterations:  # a two-stage method: its first stage, shortened with the run
-        flags += ["--pretrain_iterations", str(run.pretrain_iterations)]
-    if settings.root_path:
-        flags += ["--root_path", settings.root_path]
-    if settings.lists_dir:
-        flags += ["--lists_dir", settings.lists_dir]
-    if not settings.progress:
-        flags.append("--no_progress")
-    return config_from_args(build_train_parser(run.dataset, "").parse_args(flags), run.dataset)
+    """The config of the cell's run: the grid's settings, then the run's own."""
+    given = {**settings.train_settings, "method": run.method, "labelnum": run.labelnum, "seed": run.seed,
+             "select": run.select, "run_dir": str(run.run_dir), "max_iteration": run.max_iteration,
+             "schedule": run.schedule, "device": settings.device, "num_workers": settings.num_workers,
+             "exp": f"{run.dataset}_reproduce", "progress": settings.progress,
+             "root_path": settings.root_path or None, "lists_dir": settings.lists_dir or None,  # None: the dataset's
+             "pretrain_iterations": run.pretrain_iterations or None}  # a two-stage method's, shortened with the run
+    return make_config(run.dataset, **given)
 
 
 def train_run(run: Run, settings: CellSettings) -> tuple[bool, float, int]:
@@ -274,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(error_line(exc), file=sys.stderr, flush=True)
         return 2
+    except StoppedBySignal as exc:  # saved at an iteration boundary: the next launch resumes
+        print(exc, file=sys.stderr, flush=True)
+        return exc.exit_code
     if outcome.took_over:
         print(f"took over a stale lock ({outcome.took_over})", flush=True)
     what = f"trained {outcome.iterations} iterations in {outcome.seconds:.0f} s" if outcome.trained else "reused"

@@ -8,6 +8,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dataloaders import get_dataset, make_synthetic_la, read_list
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
@@ -24,16 +25,37 @@ from reproduction.cell import (
     test_is_current,
     train_config,
 )
-from reproduction.launchers import LaunchReport, SlurmSettings, local_slots, run_local, submit_cells, wait_for_jobs
+from reproduction.launchers import (
+    LAUNCHER_FLAGS,
+    LaunchReport,
+    SlurmSettings,
+    gpu_list,
+    local_slots,
+    run_local,
+    submit_cells,
+    wait_for_jobs,
+)
 from reproduction.lock import CellBusy, job_active, live_holder, short_job_id
 from reproduction.paper import PAPER_RESULTS, load_paper_results
-from reproduction.plan import DEFAULT_BUDGETS, Evaluation, Plan, Run, format_plan, load_timings, plan_grid
+from reproduction.plan import (
+    DEFAULT_BUDGETS,
+    PROTOCOL_CHOICES,
+    Evaluation,
+    Plan,
+    Run,
+    format_plan,
+    load_timings,
+    plan_grid,
+)
 from reproduction.rows import FULL_MODE, QUICK_MODE, SHORTENED_MODE
 from reproduction.status import cell_state, format_status
-from training.flags import build_train_parser
+from training.config import TrainConfig
+from training.flags import build_train_parser, explicit_flags, settings_from_args
 from utils.atomic import write_text_atomic
 from utils.cli import USER_ERRORS
 from utils.errors import UserError
+from utils.settings import check_settings, nested, same_as, setting
+from utils.shared_settings import SharedSettings
 
 QUICK_BANNER = ("*" * 100 + "\n*** QUICK MODE: a tiny schedule on tiny data. It proves the machinery; it is NOT a "
                 "reproduction of the paper. ***\n" + "*" * 100)
@@ -44,33 +66,64 @@ SUBMITIT_LAUNCHERS = ("slurm", "submitit_local")
 
 @dataclass
 class GridOptions:
-    dataset: str
-    budgets: list[str] = field(default_factory=list)  # empty: the paper's budgets plus 'all'
-    methods: list[str] = field(default_factory=list)  # empty: every registered method
-    seeds: list[int] = field(default_factory=lambda: [1337, 1338, 1339])
-    protocols: list[str] = field(default_factory=lambda: ["paper", "honest"])
-    root_path: str = ""
-    lists_dir: str = ""
-    runs_dir: str = ""  # default model/reproduce (quick: model/reproduce_quick)
-    results_dir: str = ""  # default results (quick: results/quick)
-    device: str = "cpu"
-    num_workers: int = 4
-    max_iteration: int | None = None  # None: each method's schedule (see `schedule`)
-    schedule: str = "recipe"  # recipe: each baseline on its authors' schedule; shared: SS-Net's for every method
-    train_args: list[str] = field(default_factory=list)  # extra train flags for every run (mark the schedule changed)
-    quick: bool = False
-    dry_run: bool = False
-    timing: str = ""
-    keep_going: bool = False
-    progress: bool = False
-    status: bool = False  # print where every cell stands, run nothing
-    aggregate: bool = False  # write the tables from the finished cells, run nothing
-    launcher: str = "sequential"  # one of LAUNCHERS
-    gpus: list[str] = field(default_factory=list)  # --launcher local: CUDA_VISIBLE_DEVICES of each slot
-    jobs: int | None = None  # --launcher local: cells at a time (default: one per --gpus entry, else 1)
-    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # --launcher slurm / submitit_local
-    wait: bool = False  # --launcher slurm: wait for the jobs, then write the tables
-    reference: str = "supervised"  # the paired comparisons: every method against this one (same budget and seeds)
+    """reproduce.py's settings (its flags are generated from these fields)."""
+
+    dataset: str = setting("LA", "the paper's dataset to reproduce", choices=("LA", "ACDC"))
+    budgets: list[str] = setting(help="labeled budgets: LA scans (4 = 5 %, 8 = 10 %), ACDC patients (3, 7); 'all' = "
+                                      "the fully supervised upper bound (default: the paper's two budgets and all)",
+                                 factory=list, flag="--labelnum", nargs="+", metavar="N|all")
+    methods: list[str] = setting(help="registered methods (default: all); 'supervised' at a budget is the "
+                                      "labeled-only lower bound", factory=list, nargs="+")
+    seeds: list[int] = setting(help="one run per seed (--quick: the first two)", factory=lambda: [1337, 1338, 1339],
+                               nargs="+", parse=int)
+    protocols: list[str] = setting(help="paper = the published checkpoint selection (LA: best on the TEST set); "
+                                        "honest = best on the validation list, and the last checkpoint",
+                                   factory=lambda: ["paper", "honest"], flag="--protocol", nargs="+",
+                                   choices=PROTOCOL_CHOICES)
+    root_path: str = same_as(SharedSettings, "root_path",
+                             help="dataset folder (default: ./data/<dataset>; --quick: synthetic)")
+    lists_dir: str = same_as(TrainConfig, "lists_dir", group="")
+    runs_dir: str = setting("", "run folders (default: model/reproduce, quick: model/reproduce_quick)")
+    results_dir: str = setting("", "tables and chart (default: results, quick: results/quick)")
+    device: str = same_as(SharedSettings, "device")
+    num_workers: int = same_as(SharedSettings, "num_workers")
+    max_iteration: int | None = same_as(TrainConfig, "max_iteration", default=None, group="",
+                                        help="shorten every run (outputs then say: NOT the paper's setting)")
+    schedule: str = same_as(TrainConfig, "schedule", group="",
+                            help="recipe = every baseline on its authors' schedule (the published rows); shared = "
+                                 "SS-Net's schedule for every method (a controlled comparison); every table says "
+                                 "which")
+    train_args: list[str] = setting(help="extra flags for every training run, e.g. '--eval_batch_size 8' (outputs "
+                                         "then say the schedule changed)", factory=list, parse=shlex.split)
+    quick: bool = setting(False, "tiny CPU grid in minutes (2 seeds): NOT a reproduction", switch=True)
+    dry_run: bool = setting(False, "print the plan (runs, iterations, status, time estimate) and exit", switch=True,
+                            flag="--dry-run", aliases=("--dry_run",))
+    timing: str = setting("", 'JSON of measured seconds per iteration, e.g. {"device_name": "NVIDIA H100", '
+                              '"LA/ss_net": 0.45}; default: the measurements of earlier runs in --runs_dir')
+    keep_going: bool = setting(False, "a failing run is reported, the others go on", switch=True)
+    progress: bool = same_as(SharedSettings, "progress", default=False, switch=True, inverse_flag="",
+                             help="progress bars while training")
+    status: bool = setting(False, "print where every cell stands (finished, running with its iteration and speed, "
+                                  "failed with its error, queued, stopped, not started) and an ETA, from the run "
+                                  "folders; run nothing", switch=True)
+    aggregate: bool = setting(False, "write the tables from the finished cells (the missing ones are named); run "
+                                     "nothing", switch=True)
+    launcher: str = setting("sequential", "sequential: every cell in this process; local: one process per cell, "
+                                          "--gpus / --jobs at a time; slurm: one submitit job per cell (a job "
+                                          "array), requeued on preemption or timeout; submitit_local: the slurm "
+                                          "path on this machine (submitit's local executor)",
+                            choices=LAUNCHERS, group=LAUNCHER_FLAGS)
+    gpus: list[str] = setting(help="--launcher local: GPUs, one cell on each at a time (CUDA_VISIBLE_DEVICES per "
+                                   "cell)", factory=list, parse=gpu_list, metavar="0,1,2,3", group=LAUNCHER_FLAGS)
+    jobs: int | None = setting(None, "--launcher local: cells at a time (default: one per --gpus entry, else 1; on "
+                                     "CPU the cores are shared between them)", minimum=1, group=LAUNCHER_FLAGS)
+    slurm: SlurmSettings = nested(SlurmSettings)  # --launcher slurm / submitit_local
+    wait: bool = setting(False, "--launcher slurm: wait for the jobs and write the tables (default: print the job "
+                                "ids and return; follow with --status, then --aggregate)", switch=True,
+                         group=LAUNCHER_FLAGS)
+    reference: str = setting("supervised", "the paired comparisons: every method against this one at the same "
+                                           "budget, schedule and seeds (default supervised: does the unlabeled "
+                                           "data help?; e.g. ss_net)")
 
 
 @dataclass
@@ -104,16 +157,17 @@ def mode_of(options: GridOptions) -> str:
 # ---- quick mode: tiny data and a tiny schedule ---------------------------------------------------------------
 
 
-def quick_train_flags(dataset: str, synthetic: bool) -> list[str]:
+def quick_train_settings(dataset: str, synthetic: bool) -> dict[str, Any]:
+    """The training settings of every quick cell (TrainConfig fields)."""
     # Independent of --max_iteration, so a quick run can be extended (resumed) with a longer schedule.
-    common = ["--lr_step", "0", "--consistency_rampup", "1", "--eval_start", "1", "--eval_every", "2",
-              "--save_every", "2", "--image_every", "0", "--eval_batch_size", "8"]
+    common = {"lr_step": 0, "consistency_rampup": 1.0, "eval_start": 1, "eval_every": 2, "save_every": 2,
+              "image_every": 0, "eval_batch_size": 8}
     if dataset == "LA":
-        patch, stride = ("32,32,16", "16,16,8") if synthetic else ("64,64,32", "32,32,16")
-        # batch 4 (2 labeled) for every method: a recipe's larger batch (BCP's 8) needs more cases than the tiny set
-        return [*common, "--patch_size", patch, "--stride", stride, "--base_filters", "4", "--batch_size", "4",
-                "--labeled_bs", "2"]
-    return [*common, "--patch_size", "64,64", "--batch_size", "4", "--labeled_bs", "2"]
+        patch, stride = ([32, 32, 16], [16, 16, 8]) if synthetic else ([64, 64, 32], [32, 32, 16])
+        return {**common, "patch_size": patch, "stride": stride, "network_kwargs": {"base_filters": 4},
+                # batch 4 (2 labeled) for every method: a recipe's larger batch (BCP's 8) needs more cases
+                "batch_size": 4, "labeled_bs": 2}
+    return {**common, "patch_size": [64, 64], "batch_size": 4, "labeled_bs": 2}
 
 
 def quick_data(dataset: str, root_path: str, work: Path) -> tuple[str, str, list[str]]:
@@ -158,8 +212,9 @@ GRID_FLAGS = ("--method", "--labelnum", "--seed", "--select", "--run_dir", "--ma
               "--num_workers", "--exp", "--root_path", "--lists_dir", "--resume", "--track", "--no_progress")
 
 
-def check_train_args(dataset: str, extra: list[str]) -> None:
-    """--train_args: only flags of the train script that the grid does not set itself, with valid values."""
+def train_args_settings(dataset: str, extra: list[str]) -> dict[str, Any]:
+    """--train_args as the training settings they give: only flags of the train script that the grid does not set
+    itself, with valid values (a value out of range is refused with the cells' configs, before any training)."""
     reserved = [f for f in extra if f.split("=")[0] in GRID_FLAGS]
     if reserved:
         raise UserError(f"--train_args: {', '.join(reserved)} is set by reproduce.py for every cell; use "
@@ -167,12 +222,25 @@ def check_train_args(dataset: str, extra: list[str]) -> None:
     parser = build_train_parser(dataset, "")
     parser.exit_on_error = False
     try:
-        _, unknown = parser.parse_known_args(extra)
+        args, unknown = parser.parse_known_args(extra)
     except argparse.ArgumentError as exc:
         raise UserError(f"--train_args: {exc}") from None
     if unknown:
         raise UserError(f"--train_args: {' '.join(unknown)} is not a flag of train_{dataset.lower()}.py "
                          f"(python train_{dataset.lower()}.py -h lists them)")
+    given = explicit_flags(parser, extra)
+    return {name: value for name, value in settings_from_args(args).items()
+            if name in given or (name == "network_kwargs" and "base_filters" in given)}
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """`lr_step=0 patch_size=32,32,16 ...`: training settings as one line of the tables' header."""
+    def text(value: Any) -> str:
+        if isinstance(value, dict):
+            return ",".join(f"{k}={text(v)}" for k, v in value.items())
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return " ".join(f"{name}={text(value)}" for name, value in settings.items())
 
 
 def case_rows_of(evaluation: Evaluation, mode: str) -> list[dict]:
@@ -200,14 +268,14 @@ def shortened(max_iteration: int | None, extra: list[str]) -> str:
 
 def run_grid(options: GridOptions) -> GridResult:
     options = replace(options, seeds=list(options.seeds), protocols=list(options.protocols))
+    check_settings(options)  # each setting's declared choices and minimum
     dataset = options.dataset
-    if dataset not in ("LA", "ACDC"):
-        raise UserError(f"unknown --dataset {dataset!r}; choose from: LA, ACDC")
     check_launcher(options)
     mode = mode_of(options)
     runs_dir = Path(options.runs_dir or ("model/reproduce_quick" if options.quick else "model/reproduce"))
     results_dir = Path(options.results_dir or ("results/quick" if options.quick else "results"))
     extra = list(options.train_args)
+    train_settings = train_args_settings(dataset, extra)
     budgets = list(options.budgets)
     max_iteration = options.max_iteration
     if options.quick:
@@ -216,17 +284,16 @@ def run_grid(options: GridOptions) -> GridResult:
         budgets = budgets or quick_budgets
         max_iteration = options.max_iteration or QUICK_ITERATIONS
         options.num_workers = 0
-        extra = quick_train_flags(dataset, synthetic) + extra
+        train_settings = {**quick_train_settings(dataset, synthetic), **train_settings}
     budgets = budgets or DEFAULT_BUDGETS[dataset]
     methods = list(dict.fromkeys(options.methods or all_methods()))
     check_reference(options.reference)
-    check_train_args(dataset, list(options.train_args))
     plan = plan_grid(dataset, budgets, methods, options.seeds, options.protocols, runs_dir, max_iteration,
                      options.lists_dir, options.schedule)
     lists_dir = get_dataset(dataset).lists_dir(options.lists_dir)
     settings = CellSettings(device=options.device, num_workers=options.num_workers, root_path=options.root_path,
                             lists_dir=options.lists_dir, test_list=str(lists_dir / "test.list"),
-                            progress=options.progress, extra_flags=extra)
+                            progress=options.progress, train_settings=train_settings)
     cells = [Cell(run, [e for e in plan.evaluations if e.run == run], settings) for run in plan.runs]
     for cell in cells:  # every cell's settings are checked before the first hour of training
         train_config(cell.run, settings)
@@ -251,7 +318,7 @@ def run_grid(options: GridOptions) -> GridResult:
         run_in_processes(cells, options, result)
     elif not submit_grid(cells, options, runs_dir, result):
         return result  # submitted without --wait: the tables come from a later --aggregate
-    header = header_lines(options, plan, mode, max_iteration, extra, banner, runs_dir)
+    header = header_lines(options, plan, mode, max_iteration, train_settings, banner, runs_dir)
     if options.reference not in methods:
         header.append(f"Note: no paired comparison: the reference method {options.reference} is not in --methods "
                       f"(add it, or choose another with --reference).")
@@ -266,12 +333,8 @@ def run_grid(options: GridOptions) -> GridResult:
 def check_launcher(options: GridOptions) -> None:
     """Flags of one launcher given to another are refused rather than ignored."""
     launcher = options.launcher
-    if launcher not in LAUNCHERS:
-        raise UserError(f"unknown --launcher {launcher!r}; choose from: {', '.join(LAUNCHERS)}")
     if (options.gpus or options.jobs is not None) and launcher != "local":
         raise UserError("--gpus and --jobs set how many cells --launcher local runs at a time; add --launcher local")
-    if options.jobs is not None and options.jobs < 1:
-        raise UserError(f"--jobs {options.jobs}: give 1 or more cells at a time")
     if launcher == "local":
         local_slots(options.gpus, options.jobs, options.device)  # refuses what cannot work (--gpus on CPU, ...)
     if options.wait and launcher not in SUBMITIT_LAUNCHERS:
@@ -456,8 +519,8 @@ def selection_note(run: Run) -> str:
             f"{run.max_iteration} (evaluations start later), so its best checkpoint is the last one")
 
 
-def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int | None, extra: list[str],
-                 banner: str, runs_dir: Path) -> list[str]:
+def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int | None,
+                 train_settings: dict[str, Any], banner: str, runs_dir: Path) -> list[str]:
     lines = []
     if banner:
         lines += [f"> **{banner.strip('*').strip() if not options.quick else QUICK_MODE}**. "
@@ -473,9 +536,9 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
     published = ("Published numbers: left out (synthetic or tiny data cannot be compared with them)."
                  if options.quick else f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` "
                                        f"(source of each row in the CSV).")
+    changed = f"; training settings of every run: {settings_text(train_settings)}" if train_settings else ""
     lines += [f"Mode: **{mode}**. Schedules: {which}; iterations per run: {lengths}"
-              f"{' (shortened)' if max_iteration else ''}"
-              f"{'; extra train flags: ' + shlex.join(extra) if extra else ''}.",
+              f"{' (shortened)' if max_iteration else ''}{changed}.",
               f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. {published}",
               f"Files: `{options.dataset}.csv` (this table), `{options.dataset}_cases.csv` (every case, class, "
               f"seed and protocol), `{options.dataset}_paired.csv` (paired statistics against {options.reference}), "

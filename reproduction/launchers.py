@@ -10,6 +10,7 @@ Both report each cell as it ends; the tables are written afterwards by the grid,
 """
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -23,6 +24,10 @@ from pathlib import Path
 from reproduction.cell import BUSY_EXIT_CODE, JOB_FILE, JOB_LOG, Cell, CellJob, cell_process, last_error
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
+from utils.machine import usable_cores
+from utils.settings import setting
+
+LAUNCHER_FLAGS = "launchers (docs/reproduction.md)"  # reproduce.py's -h section of the launcher settings
 
 
 @dataclass
@@ -62,7 +67,7 @@ def cell_environment(slot: str | None, slots: int) -> dict[str, str]:
 
 def threads_per_cell(cells: int) -> int:
     """CPU threads of each of `cells` cells that run at once on this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(cells, 1))
+    return max(1, usable_cores() // max(cells, 1))
 
 
 # Imported once by the fork server instead of by every cell (seconds per cell on a small CPU). Our modules touch no
@@ -157,8 +162,8 @@ def import_submitit():
     try:
         import submitit
     except ImportError:
-        raise UserError("--launcher slurm needs submitit: pip install submitit (or pip install -e '.[cluster]')") \
-            from None
+        raise UserError("--launcher slurm needs submitit: pip install submitit (or pip install '.[cluster]' in the "
+                        "checkout)") from None
     return submitit
 
 
@@ -186,13 +191,31 @@ def minutes(text: str) -> int:
 
 @dataclass
 class SlurmSettings:
-    partition: str = ""
-    time: str = "04:00:00"
-    gpus_per_job: int | None = None  # None: 1, or 0 with --device cpu
-    cpus_per_job: int = 0  # 0: the cell's data workers + 1
-    slurm_args: list[str] = field(default_factory=list)  # KEY=VALUE: any sbatch option
-    requeue_timeouts: int = 3  # timeouts after which a cell is requeued (preemptions are always requeued)
-    array_parallelism: int = 0  # 0: SLURM decides (all at once)
+    """--launcher slurm / submitit_local: the job of each cell."""
+
+    partition: str = setting("", "--launcher slurm: the partition (default: the cluster's)", group=LAUNCHER_FLAGS)
+    time: str = setting("04:00:00", "--launcher slurm: time limit per job (HH:MM:SS); a job that reaches it is "
+                                    "requeued and resumes from its newest checkpoint", group=LAUNCHER_FLAGS)
+    # 0 or 1, checked with the reason (reproduction.grid.check_launcher)
+    gpus_per_job: int | None = setting(None, "--launcher slurm: GPUs per cell (default: 1, with --device cpu 0: a "
+                                             "CPU job)", minimum=0, group=LAUNCHER_FLAGS)
+    cpus_per_job: int = setting(0, "--launcher slurm: CPU cores per cell (default: --num_workers + 1)", minimum=0,
+                                group=LAUNCHER_FLAGS)
+    slurm_args: list[str] = setting(help="--launcher slurm: more sbatch options, e.g. account=abc qos=high mem=64G "
+                                         "constraint=a100 (a KEY alone is a flag)", factory=list, nargs="+",
+                                    metavar="KEY=VALUE", group=LAUNCHER_FLAGS)
+    requeue_timeouts: int = setting(3, "--launcher slurm: how often a cell that reaches --time is requeued "
+                                       "(preempted jobs are always requeued)", minimum=0, group=LAUNCHER_FLAGS)
+    array_parallelism: int = setting(0, "--launcher slurm: at most this many cells at a time (default: as SLURM "
+                                        "schedules)", minimum=0, group=LAUNCHER_FLAGS)
+
+
+def gpu_list(text: str) -> list[str]:
+    """`0,1,2,3` -> ["0", "1", "2", "3"] (GPU indices or UUIDs as CUDA_VISIBLE_DEVICES takes them)."""
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus:
+        raise argparse.ArgumentTypeError(f"expected GPU ids like 0,1,2,3, got {text!r}")
+    return gpus
 
 
 def sbatch_options(items: list[str]) -> dict[str, object]:

@@ -180,6 +180,20 @@ def check_sassnet_discriminator_agrees(ddp) -> None:
         assert same_on_every_rank(value), key
 
 
+def check_a_stop_signal_on_one_rank_stops_every_rank(ddp) -> None:
+    """SIGUSR2 reaching rank 1 only: every rank agrees to stop after the same iteration (training/signals.py)."""
+    import os
+    import signal
+
+    from training.signals import StopSignals
+
+    with StopSignals() as stop:
+        assert stop.agreed(ddp) == 0
+        if ddp.rank == 1:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.agreed(ddp) == signal.SIGUSR2, f"rank {ddp.rank}"
+
+
 def main() -> int:
     with distributed_session("cpu") as ddp:
         assert ddp.active and ddp.world_size == 2 and dist.get_backend() == "gloo"
@@ -189,6 +203,7 @@ def main() -> int:
         check_ss_net_memory_and_parameters(ddp)
         check_low_memory_step_matches_one_backward(ddp)
         check_sassnet_discriminator_agrees(ddp)
+        check_a_stop_signal_on_one_rank_stops_every_rank(ddp)
         ddp.barrier()
         if ddp.is_main:
             print("distributed checks passed")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -152,5 +156,35 @@ def test_pyproject_declares_what_requirements_txt_installs():
     required = {line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
     assert required == declared
-    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert packages == {p.parent.name for p in ROOT.glob("*/__init__.py")}
+
+
+def test_pyproject_installs_no_package_of_the_checkout():
+    """A checkout-run toolkit: `pip install .` brings the dependencies only. Packages and modules are declared
+    empty, which also turns setuptools' discovery off (it would find `utils`, `data`, ... at the top level)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools.get("packages") == [] and setuptools.get("py-modules") == [], setuptools
+    assert {p.parent.name for p in ROOT.glob("*/__init__.py")} >= {"utils", "data", "networks", "dataloaders"}
+
+
+@pytest.mark.slow
+def test_the_wheel_of_pip_install_holds_metadata_only(tmp_path):
+    """Build the wheel `pip install .` would install (a copy of the checkout, no network, no build isolation):
+    it holds its dist-info and nothing else, and requires what requirements.txt installs."""
+    pytest.importorskip("setuptools")
+    source = tmp_path / "checkout"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".test_cache", "__pycache__", "*.pth",
+                                                                 "model", "runs", "demo_runs", ".device_data"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                            "--quiet", "--wheel-dir", str(tmp_path / "wheel")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        assert [n for n in names if not n.startswith(info + "/")] == []
+        metadata = archive.read(f"{info}/METADATA").decode()
+        top_level = archive.read(f"{info}/top_level.txt").decode() if f"{info}/top_level.txt" in names else ""
+    assert top_level.strip() == ""
+    assert "Requires-Dist: torch==2.13.0" in metadata and "Requires-Dist: medpy" in metadata

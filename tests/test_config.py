@@ -112,3 +112,156 @@ def test_bugs_are_not_reported_as_user_errors(bug):
 
     with pytest.raises(type(bug)):
         run_cli(buggy)
+
+
+# -- every script: each flag is one declared setting, with its declared default --------------------------------
+def script_parsers():
+    """(script, parser, its options classes, the script's values that differ from the declared defaults)."""
+    import predict
+    import reproduce
+    import train
+    from dataloaders import get_dataset
+    from dataloaders.nifti_dataset import NiftiOptions
+    from evaluation.scoring import ScoreOptions
+    from evaluation.testing import TestOptions, build_test_parser, testing_flag_values
+    from inference.prediction_job import PredictOptions
+    from reproduction.grid import GridOptions
+    from tools import score
+
+    for dataset, script in (("LA", "train_la.py"), ("ACDC", "train_acdc.py")):
+        yield script, build_train_parser(dataset, ""), (TrainConfig,), defaults(dataset)
+    for mode in ("3d", "2d"):
+        yield f"train.py --mode {mode}", train.build_parser(mode), (TrainConfig, NiftiOptions), \
+            defaults(f"NIfTI-{mode}")
+    for dataset, script in (("LA", "test_la.py"), ("ACDC", "test_acdc.py")):
+        adapter = get_dataset(dataset)
+        yield script, build_test_parser(adapter, ""), (TestOptions,), testing_flag_values(adapter)
+    yield "predict.py", predict.build_parser(), (PredictOptions,), {}
+    yield "reproduce.py", reproduce.build_parser(), (GridOptions,), {}
+    yield "tools/score.py", score.build_parser(), (ScoreOptions,), {}
+
+
+SCRIPT_ONLY_FLAGS = {"help", "debug", "base_filters"}  # not settings: -h, tracebacks, the V-Net width (train)
+# one flag name, two settings: each pair is declared apart on purpose
+SAME_NAME_OTHER_SETTING = {
+    "--batch_size": "train: samples per optimisation step; test/predict: windows or slices per forward",
+    "--patch_size": "train: the training crop, recorded as the test window; test/predict: overrides the record",
+    "--stride": "train: the stride a run records for its tests; test/predict: overrides the record",
+    "--labelnum": "train: the labeled cases of one run; reproduce: the grid's budgets (N or all)",
+    "--labels": "predict: a folder of reference label maps; tools.score: the classes to score",
+    "--dataset": "predict: the dataset of an official state dict; reproduce: the grid's dataset",
+}
+
+
+def script_settings(options_classes) -> dict:
+    """{destination: (declaring class, field)} of every setting of the classes (nested ones included)."""
+    from utils.settings import leaf_fields
+
+    return {f.name: (owner, f) for options in options_classes for owner, f in leaf_fields(options)}
+
+
+def expected_flag_default(f, value):
+    """A flag's default as the forms of utils.settings.setting define it: None for a setting resolved later, 0/1
+    for a bool 0/1 flag, else the value."""
+    meta = f.metadata
+    if meta.get("resolved"):
+        return None
+    if f.type in ("bool", "bool | None") and not meta.get("switch") and not meta.get("inverse_flag"):
+        return None if value is None else int(value)
+    return value
+
+
+@pytest.mark.parametrize("script", [s[0] for s in script_parsers()])
+def test_every_flag_of_every_script_is_a_declared_setting_with_its_declared_default(script):
+    from utils.settings import declared_default
+
+    _, parser, options_classes, values = next(s for s in script_parsers() if s[0] == script)
+    settings = script_settings(options_classes)
+    for action in parser._actions:
+        if action.dest in SCRIPT_ONLY_FLAGS:
+            continue
+        assert action.dest in settings, f"{script}: {action.option_strings} is written by hand, not declared"
+        _, f = settings[action.dest]
+        value = values[action.dest] if action.dest in values else declared_default(f)
+        assert action.default == expected_flag_default(f, value), f"{script} --{action.dest}"
+    if script.startswith("test_"):  # the test scripts differ from the declarations in their folder only (and
+        # show their dataset's fallback of the settings a checkpoint records)
+        resolved = {name for name, (_, f) in settings.items() if f.metadata.get("resolved")}
+        assert set(values) - resolved == {"root_path"} and values["root_path"].startswith("./data/")
+
+
+def test_every_setting_is_declared_once_across_the_scripts():
+    from utils.flags import flag_names
+    from utils.settings import declared_in
+
+    origins: dict[str, set[str]] = {}
+    for _, parser, options_classes, _ in script_parsers():
+        settings = script_settings(options_classes)
+        for action in parser._actions:
+            if action.dest in SCRIPT_ONLY_FLAGS:
+                continue
+            owner, f = settings[action.dest]
+            names = action.option_strings or [action.dest]
+            assert names[0] in flag_names(f) or f.metadata.get("inverse_flag") == names[0]
+            origins.setdefault(names[0], set()).add(declared_in(owner, f.name))
+    twice = {name: sorted(where) for name, where in origins.items() if len(where) > 1}
+    assert set(twice) == set(SAME_NAME_OTHER_SETTING), twice  # the others are one declaration (or same_as)
+    for name in ("--device", "--num_workers", "--root_path", "--amp", "--checkpoint", "--largest_component"):
+        assert len(origins[name]) == 1 and len([s for s in script_parsers() if name in s[1]._option_string_actions]) \
+            > 1, name  # shared by several scripts, declared once
+
+
+def test_every_setting_of_every_script_has_help():
+    for script, _, options_classes, _ in script_parsers():
+        for name, (_, f) in script_settings(options_classes).items():
+            assert f.metadata.get("help"), f"{script}: {name} has no help text"
+
+
+def test_scripts_without_flags_build_the_declared_defaults():
+    import predict
+    import reproduce
+    from evaluation.testing import TestOptions, build_test_parser
+    from inference.prediction_job import PredictOptions
+    from reproduction.grid import GridOptions
+    from utils.flags import options_from_args
+
+    assert options_from_args(GridOptions, reproduce.build_parser().parse_args([])) == GridOptions()
+    required = ["--checkpoint", "c.pth", "--input", "in", "--output", "out"]
+    assert options_from_args(PredictOptions, predict.build_parser().parse_args(required)) == \
+        PredictOptions(checkpoint="c.pth", input="in", output="out")
+    from dataloaders import get_dataset
+
+    args = build_test_parser(get_dataset("LA"), "").parse_args(["--checkpoint", "c.pth"])
+    assert options_from_args(TestOptions, args, dataset="LA") == \
+        TestOptions(dataset="LA", checkpoint="c.pth", root_path="./data/LA")
+
+
+def test_nms_is_an_alias_of_largest_component_in_every_script_that_predicts():
+    import predict
+    from dataloaders import get_dataset
+    from evaluation.testing import build_test_parser
+    from tools import score
+
+    for parser in (build_test_parser(get_dataset("LA"), ""), build_test_parser(get_dataset("ACDC"), ""),
+                   predict.build_parser()):
+        required = ["--checkpoint", "c"] + (["--input", "i", "--output", "o"] if "--input" in
+                                            parser._option_string_actions else [])
+        assert parser.parse_args([*required, "--nms", "0"]).largest_component == 0
+        assert parser.parse_args([*required, "--largest_component", "1"]).largest_component == 1
+        assert parser.parse_args(required).largest_component is None  # as the checkpoint was evaluated
+    assert score.build_parser().parse_args(["p", "r", "--nms"]).largest_component is True
+
+
+def test_schedule_and_dice_settings_are_the_fields_of_their_declarations():
+    from dataclasses import fields as dataclass_fields
+
+    from methods.recipe import SSNET_LA_DICE, SSNET_LA_SCHEDULE, Dice
+    from training.config import dice_values, schedule_values
+    from training.presets import LA
+
+    assert set(schedule_values(SSNET_LA_SCHEDULE)) == {f.name for f in dataclass_fields(Schedule)} <= \
+        set(TRAIN_FIELDS)
+    assert set(dice_values(LA)) == {f"dice_{f.name}" for f in dataclass_fields(Dice)} <= set(TRAIN_FIELDS)
+    config = make_config("LA", method="supervised")
+    assert all(getattr(config, k) == v for k, v in dice_values(LA).items())
+    assert LA.dice == SSNET_LA_DICE and config.lr_step == SSNET_LA_SCHEDULE.lr_step

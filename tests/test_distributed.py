@@ -114,7 +114,8 @@ def test_sync_bn_converts_the_backbone_only_and_keeps_checkpoint_keys():
 
 def test_ddp_step_matches_one_process_and_memory_and_weights_agree_across_ranks():
     """tests/distributed_checks.py: gather/average primitives; one DDP step on a global batch equals a
-    one-process step (BN in eval mode); several SS-Net steps keep memory and parameters identical."""
+    one-process step (BN in eval mode); several SS-Net steps keep memory and parameters identical; a stop signal
+    on one rank stops every rank."""
     result = torchrun("tests/distributed_checks.py")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "distributed checks passed" in result.stdout

@@ -69,7 +69,7 @@ def test_la_train_then_test_writes_checkpoints_csv_and_json(la_root, la_lists, t
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_cases"] == 2 and summary["metrics"]["units"] == "voxel"
-    assert summary["inference"]["patch_size"] == [32, 32, 32] and summary["inference"]["nms"] is True
+    assert summary["inference"]["patch_size"] == [32, 32, 32] and summary["inference"]["largest_component"] is True
     assert len(list((out / "predictions").glob("*.nii.gz"))) == 2
 
 

@@ -91,7 +91,7 @@ def test_fold_leaves_a_batchnorm_that_follows_no_convolution():
 
 
 def tiny_la_predictor(fold_bn: bool, network: nn.Module) -> Predictor:
-    settings = InferenceSettings((32, 32, 32), (16, 16, 8), batch_size=2, nms=False, fold_bn=fold_bn)
+    settings = InferenceSettings((32, 32, 32), (16, 16, 8), batch_size=2, largest_component=False, fold_bn=fold_bn)
     return Predictor(network, get_dataset("LA"), settings)
 
 
@@ -128,12 +128,14 @@ def test_predictor_default_labels_equal_the_unfolded_ones_except_ties():
 
 def test_scripts_take_fold_bn_with_the_declared_default():
     import predict
-    from evaluation.testing import build_test_parser, options_from_args
+    from evaluation.testing import build_test_parser, testing_options_from_args
 
     dataset = get_dataset("LA")
     parser = build_test_parser(dataset, "test")
-    assert options_from_args(parser.parse_args(["--checkpoint", "c.pth"]), dataset).fold_bn is True
-    assert options_from_args(parser.parse_args(["--checkpoint", "c.pth", "--fold_bn", "0"]), dataset).fold_bn is False
+    options = testing_options_from_args(parser.parse_args(["--checkpoint", "c.pth"]), dataset)
+    assert options.inference.fold_bn is True
+    options = testing_options_from_args(parser.parse_args(["--checkpoint", "c.pth", "--fold_bn", "0"]), dataset)
+    assert options.inference.fold_bn is False
     arguments = ["--checkpoint", "c.pth", "--input", "in", "--output", "out"]
     assert predict.build_parser().parse_args(arguments).fold_bn == int(InferenceSettings.fold_bn) == 1
     assert predict.build_parser().parse_args([*arguments, "--fold_bn", "0"]).fold_bn == 0

@@ -213,9 +213,18 @@ def test_local_slots_pin_cells_to_gpus_or_share_the_cores(monkeypatch):
     with pytest.raises(ValueError, match="use --device cuda"):
         local_slots(["0"], None, "cuda:1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SSNET_MARKER", "kept")
     env = cell_environment("2", 4)
     assert env["CUDA_VISIBLE_DEVICES"] == "2" and "OMP_NUM_THREADS" not in env  # a GPU cell: torch decides
-    assert cell_environment(None, 2)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert env["SSNET_MARKER"] == "kept"  # the rest of this process's environment goes along
+    # a machine with 8 usable cores, however the launcher counts them
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 8, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    threads = {cells: cell_environment(None, cells)["OMP_NUM_THREADS"] for cells in (1, 2, 3, 8, 12)}
+    assert threads == {1: "8", 2: "4", 3: "2", 8: "1", 12: "1"}  # whole cores each, at least one
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cell_environment(None, 2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
 
 
 def test_cell_round_trips_through_its_json(tmp_path):
@@ -223,7 +232,7 @@ def test_cell_round_trips_through_its_json(tmp_path):
     cell = Cell(run, [Evaluation(run, "best_model.pth", ("honest-val",)),
                       Evaluation(run, "last_model.pth", ("honest-last",))],
                 CellSettings(device="cuda", num_workers=4, root_path="/data/LA", test_list="data/LA/test.list",
-                             extra_flags=["--amp", "bf16"]))
+                             train_settings={"amp": "bf16"}))
     assert Cell.from_json(cell.to_json()) == cell
     assert Cell.from_json(cell.write().read_text()) == cell
 

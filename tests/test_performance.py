@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +250,8 @@ def test_fp32_and_bf16_test_metrics_agree_on_a_fixed_checkpoint(trained_syntheti
     cases = read_list(root / "test.list")
     evaluations = {}
     for amp in ("off", "bf16"):
-        settings = InferenceSettings((32, 32, 32), (8, 8, 4), batch_size=4 if amp == "off" else 8, nms=True, amp=amp)
+        settings = InferenceSettings((32, 32, 32), (8, 8, 4), batch_size=4 if amp == "off" else 8,
+                                     largest_component=True, amp=amp)
         evaluations[amp] = evaluate_cases(Predictor(net, dataset, settings), root, cases, keep_predictions=True)
     fp32, bf16 = evaluations["off"], evaluations["bf16"]
     assert fp32.mean_dice() > 0.6, "the fixture network should have learned the synthetic task"
@@ -311,7 +315,37 @@ def test_bench_tiny_writes_json(tmp_path):
     assert {"official_s", "fast_s", "fast_eval_stride_s", "speedup"} <= set(report["projection_LA_full_run"])
 
 
-def test_gpu_check_script_parses():
-    script = REPO / "benchmarks" / "gpu_check.sh"
-    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+@pytest.mark.parametrize("tiny", ["0", pytest.param("1", marks=pytest.mark.slow)])  # the GPU form by default
+def test_gpu_check_dry_run_parses_the_flags_of_every_command_it_runs(tmp_path, tiny):
+    """DRY_RUN=1 lists the project commands gpu_check.sh runs (bench, bench --compile on a GPU, train_la.py,
+    test_la.py in fp32 and bf16) and parses each with its own parser: a renamed flag fails here, not on the GPU."""
+    env = {**os.environ, "DRY_RUN": "1", "TINY": tiny, "PYTHON": sys.executable,
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = re.findall(r"^flags parse: (.+)$", result.stdout, re.M)
+    benches = ["-m benchmarks.bench"] * (1 if tiny == "1" else 2)  # the reduced form skips the compile bench
+    assert checked == [*benches, "train_la.py", "test_la.py", "test_la.py"], result.stdout
+    assert not (tmp_path / "work" / "run").exists()  # nothing ran
+
+
+def test_flag_check_names_a_wrong_flag_a_wrong_value_and_a_missing_script(tmp_path, capsys, monkeypatch):
+    from benchmarks import flag_check
+
+    monkeypatch.chdir(REPO)
+    commands = tmp_path / "commands.txt"
+    commands.write_text("train_la.py --labelnum 2 --amp bf16 --run_dir 'a folder/run'\n"
+                        "test_la.py --checkpoint x.pth --amp bf17\n"
+                        "-m benchmarks.bench --tiny --no_such_flag 1\n"
+                        "no_such_script.py --x\n")
+    assert flag_check.main([str(commands)]) == 2
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert lines[0] == "flags parse: train_la.py"
+    assert lines[1].startswith("REJECTED: test_la.py: argument --amp: invalid choice: 'bf17'")
+    assert lines[2] == "REJECTED: -m benchmarks.bench: unrecognized arguments: --no_such_flag 1"
+    assert lines[3] == "REJECTED: no_such_script.py: no such script: no_such_script.py" and len(lines) == 4
+    assert "error: 3 of 4 commands" in printed.err
+    commands.write_text("test_la.py --checkpoint x.pth\n")
+    assert flag_check.main([str(commands)]) == 0

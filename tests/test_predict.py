@@ -11,7 +11,8 @@ from nifti_data import rotated_affine, synthetic_case, write_nifti
 import predict
 from dataloaders import la_case_path, read_list
 from dataloaders.nifti import Preprocessing
-from inference.predict import find_inputs
+from inference import InferenceSettings, Predictor
+from inference.prediction_job import find_inputs
 from inference.tta import FlipTTA
 from networks import build_network, save_checkpoint
 
@@ -26,7 +27,8 @@ def nifti_checkpoint(path, mode="3d", preprocessing=None, patch=(16, 16, 16)):
     save_checkpoint(path, network, dataset=f"NIfTI-{mode}", num_classes=3, iteration=0,
                     config={"nifti": {"mode": mode, "preprocessing": preprocessing.to_dict(),
                                       "class_names": ["ball", "box"]}},
-                    inference={"patch_size": list(patch), "stride": [p // 2 for p in patch], "nms": False})
+                    inference={"patch_size": list(patch), "stride": [p // 2 for p in patch],
+                               "largest_component": False})
     return path
 
 
@@ -78,7 +80,7 @@ def test_la_checkpoint_predicts_h5_and_nifti(la_root, tmp_path):
     network = build_network("vnet", num_classes=2, base_filters=4)
     checkpoint = tmp_path / "la.pth"
     save_checkpoint(checkpoint, network, dataset="LA", num_classes=2, iteration=0,
-                    inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], "nms": True})
+                    inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], "largest_component": True})
     h5_file = next((la_root / "2018LA_Seg_Training Set").glob("*/mri_norm2.h5"))
     with h5py.File(h5_file) as f:
         image = f["image"][()]
@@ -116,11 +118,28 @@ def test_missing_input_is_one_clear_error(tmp_path, capsys):
 # ---- inputs of the wrong kind --------------------------------------------------------------------------------
 
 
-def la_checkpoint(path):
+def la_checkpoint(path, **record):
     torch.manual_seed(0)
+    record = record or {"nms": True}  # the key of the records written before --largest_component
     save_checkpoint(path, build_network("vnet", num_classes=2, base_filters=4), dataset="LA", num_classes=2,
-                    iteration=0, inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], "nms": True})
+                    iteration=0, inference={"patch_size": [32, 32, 32], "stride": [32, 32, 32], **record})
     return path
+
+
+@pytest.mark.parametrize(("record", "given", "expected"), [
+    ({"nms": False}, None, False),  # a record of an earlier version: its 'nms' is the largest-component setting
+    ({"nms": True}, None, True),
+    ({"largest_component": False}, None, False),
+    ({"largest_component": False}, True, True),  # --largest_component 1 overrides the record
+    ({"nms": True}, False, False),
+])
+def test_the_checkpoints_record_decides_the_largest_component_unless_given(tmp_path, record, given, expected):
+    checkpoint = la_checkpoint(tmp_path / "la.pth", **record)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu", InferenceSettings(largest_component=given))
+    assert predictor.settings.largest_component is expected  # LA's own default (on) is never what decides here
+    assert predictor.settings.patch_size == (32, 32, 32) and predictor.settings.stride == (32, 32, 32)
+    override = Predictor.from_checkpoint(checkpoint, "cpu", InferenceSettings(patch_size=(16, 16, 16), tta=True))
+    assert override.settings.patch_size == (16, 16, 16) and isinstance(override.network, FlipTTA)
 
 
 def predict_into(out, checkpoint, source, *extra):
@@ -196,7 +215,7 @@ def test_channel_count_is_checked_and_a_moderate_voxel_size_mismatch_warns(tmp_p
                     dataset="NIfTI-3d", num_classes=3, iteration=0,
                     config={"nifti": {"mode": "3d", "preprocessing": Preprocessing(target_spacing=(1, 1, 1)).to_dict(),
                                       "class_names": ["ball", "box"]}},
-                    inference={"patch_size": [16, 16, 16], "stride": [8, 8, 8], "nms": False})
+                    inference={"patch_size": [16, 16, 16], "stride": [8, 8, 8], "largest_component": False})
     assert predict_into(tmp_path / "o2", two_channel, scan) == 2
     error = one_error_line(capsys.readouterr().err)
     assert "1 input channel(s); the model takes 2" in error and "scan_0001.nii.gz" not in error

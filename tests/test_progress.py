@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from training.config import TrainConfig, default_num_workers
+from training.config import TrainConfig
 from training.flags import build_train_parser, config_from_args
+from utils.machine import default_num_workers
 from utils.progress import LOG_INTERVAL_S, progress_bar
 
 

@@ -28,14 +28,46 @@ def config(preset, *flags):
 
 
 # -- every baseline has a cited recipe; the docs' table is the recipes' own ------------------------------------
+# "owner/repo @ commit `script.py`" (a pull request may stand between the repository and the commit)
+CITED_SCRIPT = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?: pull request #\d+)? @ (?P<commit>[0-9a-f]{7,40}) "
+                          r"`(?P<script>[\w./-]+\.py)`")
+LINE_RANGE = re.compile(r":(\d+)(?:-(\d+))?")
+REPOSITORY = re.compile(r"\b[\w.-]+/[\w.-]+\b")
+OFFICIAL_SSNET = "ycwu1997/SS-Net @ c0a8bf6"  # the commit docs/faithfulness.md and the README compare against
+
+
+def all_recipes():
+    return {(m, dims): METHODS[m].recipe(dims) for m in BASELINES + ["ss_net"] for dims in (3, 2)}
+
+
 @pytest.mark.parametrize("method", BASELINES + ["ss_net"])
 @pytest.mark.parametrize("dims", [3, 2])
 def test_every_method_has_a_recipe_with_its_source_or_the_reason_there_is_none(method, dims):
     recipe = METHODS[method].recipe(dims)
-    assert recipe is not None and recipe.source
-    assert recipe.lines or recipe.note  # where each value stands, or why there is no authors' code
+    assert recipe is not None
+    if recipe.lines:  # the authors' code: a script at a commit, and the line of that script for each value
+        cited = CITED_SCRIPT.search(recipe.source)
+        assert cited, f"{method} {dims}-D: source {recipe.source!r} names no `owner/repo @ commit `script.py``"
+        assert recipe.lines.startswith(":"), "the first value should stand in the cited script"
+        ranges = [(int(a), int(b or a)) for a, b in LINE_RANGE.findall(recipe.lines)]
+        assert len(ranges) >= 2 and all(1 <= a <= b for a, b in ranges), recipe.lines
+    else:  # no authors' code: which repository was looked at, and what stands in for it
+        assert REPOSITORY.search(recipe.source) and recipe.note
     if recipe.schedule is None or recipe.dice is None:
         assert recipe.note  # falls back to SS-Net's setting: says so
+    if method == "ss_net":
+        assert recipe.source.startswith(OFFICIAL_SSNET) and recipe.schedule and recipe.dice
+
+
+def test_each_repository_is_cited_at_one_commit():
+    """Two recipes from one repository read the same commit (a pull request is its own source)."""
+    commits: dict[str, set[str]] = {}
+    for recipe in all_recipes().values():
+        cited = CITED_SCRIPT.search(recipe.source)
+        if cited and "pull request" not in recipe.source:
+            commits.setdefault(cited["repo"], set()).add(cited["commit"])
+    assert {"ycwu1997/SS-Net", "HiLab-git/SSL4MIS", "yulequan/UA-MT"} <= set(commits)
+    assert {repo: sorted(c) for repo, c in commits.items() if len(c) > 1} == {}
 
 
 def test_the_recipe_table_of_the_docs_is_generated_from_the_recipes():

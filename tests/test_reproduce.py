@@ -333,3 +333,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "set by reproduce.py" in capsys.readouterr().err
     code = reproduce.main(["--dry-run", "--runs_dir", str(tmp_path), "--train_args", "--base_lr -1"])
     assert code == 2 and "--base_lr must be a positive number" in capsys.readouterr().err  # before any training
+
+
+def test_a_cells_config_is_what_the_train_script_makes_of_the_same_flags(tmp_path):
+    from reproduction.cell import CellSettings, train_config
+    from reproduction.grid import quick_train_settings, train_args_settings
+    from training.flags import build_train_parser, config_from_args
+
+    quick_flags = ["--lr_step", "0", "--consistency_rampup", "1", "--eval_start", "1", "--eval_every", "2",
+                   "--save_every", "2", "--image_every", "0", "--eval_batch_size", "8", "--patch_size", "32,32,16",
+                   "--stride", "16,16,8", "--base_filters", "4"]
+    assert quick_train_settings("LA", synthetic=True) == train_args_settings("LA", quick_flags)
+    run = Run("LA", "4", 4, "ua_mt", 1338, "test", 120, tmp_path / "run", "shared", "SS-Net")
+    settings = CellSettings(device="cpu", num_workers=0, root_path="/data/LA", progress=False,
+                            train_settings=train_args_settings("LA", [*quick_flags, "--amp", "bf16"]))
+    flags = ["--method", "ua_mt", "--labelnum", "4", "--seed", "1338", "--select", "test", "--run_dir",
+             str(run.run_dir), "--max_iteration", "120", "--schedule", "shared", "--device", "cpu", "--num_workers",
+             "0", "--exp", "LA_reproduce", "--root_path", "/data/LA", "--no_progress", *quick_flags, "--amp", "bf16"]
+    assert train_config(run, settings) == config_from_args(build_train_parser("LA", "").parse_args(flags), "LA")
+    assert train_config(run, settings).amp == "bf16" and train_config(run, settings).network_kwargs["base_filters"] == 4

@@ -76,7 +76,7 @@ def test_empty_reference_scores_only_named_labels(tmp_path):
     assert row["dice"] == 0 and row["empty_ref"] and np.isnan(row["hd95"]) and np.isnan(row["asd"])
 
 
-def test_multi_component_against_medpy_and_nms(tmp_path):
+def test_multi_component_against_medpy_and_largest_component(tmp_path):
     shape = (20, 20, 20)
     ref = cube(shape, (2, 2, 2), 5) | cube(shape, (12, 12, 12), 5)
     pred = cube(shape, (2, 2, 3), 5) | cube(shape, (13, 12, 12), 2)  # the second component is small
@@ -84,7 +84,7 @@ def test_multi_component_against_medpy_and_nms(tmp_path):
     write_nifti(tmp_path / "pred" / "c.nii.gz", pred)
     (row,) = run(tmp_path)["rows"]
     assert_matches_medpy(row, pred.astype(bool), ref.astype(bool))
-    (row,) = run(tmp_path, nms=True)["rows"]  # largest component only: the small one is dropped
+    (row,) = run(tmp_path, largest_component=True)["rows"]  # largest component only: the small one is dropped
     assert_matches_medpy(row, cube(shape, (2, 2, 3), 5).astype(bool), ref.astype(bool))
 
 

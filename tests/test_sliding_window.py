@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import lzma
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +13,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from dataloaders import get_dataset
+from inference import Predictor
+from inference.settings import InferenceSettings
 from utils.sliding_window import (
     count_windows,
     predict_slices_2d,
@@ -168,12 +173,54 @@ def test_padding_uses_zeros_and_2d_images():
     torch.testing.assert_close(probs, torch.full((4, 3, 9), 0.25))
 
 
-def test_k2_argmax_equals_foreground_threshold():
+class TwoClassConv(torch.nn.Module):
+    """A 3-D two-class 'network' with the project's output contract (logits first). Bias-free: where the input
+    is zero in a whole 3x3x3 neighbourhood both logits are 0, so the foreground probability is exactly 0.5."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return (self.conv(x),)
+
+
+def official_la_labels(network, image: np.ndarray, patch, stride) -> tuple[np.ndarray, np.ndarray]:
+    """The official LA test as its loop runs (docs/method.md §4.1): every window's softmax added into a score
+    map and a count map (float64 here), their ratio, and foreground where that mean probability is > 0.5."""
+    score, count = np.zeros((2, *image.shape)), np.zeros(image.shape)
+    steps = [math.ceil((size - p) / s) + 1 for size, p, s in zip(image.shape, patch, stride, strict=True)]
+    for index in itertools.product(*(range(n) for n in steps)):
+        corner = [min(i * s, size - p) for i, s, size, p in zip(index, stride, image.shape, patch, strict=True)]
+        region = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+        with torch.no_grad():
+            logits = network(torch.from_numpy(image[region])[None, None])[0]
+        score[(slice(None), *region)] += torch.softmax(logits, dim=1)[0].double().numpy()
+        count[region] += 1
+    mean = score / count
+    return (mean[1] > 0.5).astype(np.uint8), mean[1]
+
+
+def test_the_la_predictor_labels_are_the_official_foreground_probability_above_one_half():
+    """The predictor takes the argmax of the averaged probabilities; the official code thresholds the averaged
+    foreground probability at 0.5 (strict). Equal on every voxel, exact ties (p = 0.5) included: background."""
     torch.manual_seed(3)
-    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
-    probs = sliding_window_predict(net, torch.randn(1, 12, 10, 7), (6, 6, 4), (3, 3, 2), num_classes=2)
+    network = TwoClassConv().eval()
+    image = torch.randn(12, 10, 7).numpy()
+    image[3:9, 2:8, 1:6] = 0.0  # voxels [4:8, 3:7, 2:5] see only zeros: tied logits
+    patch, stride = (6, 6, 4), (3, 3, 2)
+    predictor = Predictor(network, get_dataset("LA"), InferenceSettings(patch, stride, batch_size=3, fold_bn=False))
+    labels = predictor.predict_stored(image)
+
+    expected, foreground = official_la_labels(network, image, patch, stride)
+    assert np.all(foreground[4:8, 3:7, 2:5] == 0.5) and labels[4:8, 3:7, 2:5].max() == 0  # the tie: background
+    assert 0.2 < expected.mean() < 0.8  # both classes on many voxels
+    assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
+    probs = sliding_window_predict(predictor.logits, torch.from_numpy(image)[None], patch, stride, num_classes=2)
     torch.testing.assert_close(probs.sum(dim=0), torch.ones(12, 10, 7))
-    assert torch.equal(probs.argmax(dim=0), (probs[1] > 0.5).long())
+    torch.testing.assert_close(probs[1].double(), torch.from_numpy(foreground), rtol=0, atol=1e-6)
 
 
 def test_rejects_wrong_logits_shape_and_gapped_stride():

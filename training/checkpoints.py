@@ -9,6 +9,7 @@ newer than the newest resume checkpoint (`restore_best_files` rebuilds one a cra
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -22,6 +23,7 @@ import torch
 from networks import save_checkpoint
 from utils.atomic import write_text_atomic
 from utils.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, read_checkpoint
+from utils.disk import WriteFailed
 from utils.errors import UserError
 
 from .config import PROTOCOLS, TrainConfig, config_differences
@@ -166,7 +168,14 @@ def find_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict] | None:
             raise FileNotFoundError(f"--resume {config.resume}: no such run folder")
         return None
     remove_stale_temp_files(run_dir)
-    found = load_resume_checkpoint(run_dir, log=lambda m: print(f"warning: {m}", file=sys.stderr))
+    skipped: list[str] = []
+    found = load_resume_checkpoint(run_dir, log=skipped.append)
+    if skipped:
+        # loud: the iterations after the checkpoint resumed from are trained again (same result, more time)
+        to = f"resuming from {found[0]} (iteration {found[1]['iteration']})" if found else "no readable one is left"
+        print(f"warning: {'; '.join(skipped)}; {to}", file=sys.stderr)
+        if found:
+            found[1]["skipped_checkpoints"] = skipped  # the log says it again once it is open
     if found is None:
         results = [p.name for p in (run_dir / "best_model.pth", run_dir / "last_model.pth", run_dir / "result.json")
                    if p.exists()]
@@ -202,6 +211,9 @@ class CheckpointStore:
         self.last_path = self.run_dir / "last_model.pth"
         self.primary_path = self.run_dir / "best_model.pth"
 
+    def resume_path(self, iteration: int) -> Path:
+        return checkpoint_path(self.run_dir, iteration)
+
     def best_path(self, list_name: str) -> Path:
         return self.run_dir / ("best_model.pth" if list_name == self.config.select else f"best_model_{list_name}.pth")
 
@@ -219,7 +231,22 @@ class CheckpointStore:
             "method_state": method_state,
         }
 
+    @contextlib.contextmanager
+    def naming_the_last_good_checkpoint(self):
+        """A write the disk refused: its error also says where a re-run continues from (the files are intact)."""
+        try:
+            yield
+        except WriteFailed as exc:
+            saved = list_checkpoints(self.run_dir)
+            last = f"{saved[-1][1]} (iteration {saved[-1][0]})" if saved else "none yet, it starts again"
+            raise WriteFailed(f"{exc}; then re-run the same command: it continues from the newest good checkpoint, "
+                              f"{last}") from None
+
     def save_resume(self, network, state: ResumeState) -> Path:
+        with self.naming_the_last_good_checkpoint():
+            return self._save_resume(network, state)
+
+    def _save_resume(self, network, state: ResumeState) -> Path:
         path = save_resume_checkpoint(self.run_dir, network, state, {
             "dataset": self.config.dataset, "num_classes": self.config.num_classes, "method": self.config.method,
             "config": asdict(self.config)})
@@ -228,7 +255,8 @@ class CheckpointStore:
 
     def save_model(self, path: Path, network, iteration: int, list_name: str, score: float | None,
                    method_state: dict) -> None:
-        save_checkpoint(path, network, **self.metadata(iteration, list_name, score, method_state))
+        with self.naming_the_last_good_checkpoint():
+            save_checkpoint(path, network, **self.metadata(iteration, list_name, score, method_state))
 
     @staticmethod
     def restore(state: dict, path: Path, method, optimizer, parameter_names: list[str]) -> None:
@@ -277,4 +305,5 @@ class CheckpointStore:
                            for n, b in bests.items() if b.found},
             "seconds_this_session": round(seconds, 1),
         }
-        write_text_atomic(self.run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        with self.naming_the_last_good_checkpoint():
+            write_text_atomic(self.run_dir / "result.json", json.dumps(result, indent=2) + "\n")

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from dataloaders import NIFTI_DATASETS, get_dataset
+from inference.settings import SPEED, InferenceSettings, slides
 from methods import METHODS, check_method_name
-from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Recipe, Schedule
+from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Dice, Recipe, Schedule
 from methods.settings import LOSSES, OPTIMISATION, RECIPE, SCHEDULE, SSNET, TEACHERS, MethodSettings
-from utils.cli import default_device, int_list
+from utils.cli import int_list
 from utils.errors import UserError
-from utils.precision import PRECISION_MODES
-from utils.settings import setting
+from utils.settings import check_settings, declared_default, same_as, setting
+from utils.shared_settings import SharedSettings
 
 from .presets import PRESETS, Preset
 
@@ -38,23 +38,8 @@ OPTIMIZER_IMPLS = ("default", "foreach", "fused")
 RUN = "data and run folder"
 SELECTION = "checkpoint selection and evaluation"
 MACHINE = "machine and outputs"
-SPEED = "speed (opt-in; the defaults are the paper's fp32 math)"
 MULTI_GPU = "multi-GPU (launch with torchrun; --batch_size and --labeled_bs are the global batch)"
 GROUP_ORDER = (RUN, OPTIMISATION, LOSSES, SSNET, TEACHERS, SELECTION, MACHINE, SPEED, MULTI_GPU)
-
-
-def default_num_workers() -> int:
-    """Data-loading processes: 4 (the official scripts) or fewer when this process may use fewer CPU cores."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(4, cores)
-
-
-def sliding(dataset) -> bool:
-    """Datasets predicted with a sliding window (not ACDC's resized slices) have a --stride."""
-    return dataset.inference != "slices_resized"
 
 
 @dataclass(kw_only=True)
@@ -63,7 +48,7 @@ class TrainConfig(MethodSettings):
 
     # -- data and run folder
     dataset: str = setting(help="LA | ACDC | NIfTI-3d | NIfTI-2d", flag=False)
-    root_path: str = setting("", "dataset folder", runtime=True, group=RUN)
+    root_path: str = same_as(SharedSettings, "root_path", runtime=True, group=RUN)
     lists_dir: str = setting("", "folder with the split lists (default: data/<dataset>)", group=RUN)
     exp: str = setting("", "experiment name (run folder prefix)", group=RUN)
     run_dir: str = setting("", "run folder (default: model/<exp>_<labelnum>_labeled/<method>_seed<seed>)",
@@ -77,7 +62,7 @@ class TrainConfig(MethodSettings):
                           flag=False)
     # -- method and labels
     method: str = setting("ss_net", f"one of: {', '.join(sorted(METHODS))}", group=RUN)
-    labelnum: int = setting(8, "labeled training cases", group=RUN)
+    labelnum: int = setting(8, "labeled training cases", group=RUN, minimum=0)
     network: str = setting("vnet", "registered network name (from the dataset)", flag=False)
     network_kwargs: dict = setting(help="network constructor arguments (from the dataset, method and "
                                         "--base_filters)", factory=dict, flag=False)
@@ -94,8 +79,8 @@ class TrainConfig(MethodSettings):
     lr_policy: str = setting("step", "step = x0.1 every --lr_step iterations, poly = (1 - t/T)^0.9, constant",
                              choices=LR_POLICIES, resolved=SCHEDULE, group=OPTIMISATION)
     lr_step: int = setting(2500, "iterations between x0.1 decays of the step policy; 0 = constant",
-                           unit="iterations", resolved=SCHEDULE, group=OPTIMISATION)
-    seed: int = setting(1337, "random seed of everything", group=OPTIMISATION)
+                           unit="iterations", resolved=SCHEDULE, group=OPTIMISATION, minimum=0)
+    seed: int = setting(1337, "random seed of everything", group=OPTIMISATION, minimum=0)
     deterministic: int = setting(1, "deterministic kernels where PyTorch has them", choices=(0, 1), group=OPTIMISATION)
     # -- checkpoint selection and evaluation
     select: str = setting("val", "checkpoint selection: val (honest), test (the paper's LA protocol), last",
@@ -103,29 +88,28 @@ class TrainConfig(MethodSettings):
     track: list[str] = setting(help="also keep the best checkpoint on these lists (best_model_<list>.pth), e.g. "
                                     "--select val --track test gives the honest and the paper selection from one "
                                     "run", factory=list, choices=("val", "test"), nargs="+", group=SELECTION)
-    eval_every: int = setting(200, "iterations between evaluations", unit="iterations", group=SELECTION)
-    eval_start: int = setting(2000, "first iteration eligible for evaluation", group=SELECTION)
-    stride: list[int] = setting(help="sliding-window stride", factory=list, parse=int_list, flag=sliding,
+    eval_every: int = setting(200, "iterations between evaluations", unit="iterations", group=SELECTION,
+                              minimum=1)
+    eval_start: int = setting(2000, "first iteration eligible for evaluation", group=SELECTION, minimum=0)
+    stride: list[int] = setting(help="sliding-window stride", factory=list, parse=int_list, flag=slides,
                                 group=SELECTION)
-    eval_batch_size: int = setting(4, "patches/slices per forward at evaluation", runtime=True, group=SELECTION)
+    eval_batch_size: int = same_as(InferenceSettings, "batch_size", help="sliding windows (3-D) / slices (2-D) per "
+                                                                        "forward at evaluation", runtime=True,
+                                   group=SELECTION)
     # -- machine and outputs
-    device: str = setting(help="cuda, cuda:1, cpu, ...", factory=default_device, runtime=True, group=MACHINE)
-    num_workers: int = setting(help="data-loading worker processes (default: 4, at most the available cores)",
-                               factory=default_num_workers, runtime=True, group=MACHINE)
+    device: str = same_as(SharedSettings, "device", runtime=True, group=MACHINE)
+    num_workers: int = same_as(SharedSettings, "num_workers", runtime=True, group=MACHINE)
     image_every: int = setting(200, "iterations between TensorBoard image panels; 0 = none", runtime=True,
-                               group=MACHINE)
-    progress: bool = setting(True, "progress bar (on a terminal; written to a file, a line every 30 s)",
-                             inverse_flag="--no_progress", runtime=True, group=MACHINE)
+                               group=MACHINE, minimum=0)
+    progress: bool = same_as(SharedSettings, "progress", runtime=True, group=MACHINE)
     save_every: int = setting(500, "iterations between resume checkpoints", unit="iterations", runtime=True,
-                              group=MACHINE)
-    keep_checkpoints: int = setting(3, "newest resume checkpoints to keep", runtime=True, group=MACHINE)
+                              group=MACHINE, minimum=1)
+    keep_checkpoints: int = setting(3, "newest resume checkpoints to keep", runtime=True, group=MACHINE, minimum=1)
     # -- speed options (the defaults are the paper's fp32 math)
-    amp: str = setting("off", "mixed precision: bf16 (recommended on GPUs that have it), fp16 (with a grad "
-                              "scaler), off", choices=PRECISION_MODES, group=SPEED)
-    channels_last: bool = setting(False, "channels-last memory format for the convolutions (helps with --amp on "
-                                         "GPUs)", group=SPEED)
-    compile: bool = setting(False, "torch.compile the network (minutes of compilation first; pays off on long "
-                                   "runs)", group=SPEED)
+    amp: str = same_as(InferenceSettings, "amp", help="mixed precision: bf16 (recommended on GPUs that have it), "
+                                                      "fp16 (with a grad scaler), off")
+    channels_last: bool = same_as(InferenceSettings, "channels_last")
+    compile: bool = same_as(InferenceSettings, "compile")
     optimizer_impl: str = setting("default", "SGD kernel: default (PyTorch's choice), foreach or fused; same "
                                              "update", choices=OPTIMIZER_IMPLS, group=SPEED)
     low_memory: bool = setting(True, "memory-saving step: a method backpropagates each part of its loss as soon as "
@@ -135,7 +119,7 @@ class TrainConfig(MethodSettings):
     eval_stride: list[int] = setting(help="sliding-window stride of the in-training evaluation only (default: "
                                           "--stride; e.g. 56,56,40: 4.6x fewer windows on LA); checkpoints keep "
                                           "--stride for testing", factory=list, parse=int_list, group=SPEED,
-                                     flag=sliding)
+                                     flag=slides)
     # -- multi-process training under torchrun (docs/multi-gpu.md, training/distributed.py)
     sync_bn: bool = setting(False, "synchronise the backbone's BatchNorm statistics across processes (GPUs only)",
                             group=MULTI_GPU)
@@ -160,19 +144,12 @@ RUNTIME_FIELDS = frozenset(name for name, f in TRAIN_FIELDS.items() if f.metadat
 RESOLVED_FIELDS = frozenset(name for name, f in TRAIN_FIELDS.items() if f.metadata.get("resolved"))
 
 
-def declared_default(name: str) -> Any:
-    f = TRAIN_FIELDS[name]
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None if f.default is MISSING else f.default
-
-
 def defaults(dataset: str) -> dict[str, Any]:
     """Every setting's value for `dataset` before a method is chosen: declared default <- preset <- adapter."""
     if dataset not in PRESETS:
         raise UserError(f"unknown dataset {dataset!r}; choose from: {', '.join(PRESETS)}")
     preset = PRESETS[dataset]
-    values = {name: declared_default(name) for name in TRAIN_FIELDS}
+    values = {name: declared_default(f) for name, f in TRAIN_FIELDS.items()}
     values.update(dataset=dataset, root_path=f"./data/{dataset}", exp=f"{dataset}_SSNet")
     values.update(schedule_values(preset.schedule))
     values.update(dice_values(preset))
@@ -190,15 +167,13 @@ def defaults(dataset: str) -> dict[str, Any]:
 
 
 def schedule_values(schedule: Schedule) -> dict[str, Any]:
-    return {"max_iteration": schedule.max_iteration, "lr_policy": schedule.lr_policy, "lr_step": schedule.lr_step,
-            "consistency_rampup": schedule.consistency_rampup, "rampup_zero_based": schedule.rampup_zero_based,
-            "consistency_off": schedule.consistency_off}
+    """A schedule as settings: each field of Schedule is the setting of the same name."""
+    return {f.name: getattr(schedule, f.name) for f in fields(Schedule)}
 
 
 def dice_values(source) -> dict[str, Any]:
-    dice = source.dice
-    return {"dice_include_background": dice.include_background, "dice_squared_denominator":
-            dice.squared_denominator, "dice_smooth": dice.smooth}
+    """The Dice of a recipe or preset as settings: each field `x` of Dice is the setting `dice_x`."""
+    return {f"dice_{f.name}": getattr(source.dice, f.name) for f in fields(Dice)}
 
 
 def resolve_schedule(name: str, recipe: Recipe | None, preset: Preset) -> Schedule:
@@ -285,7 +260,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     keys = (set(saved) | set(current)) - RUNTIME_FIELDS
 
     def value(config: dict, key: str):
-        return config[key] if key in config else (declared_default(key) if key in TRAIN_FIELDS else MISSING)
+        if key in config:
+            return config[key]
+        return declared_default(TRAIN_FIELDS[key]) if key in TRAIN_FIELDS else MISSING
 
     return [f"{k}: {value(saved, k)!r} -> {value(current, k)!r}" for k in sorted(keys)
             if value(saved, k) != value(current, k)]
@@ -315,21 +292,10 @@ def resumed_config(run_dir: str | Path, given: dict[str, Any]) -> TrainConfig:
     return config
 
 
-# settings that must be at least this (the others are checked by their choices or below)
-MINIMUMS = {"max_iteration": 1, "eval_every": 1, "save_every": 1, "keep_checkpoints": 1, "eval_batch_size": 1,
-            "memory_size": 1, "power_iterations": 1, "num_workers": 0, "image_every": 0, "lr_step": 0,
-            "consistency_off": 0, "pretrain_iterations": 0, "eval_start": 0, "labelnum": 0, "seed": 0}
-
-
 def validate_config(config: TrainConfig) -> None:
-    """Checks that need no data; data-dependent checks happen when the split is built."""
-    for name, f in TRAIN_FIELDS.items():
-        choices, value = f.metadata.get("choices"), getattr(config, name)
-        values = value if isinstance(value, list) else [value]
-        if choices and any((int(v) if isinstance(v, bool) else v) not in choices for v in values):
-            raise UserError(f"--{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        if name in MINIMUMS and value < MINIMUMS[name]:
-            raise UserError(f"--{name} must be >= {MINIMUMS[name]}, got {value}")
+    """Checks that need no data (each setting's declared choices and minimum, then how settings fit together);
+    data-dependent checks happen when the split is built."""
+    check_settings(config)
     method = METHODS[check_method_name(config.method)]
     if config.labeled_bs < 1 or config.labeled_bs > config.batch_size:
         raise UserError(f"--labeled_bs must be between 1 and --batch_size ({config.batch_size}), got "
@@ -341,30 +307,8 @@ def validate_config(config: TrainConfig) -> None:
         two_stage = ", ".join(name for name, cls in METHODS.items() if "pretrain" in cls.stages)
         raise UserError(f"--pretrain_iterations applies to methods with a pre-train stage ({two_stage}), not to "
                         f"{config.method}; leave it at 0")
-    if config.max_iteration < 1:
-        raise UserError(f"--max_iteration must be >= 1, got {config.max_iteration}")
-    if config.select not in SELECT_CHOICES:
-        raise UserError(f"--select must be one of {', '.join(SELECT_CHOICES)}, got {config.select!r}")
-    if config.eval_every < 1:
-        raise UserError(f"--eval_every must be >= 1, got {config.eval_every}")
-    if config.save_every < 1 or config.keep_checkpoints < 1:
-        raise UserError(f"--save_every ({config.save_every}) and --keep_checkpoints ({config.keep_checkpoints}) "
-                        f"must be >= 1")
-    if config.lr_policy not in LR_POLICIES:
-        raise UserError(f"--lr_policy must be one of {', '.join(LR_POLICIES)}, got {config.lr_policy!r}")
-    if config.lr_step < 0 or config.consistency_off < 0:
-        raise UserError(f"--lr_step ({config.lr_step}) and --consistency_off ({config.consistency_off}) must be "
-                        f">= 0")
     if config.base_lr <= 0 or not math.isfinite(config.base_lr):
         raise UserError(f"--base_lr must be a positive number, got {config.base_lr}")
-    if config.amp not in PRECISION_MODES:
-        raise UserError(f"--amp must be one of {', '.join(PRECISION_MODES)}, got {config.amp!r}")
-    if config.optimizer_impl not in OPTIMIZER_IMPLS:
-        raise UserError(f"--optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, got "
-                        f"{config.optimizer_impl!r}")
-    for name in config.track:
-        if name not in ("val", "test"):
-            raise UserError(f"--track takes val and/or test, got {name!r}")
     dims = len(PRESETS[config.dataset].values["patch_size"]) if config.dataset in PRESETS else None
     if dims is not None and len(config.patch_size) != dims:
         raise UserError(f"--patch_size needs {dims} values for {config.dataset}, got {config.patch_size}")

@@ -266,6 +266,14 @@ class Distributed:
         means = dict(zip(names, values[1:], strict=True))
         return values[0], {n: means[n] for n in terms}  # the method's order, as in one process
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest of the ranks' `value` (e.g. a stop signal's number, 0 for none), on every rank."""
+        if not self.active:
+            return value
+        flag = torch.tensor([value], dtype=torch.int64, device=self._object_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     def gather_rows(self, rows: Tensor) -> Tensor:
         """(N_r, ...) rows of every rank concatenated in rank order (N_r may differ, and may be 0)."""
         if not self.active:

@@ -1,4 +1,4 @@
-"""The train scripts' flags, generated from the fields of TrainConfig (their help, choices and defaults).
+"""The train scripts' flags, generated from the fields of TrainConfig (utils/flags.py: their help, choices, defaults).
 
 Every field with a `flag` becomes `--<name>`; bool settings are 0/1 flags, except `progress` (`--no_progress`).
 A flag's default is the dataset's value of the setting (training.config.defaults); settings the method's recipe
@@ -8,27 +8,15 @@ width, into network_kwargs) and --debug (tracebacks).
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from typing import Any
 
 from dataloaders import NIFTI_DATASETS, get_dataset
-from utils.cli import DocstringHelpFormatter, help_text
+from utils.cli import DocstringHelpFormatter
+from utils.flags import add_flags, explicit_flags, section, values_from_args
 
-from .config import GROUP_ORDER, RESOLVED_FIELDS, TrainConfig, defaults, make_config, resumed_config
+from .config import GROUP_ORDER, RUN, TrainConfig, defaults, make_config, resumed_config
 
-
-def _bool_flag(field) -> bool:
-    return field.type in (bool, "bool")
-
-
-def _describe_default(name: str, value: Any, dataset: str) -> str:
-    if name in RESOLVED_FIELDS:
-        shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        return f"from {TRAIN_FIELD_META[name]['resolved']}; ss_net on {dataset}: {shown}"
-    return ""
-
-
-TRAIN_FIELD_META = {f.name: f.metadata for f in fields(TrainConfig)}
+__all__ = ["build_train_parser", "config_from_args", "explicit_flags", "settings_from_args"]
 
 
 def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParser:
@@ -36,72 +24,21 @@ def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParse
     p = argparse.ArgumentParser(description=description, formatter_class=DocstringHelpFormatter)
     values = defaults(dataset)
     adapter = None if dataset in NIFTI_DATASETS else get_dataset(dataset)
-    groups = {name: p.add_argument_group(name) for name in GROUP_ORDER}
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        flag = meta.get("flag", True)
-        if callable(flag):
-            flag = flag(adapter) if adapter is not None else True
-        if not flag:
-            continue
-        target = groups[meta["group"]] if meta.get("group") else p
-        help_parts = [meta.get("help", "")]
-        if f.name == "labelnum" and adapter is not None:
-            help_parts = [adapter.labelnum_meaning]
-        if f.name == "root_path" and adapter is not None:
-            help_parts = [adapter.root_help]
-        if meta.get("unit"):
-            help_parts.append(f"[{meta['unit']}]")
-        resolved = _describe_default(f.name, values[f.name], dataset)
-        if resolved:
-            help_parts.append(f"(default: {resolved})")
-        help_string = help_text(" ".join(part for part in help_parts if part))
-        names = [flag if isinstance(flag, str) else f"--{f.name}"]
-        default = None if f.name in RESOLVED_FIELDS else values[f.name]
-        if meta.get("inverse_flag"):
-            target.add_argument(meta["inverse_flag"], dest=f.name, action="store_false", default=default,
-                                help=help_text(f"no {meta.get('help', f.name)}"))
-        elif _bool_flag(f):
-            target.add_argument(*names, dest=f.name, type=int, choices=(0, 1),
-                                default=None if default is None else int(default), help=help_string)
-        else:
-            kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_string}
-            if meta.get("choices"):
-                kwargs["choices"] = meta["choices"]
-            if meta.get("nargs"):
-                kwargs["nargs"] = meta["nargs"]
-            if meta.get("metavar"):
-                kwargs["metavar"] = meta["metavar"]
-            if meta.get("parse"):
-                kwargs["type"] = meta["parse"]
-            elif f.type in (int, "int"):
-                kwargs["type"] = int
-            elif f.type in (float, "float"):
-                kwargs["type"] = float
-            target.add_argument(*names, **kwargs)
+    for title in GROUP_ORDER:  # the -h sections in this order
+        section(p, title)
+    helps = {"root_path": "the nnU-Net raw folder (default: --data)"} if adapter is None else \
+        {"labelnum": adapter.labelnum_meaning, "root_path": adapter.root_help}
+    add_flags(p, TrainConfig, context=adapter, values=values, helps=helps, resolved_example=f"ss_net on {dataset}")
     if values["network"] == "vnet":
-        groups[GROUP_ORDER[0]].add_argument("--base_filters", type=int, default=None, help="V-Net width (official 16)")
+        section(p, RUN).add_argument("--base_filters", type=int, default=None, help="V-Net width (official 16)")
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations of the options written on the command line (as opposed to defaults)."""
-    given = set()
-    for action in parser._actions:
-        for option in action.option_strings:
-            if any(token == option or token.startswith(option + "=") for token in argv):
-                given.add(action.dest)
-    return given
-
-
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed flags as TrainConfig settings (None = not given: the recipe or --schedule decides)."""
-    train_fields = {f.name: f for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in train_fields}  # script-only flags stay out
-    for name, value in values.items():
-        if value is not None and _bool_flag(train_fields[name]):
-            values[name] = bool(value)
+    """The parsed flags as TrainConfig settings; a setting left out (None) is decided by the recipe, --schedule or
+    the dataset (make_config)."""
+    values = values_from_args(TrainConfig, args)  # script-only flags stay out
     if getattr(args, "base_filters", None) is not None:
         values["network_kwargs"] = {"base_filters": args.base_filters}
     return values

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from utils.precision import DTYPES, autocast, check_precision_mode
+from utils.autocast import DTYPES, autocast, check_precision_mode
 
 
 class Precision:

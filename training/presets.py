@@ -33,4 +33,3 @@ NIFTI_3D = Preset("NIfTI-3d", SSNET_LA_SCHEDULE, SSNET_LA_DICE, {**LA.values, "l
 NIFTI_2D = Preset("NIfTI-2d", SSNET_ACDC_SCHEDULE, SSNET_ACDC_DICE, {**ACDC.values, "labelnum": 0})
 
 PRESETS: dict[str, Preset] = {p.dataset: p for p in (LA, ACDC, NIFTI_3D, NIFTI_2D)}
-NIFTI_PRESETS = {"3d": NIFTI_3D, "2d": NIFTI_2D}

@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dataloaders import Split
 from utils.atomic import make_writable_folder, write_text_atomic
+from utils.disk import LogFileHandler
 from utils.progress import progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def prepare_run_dir(run_dir: Path, config_json: str, split: Split, env: dict,
         handler.close()
     formatter = logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S")
     # log.txt gets one line per iteration; the terminal only the milestones (tqdm shows the live loss).
-    file_handler, console = logging.FileHandler(run_dir / "log.txt"), logging.StreamHandler(sys.stderr)
+    file_handler, console = LogFileHandler(run_dir / "log.txt"), logging.StreamHandler(sys.stderr)
     file_handler.setLevel(logging.DEBUG)
     console.setLevel(logging.INFO)
     for handler in (file_handler, console):

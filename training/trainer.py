@@ -24,15 +24,17 @@ from methods import METHODS, Batch, StepContext, build_method
 from networks import build_network
 from networks.speed import prepare_network
 from utils.cli import resolve_device
-from utils.errors import TrainingDiverged, UserError
+from utils.errors import StoppedBySignal, TrainingDiverged, UserError
 
 from .checkpoints import Best, CheckpointStore, ResumeState, capture_rng, find_resume, list_checkpoints, restore_rng
 from .config import TrainConfig, default_run_dir
 from .distributed import Distributed, distributed_session
 from .optim import build_sgd, set_learning_rate, zero_gradients
 from .precision import Precision
+from .run_lock import hold_run_folder
 from .run_logger import RunLogger, environment
 from .selection import Selector, selection_lists
+from .signals import StopSignals, signal_name
 from .stages import (
     STAGE_TITLES,
     describe_stage,
@@ -69,8 +71,11 @@ def train(config: TrainConfig) -> TrainResult:
     """Train, or continue the run in the run folder from its newest resume checkpoint.
 
     Under torchrun every process runs this; they share the work of each global batch (training/distributed.py).
+    One process per run folder (training/run_lock.py); SIGTERM, SIGINT, SIGUSR1/2 stop it after the current
+    iteration with a resume checkpoint (training/signals.py, StoppedBySignal).
     """
-    with distributed_session(config.device) as ddp:
+    with distributed_session(config.device) as ddp, StopSignals() as stop, \
+            hold_run_folder(default_run_dir(config), ddp):
         if ddp.is_main:
             write_outer_config(config)
         result = None
@@ -79,7 +84,7 @@ def train(config: TrainConfig) -> TrainResult:
                 continue
             training = Training(stage, ddp)
             try:
-                result = training.run()
+                result = training.run(stop)
             finally:
                 training.log.close()
         return result
@@ -187,8 +192,9 @@ class Training:
         self.optimizer = build_sgd([p for _, p in trained], lr=config.base_lr, impl=config.optimizer_impl)
         self.train_step = ddp.wrap(self.method)  # torchrun: DDP around the method; else the method itself
         inference = InferenceSettings(patch_size=tuple(config.patch_size), stride=tuple(config.stride),
-                                      batch_size=config.eval_batch_size, nms=False)
-        self.store = CheckpointStore(self.run_dir, config, {**inference.to_dict(), "nms": dataset.test_nms})
+                                      batch_size=config.eval_batch_size, largest_component=False)
+        self.store = CheckpointStore(self.run_dir, config,
+                                     {**inference.to_dict(), "largest_component": dataset.test_largest_component})
         bests = {name: Best(name, self.store.best_path(name)) for name in eval_lists}
         # in-training evaluation may be cheaper (coarser stride, autocast) than the test the checkpoints record;
         # it runs the live network (its weights change between evaluations), not a folded snapshot
@@ -226,6 +232,8 @@ class Training:
         self.losses = list(state["losses"])
         self.start_iteration = state["iteration"]
         self.log.info("resumed from %s (iteration %d)", path, self.start_iteration)
+        for skipped in state.get("skipped_checkpoints", []):
+            self.log.warning("%s; resumed from iteration %d instead", skipped, self.start_iteration)
         if self.ddp.is_main:
             self.store.restore_best_files(self.selector.bests, self.start_iteration, self.network,
                                           self.method.method_state(), self.log)
@@ -248,7 +256,7 @@ class Training:
                           sampler.labeled_bs, ", SyncBatchNorm" if c.sync_bn else "")
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def run(self, stop: StopSignals | None = None) -> TrainResult:
         config, start = self.config, time.perf_counter()
         self.method.train()
         for iteration in self.log.progress(self.start_iteration, config.max_iteration):
@@ -259,11 +267,14 @@ class Training:
             self.log.images(iteration, labeled.image, labeled.label, step.labeled_logits)
             improved = self.select(iteration)
             # the resume checkpoint of an iteration is written before its best files (see training/checkpoints.py)
-            if improved or iteration % config.save_every == 0 or iteration == config.max_iteration:
+            saved = improved or iteration % config.save_every == 0 or iteration == config.max_iteration
+            if saved:
                 self.save_resume(iteration)
             for best in improved if self.ddp.is_main else []:
                 self.store.save_model(best.path, self.network, iteration, best.list_name, best.score,
                                       self.method.method_state())
+            if stop is not None and iteration < config.max_iteration and (signal_number := stop.agreed(self.ddp)):
+                self.stop_by_signal(signal_number, iteration, saved)
         return self.finish(time.perf_counter() - start)
 
     def step(self, labeled: Batch, unlabeled: Batch | None, iteration: int) -> StepResult:
@@ -306,6 +317,15 @@ class Training:
                             parameter_names=self.parameter_names)
         if self.ddp.is_main:
             self.store.save_resume(self.network, state)
+
+    def stop_by_signal(self, signal_number: int, iteration: int, saved: bool) -> None:
+        """A stop signal: the state of this iteration in a resume checkpoint, then StoppedBySignal (exit 128 + N)."""
+        if not saved:
+            self.save_resume(iteration)
+        message = (f"stopped by signal {signal_number} ({signal_name(signal_number)}) at iteration {iteration}; "
+                   f"re-run the same command to continue from {self.store.resume_path(iteration)}")
+        self.log.info(message)
+        raise StoppedBySignal(message, signal_number)
 
     def stop_non_finite(self, iteration: int, loss: float, scalars: dict[str, float]) -> None:
         """Stop before the bad step touches the weights; the newest resume checkpoint stays the last good state."""

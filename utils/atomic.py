@@ -4,14 +4,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from utils.disk import is_disk_error, write_failed
+
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write to a hidden temp file in the same folder (created if needed), then rename over `path`."""
+    """Write to a hidden temp file in the same folder (created if needed), then rename over `path`.
+
+    A full or read-only disk raises WriteFailed (utils/disk.py) after removing the temp file: `path` keeps its
+    previous content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_error(exc):
+            raise write_failed(path, exc) from None
+        raise
 
 
 def make_writable_folder(folder: str | Path, what: str, flag: str) -> Path:

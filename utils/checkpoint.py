@@ -14,14 +14,21 @@ from pathlib import Path
 
 import torch
 
+from utils.disk import is_disk_error, write_failed
 from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "ssnet-toolkit-checkpoint/1"
 def atomic_torch_save(obj, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
+    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written checkpoint.
+
+    A full or read-only disk raises WriteFailed (utils/disk.py) after removing the temp file: `path` keeps its
+    previous content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_failed(path, exc) if is_disk_error(exc) else exc from None
     os.close(fd)
     try:
         with open(tmp, "wb") as f:
@@ -29,8 +36,10 @@ def atomic_torch_save(obj, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_error(exc):
+            raise write_failed(path, exc) from None
         raise
 
 

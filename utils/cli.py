@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import StoppedBySignal, UserError
 
 # What a user can cause and fix: bad input (UserError) and the file system (missing files, permissions, disk).
 USER_ERRORS = (UserError, OSError)
@@ -15,6 +15,9 @@ USER_ERRORS = (UserError, OSError)
 
 def run_cli(job: Callable[[], object], debug: bool = False) -> int:
     """Run job(); a user error prints `error: ...` on stderr and returns 2 (its traceback with --debug).
+
+    A run stopped by a signal after saving its state returns 128 + the signal number (training/signals.py);
+    a Ctrl-C that interrupts at once returns 130.
 
     Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
     """
@@ -25,6 +28,9 @@ def run_cli(job: Callable[[], object], debug: bool = False) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoppedBySignal as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -32,11 +38,13 @@ def run_cli(job: Callable[[], object], debug: bool = False) -> int:
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" only where the help does not state its default already and X says something."""
+    """Appends "(default: X)" only where the help does not state its default already and X says something (not to a
+    switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS:
+        if "default:" in text or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS \
+                or action.nargs == 0:  # a switch (--tta, --no_progress): its name says what it does
             return text
         return super()._get_help_string(action)
 

@@ -1,4 +1,5 @@
-"""Connected-component post-processing of predicted masks (the LA `--nms 1` step of docs/method.md §4.1)."""
+"""Connected-component post-processing of predicted masks (the LA `--largest_component 1` step of
+docs/method.md §4.1)."""
 from __future__ import annotations
 
 from collections.abc import Iterable

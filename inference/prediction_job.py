@@ -21,6 +21,8 @@ from utils.errors import UserError
 from utils.metrics import case_metrics
 from utils.progress import progress_bar
 from utils.report import format_table, report, write_csv, write_json
+from utils.settings import nested, same_as, setting
+from utils.shared_settings import SharedSettings
 
 from .input_check import InputDescription, ModelExpectation, check_inputs, describe_h5, describe_nifti
 from .nifti import write_labels_nifti
@@ -33,18 +35,20 @@ _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
 @dataclass
 class PredictOptions:
-    checkpoint: str
-    input: str
-    output: str
-    device: str = "cpu"
-    largest_component: bool | None = None  # None: as the model was evaluated (LA on, others off)
-    tta: bool = False
-    batch_size: int = 4
-    dataset: str = ""  # LA / ACDC for official state dicts (default: guessed from the weights)
-    labels: str = ""  # folder of reference label files <case>.nii.gz: score the predictions (mm)
-    progress: bool = True
-    skip_input_checks: bool = False  # predict inputs that look implausible for the model (wrong ones stay refused)
-    fold_bn: bool = InferenceSettings.fold_bn  # BatchNorm folded into the convolutions (same function)
+    """predict.py's settings (its flags are generated from these fields)."""
+
+    checkpoint: str = setting(help="best_model.pth / last_model.pth, or an official .pth")
+    input: str = setting(help="a .nii/.nii.gz/.h5 file or a folder of them")
+    output: str = setting(help="folder for the label NIfTI files")
+    device: str = same_as(SharedSettings, "device")
+    dataset: str = setting("", "for official state dicts only (default: guessed from the weights)",
+                           choices=("", "LA", "ACDC"), metavar="{LA,ACDC}")
+    labels: str = setting("", "folder of reference <case>.nii.gz: score the predictions in mm")
+    skip_input_checks: bool = setting(False, "predict inputs whose intensities or voxel size do not look like the "
+                                             "model's training data (inputs of the wrong dimensionality or channel "
+                                             "count stay refused)", switch=True)
+    progress: bool = same_as(SharedSettings, "progress")
+    inference: InferenceSettings = nested(InferenceSettings)
 
 
 @dataclass
@@ -104,9 +108,8 @@ def describe_input(item: InputCase) -> InputDescription:
 
 def run_predict(options: PredictOptions) -> list[Path]:
     """Write `<output>/<case>.nii.gz` for every input case; with `labels`, also metrics.csv / summary.json."""
-    predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device, dataset=options.dataset,
-                                          batch_size=options.batch_size, nms=options.largest_component,
-                                          tta=options.tta, fold_bn=options.fold_bn)
+    predictor = Predictor.from_checkpoint(options.checkpoint, options.device, options.inference,
+                                          dataset=options.dataset)
     cases = find_inputs(options.input, predictor.network.in_channels)
     expectation = ModelExpectation.of(predictor.dataset, predictor.network.in_channels)
     for warning in check_inputs([describe_input(item) for item in cases], expectation, options.skip_input_checks,
@@ -144,7 +147,8 @@ def run_predict(options: PredictOptions) -> list[Path]:
         payload = report(rows, names, units="mm", spacing="each scan's voxel size (NIfTI header)",
                          empty_policy="official", checkpoint=str(Path(options.checkpoint).resolve()),
                          references=str(references.resolve()), n_cases=len(cases), cases=[c.case for c in cases],
-                         tta=options.tta, largest_component=predictor.settings.nms)
+                         tta=predictor.settings.tta,
+                         largest_component=predictor.settings.largest_component)
         write_csv(output / "metrics.csv", rows)
         write_json(output / "summary.json", payload)
         print(format_table(payload, "mm", f"{len(cases)} case(s) scored against {references}"))
