@@ -342,7 +342,7 @@ def test_a_cells_config_is_what_the_train_script_makes_of_the_same_flags(tmp_pat
 
     quick_flags = ["--lr_step", "0", "--consistency_rampup", "1", "--eval_start", "1", "--eval_every", "2",
                    "--save_every", "2", "--image_every", "0", "--eval_batch_size", "8", "--patch_size", "32,32,16",
-                   "--stride", "16,16,8", "--base_filters", "4"]
+                   "--stride", "16,16,8", "--base_filters", "4", "--batch_size", "4", "--labeled_bs", "2"]
     assert quick_train_settings("LA", synthetic=True) == train_args_settings("LA", quick_flags)
     run = Run("LA", "4", 4, "ua_mt", 1338, "test", 120, tmp_path / "run", "shared", "SS-Net")
     settings = CellSettings(device="cpu", num_workers=0, root_path="/data/LA", progress=False,
