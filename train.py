@@ -1,6 +1,7 @@
-"""Train SS-Net (or a baseline) on your own NIfTI dataset in the nnU-Net raw layout; see docs/own-data.md.
+"""Train SS-Net (or a baseline) on your own NIfTI dataset (nnU-Net raw or Decathlon layout); see docs/own-data.md.
 
     python train.py --data /data/Dataset001_Heart --mode 3d --target_spacing 1,1,1 --crop_nonzero
+    python train.py --data /data/Task02_Heart --mode 3d      # a Medical Segmentation Decathlon task as downloaded
     python train.py --data /data/Dataset001_Heart --mode 2d --labelnum 4 --method supervised --batch_size 12
 
 Every flag of train_la.py / train_acdc.py works here; --mode 3d takes the LA defaults (V-Net), 2d the ACDC ones
@@ -29,6 +30,8 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
 
 def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainConfig:
     """Resolve the config: classes and channels from dataset.json, the slice axis from the scans' spacing."""
+    if args.window is not None and "normalization" not in given:
+        args.normalization = "window"  # --window alone chooses the fixed-window normalisation
     options = options_from_args(NiftiOptions, args)
     dataset = f"NIfTI-{options.mode}"
     if args.resume:  # the saved config already holds the dataset description and preprocessing
@@ -38,14 +41,22 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
     import nibabel as nib
 
     from dataloaders.nifti import choose_slice_axis, read_nifti_dataset
+    from dataloaders.nifti_dataset import labeled_training_cases, resolve_preprocessing
 
     info = read_nifti_dataset(options.data)
+    print(f"data: {info.describe()}", file=sys.stderr)
     settings = settings_from_args(args)
     if "exp" not in given:
         settings["exp"] = f"{Path(options.data).resolve().name}_{options.mode}"
     spacings = [nib.load(str(info.image_paths(c)[0])).header.get_zooms()[:3] for c in info.labeled + info.unlabeled]
     preprocessing = replace(options.preprocessing,
                             slice_axis=choose_slice_axis(spacings, options.preprocessing.target_spacing))
+    split_seed = args.seed if options.split_seed is None else options.split_seed
+    preprocessing, chosen = resolve_preprocessing(
+        preprocessing, info, "normalization" in given,
+        lambda: labeled_training_cases(info, args.labelnum, args.select, args.lists_dir, options.num_val,
+                                       split_seed))
+    print(chosen, file=sys.stderr)
     settings.update(
         root_path=options.data, num_classes=info.num_classes,
         network_kwargs={**settings.get("network_kwargs", {}), "in_channels": info.num_channels,
@@ -58,8 +69,9 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
             "class_names": info.class_names,
             "channel_names": info.channel_names,
             "file_ending": info.file_ending,
+            "layout": info.layout,
             "num_val": options.num_val,
-            "split_seed": args.seed if options.split_seed is None else options.split_seed,
+            "split_seed": split_seed,
         })
     config = make_config(dataset, **settings)
     if not config.stride:

@@ -40,7 +40,8 @@ script cannot fetch reliably. Either:
      unpack it so that {dest}/data/<patient>_<frame>.h5 and {dest}/data/slices/<name>.h5 exist, then
      python -m data.verify {dest} --complete
   2. or register at the ACDC challenge site (https://www.creatis.insa-lyon.fr/Challenge/acdc/), download the
-     NIfTI release and convert it: python -m data.prepare_acdc RAW_FOLDER {dest}
+     NIfTI release, convert it (the same files, bit for bit) and check it:
+     python -m data.prepare_acdc RAW_FOLDER {dest} && python -m data.verify {dest}
   3. or, with a mirror serving the h5 layout: python -m data.download acdc {dest} --base_url URL"""
 CHUNK = 1 << 20
 

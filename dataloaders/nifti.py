@@ -1,6 +1,7 @@
-"""Datasets in the nnU-Net raw layout (NIfTI) and the preprocessing that maps a scan to the network grid and back.
+"""NIfTI datasets (nnU-Net raw or Medical Segmentation Decathlon layout) and the preprocessing that maps a scan to
+the network grid and back.
 
-Layout (nnU-Net v1 and v2 raw folders both work):
+nnU-Net raw layout (v1 and v2 folders both work):
 
     DIR/dataset.json                  label names and values, channel names, file ending
     DIR/imagesTr/<case>_0000.nii.gz   one file per input channel (_0000, _0001, ...)
@@ -8,10 +9,17 @@ Layout (nnU-Net v1 and v2 raw folders both work):
     DIR/imagesTs/<case>_0000.nii.gz   optional test scans
     DIR/labelsTs/<case>.nii.gz        optional references for the test scans (scored by predict.py --labels)
 
+Medical Segmentation Decathlon layout (a TaskXX_Name folder as downloaded): the same folders, but one file per
+case, `imagesTr/<case>.nii.gz`, multi-modal cases as one 4-D image with the channels on the last axis
+(Task01_BrainTumour: X x Y x Z x 4), `modality` in dataset.json, no labels for imagesTs/. The macOS `._*` files
+some Decathlon archives carry are ignored (in both layouts). `read_nifti_dataset` detects the layout.
+
 Preprocessing (`preprocess`, recorded in a `PreprocessRecord` so `restore_labels` can undo it exactly):
-  1. optional crop to the bounding box of the non-zero voxels of any channel (the body region);
+  1. optional crop to the body: the bounding box of the non-zero voxels of any channel, or for CT the largest
+     connected region above -500 HU (air is -1000 HU, not 0);
   2. optional resampling to `target_spacing` mm: images with a cubic (or linear) spline, labels nearest;
-  3. per-case, per-channel normalisation: z-score (the paper's "zero mean, unit variance"), min-max, or none.
+  3. per-channel normalisation: per-case z-score (the paper's "zero mean, unit variance"), min-max or none; for CT
+     nnU-Net's scheme with the training set's foreground statistics (`ct`) or a fixed HU window (dataloaders/ct.py).
 Arrays keep the NIfTI voxel axis order (i, j, k) with a leading channel axis: image (C, X, Y, Z).
 """
 from __future__ import annotations
@@ -32,11 +40,15 @@ from utils.errors import UserError
 from utils.settings import setting
 
 from .cases import check_label_values, parse_key
+from .ct import body_box, check_statistics, check_window, ct_normalize, parse_window, window_normalize
 
-NORMALIZATIONS = ("zscore", "minmax", "none")
+NORMALIZATIONS = ("zscore", "minmax", "none", "ct", "window")
 NIFTI_GROUP = "your NIfTI dataset"  # train.py's -h section of these settings
 UNLABELED = -1  # label value of unlabeled training samples: never read (methods get label=None), fails if used
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii(\.gz)?)$")
+LAYOUTS = {"nnunet": "nnU-Net raw layout (imagesTr/<case>_0000.nii.gz, one file per channel)",
+           "decathlon": "Medical Segmentation Decathlon layout (imagesTr/<case>.nii.gz, channels on the last axis "
+                        "of a 4-D image)"}
 
 
 # ----------------------------------------------------------------------------------------------- the folder
@@ -52,6 +64,7 @@ class NiftiDatasetInfo:
     unlabeled: list[str] = field(default_factory=list)  # imagesTr cases without one
     test: list[str] = field(default_factory=list)  # imagesTs cases
     test_labeled: list[str] = field(default_factory=list)  # imagesTs cases with a labelsTs file
+    layout: str = "nnunet"  # a key of LAYOUTS
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +80,17 @@ class NiftiDatasetInfo:
         return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1]) if _ != 0]
 
     def image_paths(self, case: str, subset: str = "Tr") -> list[Path]:
+        """The files of one case: one per channel (nnU-Net), or the one image holding every channel (Decathlon)."""
+        if self.layout == "decathlon":
+            return [self.root / f"images{subset}" / f"{case}{self.file_ending}"]
         return [self.root / f"images{subset}" / f"{case}_{c:04d}{self.file_ending}" for c in range(self.num_channels)]
+
+    def describe(self) -> str:
+        """One line for the log: the layout detected and what it holds."""
+        return (f"{self.root}: {LAYOUTS[self.layout]}; {len(self.labeled)} labeled, {len(self.unlabeled)} "
+                f"unlabeled training case(s), {len(self.test)} test scan(s) ({len(self.test_labeled)} with labels); "
+                f"{self.num_channels} channel(s) {', '.join(self.channel_names)}; classes "
+                f"{', '.join(self.class_names)}")
 
     def label_path(self, case: str, subset: str = "Tr") -> Path:
         return self.root / f"labels{subset}" / f"{case}{self.file_ending}"
@@ -90,12 +113,38 @@ def _parse_labels(raw: dict, path: Path) -> dict[str, int]:
     return labels
 
 
+def _visible_files(folder: Path, ending: str) -> list[Path]:
+    """Files ending in `ending`, without the hidden ones (macOS `._name` companions in Decathlon archives)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
+
+
+def detect_layout(root: Path, meta: dict, ending: str) -> str:
+    """'decathlon' or 'nnunet'. dataset.json's training entries name existing files only in the Decathlon's
+    own folders (nnU-Net v1 lists them without the _0000 its files carry); otherwise the file names decide."""
+    entries = [e.get("image", "") for e in meta.get("training", []) if isinstance(e, dict)]
+    if entries and all(entries) and all((root / e).is_file() for e in entries[:3]):
+        return "decathlon"
+    files = _visible_files(root / "imagesTr", ending)
+    with_channel = [p for p in files if _CHANNEL_FILE.match(p.name)]
+    if with_channel and len(with_channel) < len(files):
+        other = next(p for p in files if not _CHANNEL_FILE.match(p.name))
+        raise UserError(f"{root / 'imagesTr'} mixes nnU-Net channel files ({with_channel[0].name}) with "
+                        f"Decathlon-style files ({other.name}); keep one layout (docs/own-data.md)")
+    return "nnunet" if with_channel or not files else "decathlon"
+
+
+def _decathlon_cases_in(folder: Path, ending: str) -> list[str]:
+    return [p.name[: -len(ending)] for p in _visible_files(folder, ending)]
+
+
 def _cases_in(folder: Path, ending: str, num_channels: int) -> list[str]:
     """Case ids of `<case>_XXXX<ending>` files; every case needs every channel."""
     if not folder.is_dir():
         return []
     channels: dict[str, set[int]] = {}
-    for path in folder.iterdir():
+    for path in _visible_files(folder, ending):
         match = _CHANNEL_FILE.match(path.name)
         if match and match["ending"] == ending:
             channels.setdefault(match["case"], set()).add(int(match["channel"]))
@@ -131,11 +180,18 @@ def read_nifti_dataset(root: str | Path) -> NiftiDatasetInfo:
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in (".nii.gz", ".nii"):
         raise UserError(f"{meta_path}: file_ending {ending!r} is not supported; use .nii.gz or .nii")
-    info = NiftiDatasetInfo(root, labels, channel_names, ending)
+    info = NiftiDatasetInfo(root, labels, channel_names, ending, layout=detect_layout(root, meta, ending))
 
-    train_cases = _cases_in(root / "imagesTr", ending, info.num_channels)
+    if info.layout == "decathlon":
+        def cases_in(folder: Path) -> list[str]:
+            return _decathlon_cases_in(folder, ending)
+    else:
+        def cases_in(folder: Path) -> list[str]:
+            return _cases_in(folder, ending, info.num_channels)
+    train_cases = cases_in(root / "imagesTr")
     if not train_cases:
-        raise FileNotFoundError(f"{root / 'imagesTr'} holds no '<case>_0000{ending}' images")
+        raise FileNotFoundError(f"{root / 'imagesTr'} holds no '<case>_0000{ending}' (nnU-Net) or "
+                                f"'<case>{ending}' (Decathlon) images")
     info.labeled = [c for c in train_cases if info.label_path(c).is_file()]
     info.unlabeled = [c for c in train_cases if c not in set(info.labeled)]
     orphans = sorted(p.name for p in (root / "labelsTr").glob(f"*{ending}")
@@ -144,8 +200,15 @@ def read_nifti_dataset(root: str | Path) -> NiftiDatasetInfo:
         raise FileNotFoundError(f"{root / 'labelsTr'}: label(s) without an image in imagesTr, e.g. {orphans[0]}")
     if not info.labeled:
         raise UserError(f"{root}: no training case has a label in labelsTr/; at least one labeled case is needed")
-    info.test = _cases_in(root / "imagesTs", ending, info.num_channels)
+    info.test = cases_in(root / "imagesTs")
     info.test_labeled = [c for c in info.test if info.label_path(c, "Ts").is_file()]
+    if info.layout == "decathlon":
+        first = info.image_paths(train_cases[0])[0]
+        channels = scan_channels(first)
+        if channels != info.num_channels:
+            raise UserError(f"{first} holds {channels} channel(s) but {meta_path} names {info.num_channels} "
+                            f"({', '.join(channel_names)}); a multi-modal Decathlon image keeps its channels on "
+                            f"the last axis")
     return info
 
 
@@ -160,7 +223,9 @@ class Scan:
     header: object  # nibabel header of the first channel (None for h5 input)
 
 
-def _read_volume(path: Path):
+def _read_volume(path: Path, channels_last: bool = False):
+    """(nibabel image, 3-D spatial shape, channels). With `channels_last`, a 4-D X x Y x Z x C image is C channels
+    of one case (the Decathlon's multi-modal layout); otherwise only trailing axes of size 1 may follow the three."""
     import nibabel as nib
 
     if not path.is_file():
@@ -174,24 +239,33 @@ def _read_volume(path: Path):
         shape = shape[:-1]
     if len(shape) == 2:
         shape = (*shape, 1)
+    channels = 1
+    if channels_last and len(shape) == 4:
+        shape, channels = shape[:3], int(shape[3])
     if len(shape) != 3:
-        raise UserError(f"{path} has shape {img.shape}; expected a 3-D scan (one file per channel)")
-    return img, shape
+        raise UserError(f"{path} has shape {img.shape}; expected a 3-D scan"
+                        + (" or a 4-D image with the channels on the last axis" if channels_last else ""))
+    return img, shape, channels
 
 
 def read_scan_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """(3-D shape, voxel size in mm) of one channel file as read_scan sees it, without reading the voxels."""
-    img, shape = _read_volume(Path(path))
+    img, shape, _ = _read_volume(Path(path), channels_last=True)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return tuple(int(s) for s in shape), zooms + (1.0,) * (3 - len(zooms))
 
 
+def scan_channels(path: Path) -> int:
+    """Channels one image file holds (1, or C for a 4-D X x Y x Z x C image), from its header."""
+    return _read_volume(Path(path), channels_last=True)[2]
+
+
 def read_scan(paths: Sequence[Path]) -> Scan:
-    """Read the channel files of one case; they must share shape and affine."""
+    """Read the files of one case (one per channel, or 4-D files with channels last); one shape and affine."""
     channels, first = [], None
     for path in paths:
-        img, shape = _read_volume(Path(path))
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        img, shape, count = _read_volume(Path(path), channels_last=True)
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape((*shape, count))
         if not np.isfinite(data).all():
             raise UserError(f"{path}: {int(data.size - np.isfinite(data).sum())} NaN/Inf voxels; fix or exclude "
                              f"this case")
@@ -200,7 +274,7 @@ def read_scan(paths: Sequence[Path]) -> Scan:
         elif shape != channels[0].shape or not np.allclose(img.affine, first.affine, atol=1e-4):
             raise UserError(f"{path}: shape {shape} / affine differ from channel 0 {paths[0]}; channels of one "
                              f"case must be on the same grid")
-        channels.append(data)
+        channels.extend(np.moveaxis(data, -1, 0))
     zooms = tuple(float(z) for z in first.header.get_zooms()[:3])
     zooms = zooms + (1.0,) * (3 - len(zooms))
     return Scan(np.stack(channels), zooms, np.asarray(first.affine, dtype=np.float64), first.header)
@@ -208,7 +282,7 @@ def read_scan(paths: Sequence[Path]) -> Scan:
 
 def read_label(path: Path, shape: tuple[int, ...], num_classes: int | None = None) -> np.ndarray:
     """uint8 label map; values must be class indices below `num_classes` (no silent uint8 wrap-around)."""
-    img, label_shape = _read_volume(Path(path))
+    img, label_shape, _ = _read_volume(Path(path))
     if tuple(label_shape) != tuple(shape):
         raise UserError(f"{path}: label shape {label_shape} differs from the image shape {shape}")
     return check_label_values(np.asarray(img.dataobj).reshape(label_shape), Path(path), "label map", num_classes)
@@ -220,21 +294,40 @@ class Preprocessing:
     """Written into every checkpoint (config.nifti.preprocessing) so predict.py repeats it on new scans; train.py's
     preprocessing flags are generated from these fields."""
 
-    normalization: str = setting("zscore", "per-case, per-channel intensity normalisation (the paper: zscore)",
-                                 choices=NORMALIZATIONS, group=NIFTI_GROUP)
+    normalization: str = setting(
+        "zscore", "per-case, per-channel intensity normalisation (the paper: zscore); ct: nnU-Net's CT scheme with the "
+        "foreground statistics of the labeled training cases, chosen when dataset.json names every channel CT; "
+        "window: a fixed HU window (--window)", choices=NORMALIZATIONS, group=NIFTI_GROUP)
     target_spacing: tuple[float, ...] | None = setting(
         None, "resample every case to this voxel size (per array axis); default: keep each grid", unit="mm",
         parse=float_list, group=NIFTI_GROUP)
-    crop_nonzero: bool = setting(False, "crop each case to its non-zero (body) region", switch=True,
-                                 group=NIFTI_GROUP)
+    crop_nonzero: bool = setting(False, "crop each case to its non-zero (body) region; on CT to the largest region "
+                                        "above -500 HU", switch=True, group=NIFTI_GROUP)
     image_order: int = setting(3, "image resampling: 3 cubic, 1 linear (labels always nearest)", choices=(1, 3),
                                group=NIFTI_GROUP)
     slice_axis: int = setting(2, "2-D mode: the array axis slices are taken along (the coarsest one, from the "
                                  "scans' spacing)", flag=False)
+    window: tuple[float, float] | None = setting(
+        None, "CT: clip to this HU window and map it to [0, 1] instead of the CT statistics (sets --normalization "
+              "window), e.g. --window=-160,240 (with '=': a negative value is not a flag)", unit="HU",
+        parse=parse_window, metavar="LOW,HIGH", group=NIFTI_GROUP)
+    modality: str = setting("", "'CT' for scans in Hounsfield units (body crop, predict.py's modality check), "
+                                "else ''; from dataset.json and the normalisation", flag=False)
+    ct_statistics: list[dict[str, float]] | None = setting(
+        None, "per channel, the foreground statistics of the CT scheme (percentile_00_5, percentile_99_5, mean, "
+              "std), computed by train.py", flag=False)
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise UserError(f"unknown normalization {self.normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
+        self.window = check_window(self.window)
+        if (self.window is not None) != (self.normalization == "window"):
+            raise UserError("--window LOW,HIGH and --normalization window go together (a fixed HU window); "
+                            f"got normalization {self.normalization!r} and window {self.window}")
+        if self.modality not in ("", "CT"):
+            raise UserError(f"modality must be 'CT' or '' (not CT), got {self.modality!r}")
+        if self.ct_statistics is not None:
+            self.ct_statistics = check_statistics(self.ct_statistics, len(self.ct_statistics))
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)
             if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
@@ -247,6 +340,7 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["target_spacing"] = list(self.target_spacing) if self.target_spacing else None
+        d["window"] = list(self.window) if self.window else None
         return d
 
     @classmethod
@@ -296,13 +390,25 @@ def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out
 
 
-def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Per-channel intensity normalisation of (C, *spatial)."""
+def normalize(image: np.ndarray, method: str, ct_statistics: Sequence[dict[str, float]] | None = None,
+              window: tuple[float, float] | None = None) -> np.ndarray:
+    """Per-channel intensity normalisation of (C, *spatial); `ct` needs one statistics dict per channel,
+    `window` the HU window."""
     if method == "none":
         return image.astype(np.float32, copy=False)
+    if method == "ct" and (ct_statistics is None or len(ct_statistics) != image.shape[0]):
+        raise UserError(f"the CT normalisation needs the training set's foreground statistics for each of the "
+                        f"{image.shape[0]} channel(s); train.py computes them (config.nifti.preprocessing."
+                        f"ct_statistics), got {ct_statistics}")
+    if method == "window" and window is None:
+        raise UserError("the window normalisation needs --window LOW,HIGH (HU)")
     out = np.empty_like(image, dtype=np.float32)
     for c, channel in enumerate(image):
-        if method == "zscore":
+        if method == "ct":
+            out[c] = ct_normalize(channel, ct_statistics[c])
+        elif method == "window":
+            out[c] = window_normalize(channel, window)
+        elif method == "zscore":
             out[c] = (channel - channel.mean()) / max(float(channel.std()), 1e-8)
         else:  # minmax
             low, high = float(channel.min()), float(channel.max())
@@ -314,7 +420,10 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], settings: Preprocess
                label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, PreprocessRecord]:
     """(C, X, Y, Z) scan -> network-grid image (and label), plus the record that undoes it."""
     spatial = tuple(image.shape[1:])
-    box = nonzero_box(image) if settings.crop_nonzero else tuple((0, s) for s in spatial)
+    if not settings.crop_nonzero:
+        box = tuple((0, s) for s in spatial)
+    else:  # CT: air is -1000 HU, not 0, so the body is what lies well above air
+        box = body_box(image) if settings.modality == "CT" else nonzero_box(image)
     window = tuple(slice(a, b) for a, b in box)
     image = image[(slice(None), *window)]
     label = label[window] if label is not None else None
@@ -324,7 +433,7 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], settings: Preprocess
         image = np.stack([resize(channel, new_shape, settings.image_order) for channel in image])
         label = resize(label, new_shape, 0) if label is not None else None
     record = PreprocessRecord(spatial, cropped_spacing, box, new_shape)
-    return normalize(image, settings.normalization), label, record
+    return normalize(image, settings.normalization, settings.ct_statistics, settings.window), label, record
 
 
 def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:

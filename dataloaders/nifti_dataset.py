@@ -9,7 +9,8 @@ In 2-D mode the labeled / unlabeled items are slices `<case>_slice_<k>` of the p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 from utils.errors import UserError
 from utils.settings import nested, setting
 
+from .ct import foreground_statistics, is_ct
 from .datasets import DatasetAdapter, count
 from .nifti import (
     NIFTI_GROUP,
@@ -46,7 +48,9 @@ class NiftiOptions:
     """train.py's settings of a user's NIfTI folder (its flags are generated from these fields); with what the
     folder's dataset.json says they become the run's `config.nifti`."""
 
-    data: str = setting("", "nnU-Net raw folder: dataset.json, imagesTr/, labelsTr/[, imagesTs/]", group=NIFTI_GROUP)
+    data: str = setting("", "nnU-Net raw folder (dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/[, imagesTs/]) "
+                            "or a Decathlon task folder (imagesTr/<case>.nii.gz); the layout is detected",
+                        group=NIFTI_GROUP)
     mode: str = setting("3d", "3d: V-Net on volumes (LA defaults); 2d: U-Net on slices (ACDC defaults)",
                         choices=NIFTI_MODES, group=NIFTI_GROUP)
     preprocessing: Preprocessing = nested(Preprocessing)
@@ -106,7 +110,11 @@ class NiftiDataset(DatasetAdapter):
         info, subset = self._need_info(), self._subset(case)
         key = (subset, case)
         if key not in self._prepared:
-            scan = read_scan(info.image_paths(case, subset))
+            paths = info.image_paths(case, subset)
+            scan = read_scan(paths)
+            if scan.image.shape[0] != info.num_channels:
+                raise UserError(f"{paths[0]}: {scan.image.shape[0]} channel(s); dataset.json names "
+                                f"{info.num_channels} ({', '.join(info.channel_names)})")
             label_path = info.label_path(case, subset)
             # dataset.json's label names fix the classes: any other value is an error, not a wrapped uint8
             label = read_label(label_path, scan.image.shape[1:], info.num_classes) if label_path.is_file() else None
@@ -178,6 +186,55 @@ class NiftiDataset(DatasetAdapter):
         if label is None:
             raise UserError(f"case {case_id} has no label file; it cannot be scored")
         return image, label
+
+
+def ct_statistics_of(info: NiftiDatasetInfo, cases: list[str]) -> list[dict[str, float]]:
+    """nnU-Net's CT statistics (per channel: 0.5 / 99.5 percentiles, mean, std) of the labeled voxels of `cases`
+    pooled, on each scan's own grid (the foreground lies inside any body crop; resampling would invent values)."""
+    def scans_and_labels():
+        for case in cases:
+            scan = read_scan(info.image_paths(case))
+            yield scan.image, read_label(info.label_path(case), scan.image.shape[1:], info.num_classes)
+
+    return foreground_statistics(scans_and_labels())
+
+
+def labeled_training_cases(info: NiftiDatasetInfo, labelnum: int, select: str, lists_dir: str | Path = "",
+                           num_val: int = -1, split_seed: int = 1337) -> list[str]:
+    """The cases whose labels a run trains on (validation and the labeled cases beyond labelnum excluded): the
+    split is drawn per case, the same in 2-D and 3-D mode, without reading any scan."""
+    return NiftiDataset("3d", Preprocessing(), info, num_val=num_val, split_seed=split_seed).split(
+        labelnum, select, lists_dir).labeled
+
+
+def resolve_preprocessing(preprocessing: Preprocessing, info: NiftiDatasetInfo, normalization_given: bool,
+                          labeled_cases: Callable[[], list[str]]) -> tuple[Preprocessing, str]:
+    """The run's preprocessing with what dataset.json implies, and one line saying what was chosen.
+
+    A dataset whose channels are all named CT gets nnU-Net's CT scheme unless --normalization or --window says
+    otherwise, and its scans count as CT (body crop, predict.py's modality check). The CT statistics are computed
+    here, once, from the labeled voxels of `labeled_cases()` (the run's labeled training cases only: validation
+    and unlabeled cases keep their labels out of training), and travel in the config and every checkpoint.
+    """
+    ct = is_ct(info.channel_names)
+    normalization = preprocessing.normalization
+    if ct and not normalization_given and preprocessing.window is None:
+        normalization = "ct"
+    resolved = replace(preprocessing, normalization=normalization,
+                       modality="CT" if ct or normalization in ("ct", "window") else "", ct_statistics=None)
+    why = "dataset.json names CT" if ct and not normalization_given else "as asked"
+    if normalization == "window":
+        low, high = resolved.window
+        return resolved, f"normalization: window [{low:g}, {high:g}] HU -> [0, 1] ({why})"
+    if normalization != "ct":
+        return resolved, f"normalization: {normalization} per case and channel"
+    cases = labeled_cases()
+    resolved = replace(resolved, ct_statistics=ct_statistics_of(info, cases))
+    numbers = "; ".join(f"{name}: clip [{s['percentile_00_5']:.5g}, {s['percentile_99_5']:.5g}], mean "
+                        f"{s['mean']:.5g}, std {s['std']:.5g}" for name, s in zip(info.channel_names,
+                                                                                 resolved.ct_statistics, strict=True))
+    return resolved, (f"normalization: ct, nnU-Net's CT scheme ({why}), from the labeled voxels of "
+                      f"{count(len(cases), 'labeled training case')}: {numbers}")
 
 
 def dataset_from_config(config) -> NiftiDataset:

@@ -12,8 +12,12 @@ dataset adapter (how its stored h5 arrays are normalised, the voxel size it resa
   training grid along an axis the network sees.
 * Warned about on stderr, prediction goes on: a voxel size 2-4x off that grid.
 
-Not checkable: the intensities of a NIfTI scan (each scan is normalised on its own), and the anatomy or the
-modality of an input of the right shape.
+* Refused unless --skip_input_checks: a NIfTI scan whose intensities are not of the model's modality: for a model
+  trained on CT (Hounsfield units) a scan with nothing below -200 (no air, no fat: an MR or a normalised volume);
+  for any other model a scan in HU (minimum at or below -900 and at least 1 % of the voxels at or below -500).
+
+Not checkable: other intensities of a NIfTI scan (each scan is normalised on its own), and the anatomy of an
+input of the right shape.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataloaders import DatasetAdapter
-from dataloaders.nifti import read_scan_header
+from dataloaders.ct import hu_summary, modality_problem
+from dataloaders.nifti import read_scan_header, scan_channels
 from utils.errors import UserError
 
 VOXEL_SIZE_REFUSED = 4.0  # scan voxel size / training voxel size (or its inverse) beyond which a scan is refused
@@ -40,6 +45,7 @@ class InputDescription:
     channels: int
     spacing: tuple[float, ...] | None = None  # mm, NIfTI only
     intensity: tuple[float, float, float, float] | None = None  # (min, max, mean, sd), h5 only
+    hu: tuple[float, float] | None = None  # NIfTI only: (minimum, fraction at or below -500) of channel 0
 
 
 @dataclass
@@ -52,6 +58,7 @@ class ModelExpectation:
     stored_normalization: str  # of h5 arrays: "zscore", "minmax", "" (the model normalises them itself)
     voxel_size: tuple[float, ...] | None  # mm the scans are resampled to; None: kept as they are
     slice_axis: int | None  # 2-D networks on volumes: the axis sliced (its spacing does not matter)
+    ct: bool = False  # trained on CT scans in Hounsfield units
 
     @classmethod
     def of(cls, dataset: DatasetAdapter, in_channels: int) -> ModelExpectation:
@@ -59,7 +66,7 @@ class ModelExpectation:
         slice_axis = dataset.slice_axis if dataset.slice_axis is not None else (2 if dataset.spatial_dims == 2
                                                                                  else None)
         return cls(dataset.name, dataset.spatial_dims, int(in_channels), dataset.stored_normalization,
-                   tuple(target) if target else None, slice_axis)
+                   tuple(target) if target else None, slice_axis, dataset.scan_preprocessing.modality == "CT")
 
 
 def describe_h5(case: str, path, image: np.ndarray) -> InputDescription:
@@ -70,8 +77,14 @@ def describe_h5(case: str, path, image: np.ndarray) -> InputDescription:
 
 
 def describe_nifti(case: str, paths) -> InputDescription:
+    import nibabel as nib
+
     shape, spacing = read_scan_header(paths[0])
-    return InputDescription(case, str(paths[0]), "nifti", shape, len(paths), spacing=spacing)
+    channels = sum(scan_channels(p) for p in paths)
+    voxels = np.asanyarray(nib.load(str(paths[0])).dataobj)
+    first_channel = voxels.reshape(*shape, -1)[..., 0] if voxels.size else voxels
+    return InputDescription(case, str(paths[0]), "nifti", shape, channels, spacing=spacing,
+                            hu=hu_summary(first_channel) if first_channel.size else None)
 
 
 def intensity_problem(stats: tuple[float, float, float, float], normalization: str, name: str) -> str:
@@ -97,7 +110,8 @@ def problems(item: InputDescription, expect: ModelExpectation) -> tuple[list[str
     """(always refused, refused unless skipped, warnings) for one input."""
     fatal, implausible, warnings = [], [], []
     if item.channels != expect.in_channels:
-        hint = (f"; give the channels as <case>_0000.nii.gz ... <case>_{expect.in_channels - 1:04d}.nii.gz"
+        hint = (f"; give the channels as <case>_0000.nii.gz ... <case>_{expect.in_channels - 1:04d}.nii.gz "
+                f"or as one 4-D image with the channels on the last axis"
                 if item.kind == "nifti" or expect.in_channels > 1 else "")
         fatal.append(f"{item.channels} input channel(s); the model takes {expect.in_channels}{hint}")
     if item.kind == "h5" and len(item.shape) != 3:
@@ -107,6 +121,10 @@ def problems(item: InputDescription, expect: ModelExpectation) -> tuple[list[str
         fatal.append(f"a single slice {item.shape}; the model is a 3-D network trained on volumes")
     if item.intensity is not None and expect.stored_normalization:
         problem = intensity_problem(item.intensity, expect.stored_normalization, expect.name)
+        if problem:
+            implausible.append(problem)
+    if item.hu is not None:
+        problem = modality_problem(item.hu, expect.ct)
         if problem:
             implausible.append(problem)
     if item.spacing is not None and expect.voxel_size is not None:

@@ -62,7 +62,9 @@ def find_inputs(path: str | Path, in_channels: int) -> list[InputCase]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--input {path} does not exist; give a NIfTI / h5 file or a folder of them")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # hidden files are skipped: the macOS `._<name>` companions some Decathlon archives carry are not scans
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() \
+        else [path]
     cases: dict[str, list[Path]] = {}
     for file in files:
         if file.suffix == ".h5":

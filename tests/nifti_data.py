@@ -65,3 +65,67 @@ def make_nifti_dataset(root: Path, n_labeled: int = 3, n_unlabeled: int = 3, n_t
         "file_ending": ".nii.gz",
     }))
     return root
+
+
+def make_decathlon_task(root: Path, prefix: str = "la", n_labeled: int = 4, n_unlabeled: int = 1, n_test: int = 2,
+                        channels: int = 1, spacing=(1.25, 1.25, 2.5), seed: int = 0) -> Path:
+    """A Medical Segmentation Decathlon task folder as downloaded: imagesTr/<prefix>_003.nii.gz (no channel suffix;
+    several channels as one 4-D image, channels last), labelsTr/, imagesTs/ without labels, the Decathlon's
+    dataset.json (modality, labels "0": name, training / test lists) and a macOS `._` companion file."""
+    rng = np.random.default_rng(seed)
+    affine = rotated_affine(spacing)
+    training, test = [], []
+    for i in range(n_labeled + n_unlabeled + n_test):
+        case = f"{prefix}_{i + 3:03d}"
+        subset = "Tr" if i < n_labeled + n_unlabeled else "Ts"
+        images, label = synthetic_case(rng, channels=channels)
+        image = images[0] if channels == 1 else np.stack(images, axis=-1)  # (X, Y, Z[, C])
+        write_nifti(root / f"images{subset}" / f"{case}.nii.gz", image, affine)
+        if i < n_labeled:
+            write_nifti(root / "labelsTr" / f"{case}.nii.gz", label, affine)
+            training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+        elif subset == "Ts":
+            test.append(f"./imagesTs/{case}.nii.gz")
+    (root / "imagesTr" / f"._{prefix}_003.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "Toy", "tensorImageSize": "4D" if channels > 1 else "3D",
+        "modality": {str(c): ("FLAIR", "T1w", "t1gd", "T2w")[c] if channels > 1 else "MRI" for c in range(channels)},
+        "labels": {"0": "background", "1": "ball", "2": "box"},
+        "numTraining": len(training), "numTest": len(test), "training": training, "test": test,
+    }, indent=1))
+    return root
+
+
+def synthetic_ct_case(rng: np.random.Generator, shape=(40, 36, 14)):
+    """(image in HU, label 0/1): air -1000, a soft-tissue body about 40 HU, a bright labeled organ about 150 HU,
+    a bone rod about 1200 HU, and a detached table slab (-100 HU) below the body, across an air gap."""
+    grid = np.indices(shape).astype(float)
+    body = (((grid[0] - 20) / 15) ** 2 + ((grid[1] - 16) / 12) ** 2) <= 1
+    organ = (((grid[0] - 17 - rng.uniform(-1, 1)) / 5) ** 2 + ((grid[1] - 14) / 4) ** 2
+             + ((grid[2] - 7) / 4) ** 2) <= 1
+    bone = (((grid[0] - 26) / 2.5) ** 2 + ((grid[1] - 18) / 2.5) ** 2) <= 1
+    image = np.full(shape, -1000.0) + rng.normal(0, 5, shape)
+    image[body] = 40 + rng.normal(0, 10, int(body.sum()))
+    image[organ & body] = 150 + rng.normal(0, 15, int((organ & body).sum()))
+    image[bone & body] = 1200 + rng.normal(0, 60, int((bone & body).sum()))
+    image[:, 31:33, :] = -100.0  # the table: above the body threshold, but not connected to the body
+    label = (organ & body).astype(np.uint8)
+    return image.astype(np.float32), label
+
+
+def make_ct_dataset(root: Path, n_labeled: int = 4, n_unlabeled: int = 1, n_test: int = 1,
+                    spacing=(0.8, 0.8, 2.5), seed: int = 0) -> Path:
+    """An nnU-Net raw folder of synthetic CT scans (int16 HU, as CT is stored), channel name CT."""
+    rng = np.random.default_rng(seed)
+    affine = rotated_affine(spacing)
+    cases = [("Tr", f"ct{i:03d}", i < n_labeled) for i in range(n_labeled + n_unlabeled)]
+    cases += [("Ts", f"cttest{i:03d}", True) for i in range(n_test)]
+    for subset, case, labeled in cases:
+        image, label = synthetic_ct_case(rng)
+        write_nifti(root / f"images{subset}" / f"{case}_0000.nii.gz", np.rint(image).astype(np.int16), affine)
+        if labeled:
+            write_nifti(root / f"labels{subset}" / f"{case}.nii.gz", label, affine)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                   "labels": {"background": 0, "organ": 1},
+                                                   "file_ending": ".nii.gz"}))
+    return root
