@@ -10,8 +10,9 @@
 
 Re-running the same command never redoes finished work: finished runs are reused, interrupted ones resume
 from their newest checkpoint, tested checkpoints are not tested again; a cell another live launch works on is
-skipped. Results: results/<dataset>.md, .csv, _cases.csv, _paired.csv, .png, from the finished cells (the
-missing ones are named). Protocols and launchers: see docs/reproduction.md.
+skipped. Results: results/<dataset>.md, .csv, _cases.csv, _paired.csv (every method against --reference,
+default supervised), _paired_cases.csv, .png and, with several --labelnum, _budgets.png (Dice against the number of
+labeled cases), from the finished cells (the missing ones are named). Protocols and launchers: see docs/reproduction.md.
 """
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ def train_config(run: Run, settings: CellSettings) -> TrainConfig:
              "select": run.select, "run_dir": str(run.run_dir), "max_iteration": run.max_iteration,
              "schedule": run.schedule, "device": settings.device, "num_workers": settings.num_workers,
              "exp": f"{run.dataset}_reproduce", "progress": settings.progress,
-             "root_path": settings.root_path or None, "lists_dir": settings.lists_dir or None}  # None: the dataset's
+             "root_path": settings.root_path or None, "lists_dir": settings.lists_dir or None,  # None: the dataset's
+             "pretrain_iterations": run.pretrain_iterations or None}  # a two-stage method's, shortened with the run
     return make_config(run.dataset, **given)
 
 

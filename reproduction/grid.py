@@ -125,6 +125,9 @@ class GridOptions:
     wait: bool = setting(False, "--launcher slurm: wait for the jobs and write the tables (default: print the job "
                                 "ids and return; follow with --status, then --aggregate)", switch=True,
                          group=LAUNCHER_FLAGS)
+    reference: str = setting("supervised", "the paired comparisons: every method against this one at the same "
+                                           "budget, schedule and seeds (default supervised: does the unlabeled "
+                                           "data help?; e.g. ss_net)")
 
 
 @dataclass
@@ -165,7 +168,9 @@ def quick_train_settings(dataset: str, synthetic: bool) -> dict[str, Any]:
               "image_every": 0, "eval_batch_size": 8}
     if dataset == "LA":
         patch, stride = ([32, 32, 16], [16, 16, 8]) if synthetic else ([64, 64, 32], [32, 32, 16])
-        return {**common, "patch_size": patch, "stride": stride, "network_kwargs": {"base_filters": 4}}
+        return {**common, "patch_size": patch, "stride": stride, "network_kwargs": {"base_filters": 4},
+                # batch 4 (2 labeled) for every method: a recipe's larger batch (BCP's 8) needs more cases
+                "batch_size": 4, "labeled_bs": 2}
     return {**common, "patch_size": [64, 64], "batch_size": 4, "labeled_bs": 2}
 
 
@@ -251,7 +256,7 @@ def case_rows_of(evaluation: Evaluation, mode: str) -> list[dict]:
         for r in metrics:
             rows.append({**r, "mode": mode, "protocol": protocol, "budget": run.budget, "labelnum": run.labelnum,
                          "method": run.method, "role": run.role, "seed": run.seed,
-                         "schedule": run.schedule_label, "iterations": run.max_iteration,
+                         "schedule": run.schedule_label, "iterations": run.total_iterations,
                          "checkpoint": str(run.run_dir / evaluation.checkpoint),
                          **{k: float(r[k]) for k in ("dice", "jaccard", "hd95", "asd", "assd")}})
     return rows
@@ -286,6 +291,7 @@ def run_grid(options: GridOptions) -> GridResult:
         train_settings = {**quick_train_settings(dataset, synthetic), **train_settings}
     budgets = budgets or DEFAULT_BUDGETS[dataset]
     methods = list(dict.fromkeys(options.methods or all_methods()))
+    check_reference(options.reference)
     plan = plan_grid(dataset, budgets, methods, options.seeds, options.protocols, runs_dir, max_iteration,
                      options.lists_dir, options.schedule)
     lists_dir = get_dataset(dataset).lists_dir(options.lists_dir)
@@ -324,7 +330,10 @@ def run_grid(options: GridOptions) -> GridResult:
     elif not submit_grid(cells, options, runs_dir, result):
         return result  # submitted without --wait: the tables come from a later --aggregate
     header = header_lines(options, plan, mode, max_iteration, train_settings, banner, runs_dir)
-    write_tables(cells, results_dir, dataset, mode, header, result)
+    if options.reference not in methods:
+        header.append(f"Note: no paired comparison: the reference method {options.reference} is not in --methods "
+                      f"(add it, or choose another with --reference).")
+    write_tables(cells, results_dir, dataset, mode, header, result, options.reference)
     print(format_summary(result, banner))
     return result
 
@@ -487,8 +496,17 @@ def submit_grid(cells: list[Cell], options: GridOptions, runs_dir: Path, result:
 # ---- the tables ----------------------------------------------------------------------------------------------
 
 
+def check_reference(reference: str) -> None:
+    from methods import check_method_name
+
+    try:
+        check_method_name(reference)
+    except UserError as exc:
+        raise UserError(f"--reference: {exc}") from None
+
+
 def write_tables(cells: list[Cell], results_dir: Path, dataset: str, mode: str, header: list[str],
-                 result: GridResult) -> None:
+                 result: GridResult, reference: str = "supervised") -> None:
     """The tables from the finished cells only; the cells still missing are named in the header."""
     case_rows: list[dict] = []
     notes: list[str] = []
@@ -512,7 +530,8 @@ def write_tables(cells: list[Cell], results_dir: Path, dataset: str, mode: str, 
     if not case_rows:
         print(f"no finished cell yet ({len(cells)} missing): no tables written", flush=True)
         return
-    result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header)
+    result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header,
+                                   reference=reference)
     print(result.outputs["md"].read_text())
 
 
@@ -536,7 +555,9 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
     which = ("each baseline on its authors' recipe, SS-Net and the labeled-only bounds on SS-Net's "
              "(`--schedule recipe`; docs/baselines.md)" if options.schedule == "recipe" else
              "SS-Net's schedule for every method (`--schedule shared`), not the baselines' published recipes")
-    lengths = ", ".join(f"{m} {n:,}" for m, n in dict.fromkeys((r.method, r.max_iteration) for r in plan.runs))
+    lengths = ", ".join(f"{m} {n:,}" + (f" (after a {p:,}-iteration pre-train)" if p else "")
+                        for m, n, p in dict.fromkeys((r.method, r.max_iteration, r.pretrain_iterations)
+                                                     for r in plan.runs))
     published = ("Published numbers: left out (synthetic or tiny data cannot be compared with them)."
                  if options.quick else f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` "
                                        f"(source of each row in the CSV).")
@@ -545,7 +566,9 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
               f"{' (shortened)' if max_iteration else ''}{changed}.",
               f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. {published}",
               f"Files: `{options.dataset}.csv` (this table), `{options.dataset}_cases.csv` (every case, class, "
-              f"seed and protocol), `{options.dataset}_paired.csv` (paired statistics), `{options.dataset}.png`."]
+              f"seed and protocol), `{options.dataset}_paired.csv` (paired statistics against {options.reference}), "
+              f"`{options.dataset}_paired_cases.csv` (their per-case differences), `{options.dataset}.png` and, with "
+              f"several budgets, `{options.dataset}_budgets.png`."]
     lines += [f"Note: {n}." for n in plan.notes]
     return lines
 

@@ -71,6 +71,12 @@ class Run:
     run_dir: Path
     schedule: str = "recipe"  # --schedule of the run
     schedule_label: str = "SS-Net"  # "recipe" (the method's authors' schedule) or "SS-Net" (SS-Net's)
+    pretrain_iterations: int = 0  # a two-stage method's first stage (BCP), run before max_iteration
+
+    @property
+    def total_iterations(self) -> int:
+        """Both stages' iterations: what the run costs."""
+        return self.pretrain_iterations + self.max_iteration
 
     @property
     def role(self) -> str:
@@ -95,10 +101,17 @@ class Run:
         return "partial" if list_checkpoints(self.run_dir) else "new"
 
     def done_iterations(self) -> int:
+        """Iterations trained so far, both stages of a two-stage run counted."""
         if self.status() == "finished":
-            return self.max_iteration
+            return self.total_iterations
         saved = list_checkpoints(self.run_dir)
-        return saved[-1][0] if saved else 0
+        pretrain = 0
+        if self.pretrain_iterations:  # training/stages.py: the first stage runs in RUN_DIR/pretrain
+            first = self.run_dir / "pretrain"
+            first_saved = list_checkpoints(first) if first.is_dir() else []
+            pretrain = self.pretrain_iterations if (first / "result.json").is_file() else \
+                (first_saved[-1][0] if first_saved else 0)
+        return pretrain + (saved[-1][0] if saved else 0)
 
 
 @dataclass(frozen=True)
@@ -186,7 +199,12 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
                     run_dir = (Path(runs_dir) / dataset / f"{budget}_labeled" / method
                                / f"seed{seed}_select_{select}{suffix}")
                     iterations = max_iteration if max_iteration is not None else method_plan.max_iteration
-                    run = Run(dataset, budget, labelnum, method, seed, select, iterations, run_dir, schedule, label)
+                    # a first stage keeps its recipe length, shortened with the run (never longer than it)
+                    pretrain = recipe_plan.pretrain_iterations
+                    if max_iteration is not None:
+                        pretrain = min(pretrain, max_iteration)
+                    run = Run(dataset, budget, labelnum, method, seed, select, iterations, run_dir, schedule, label,
+                              pretrain)
                     runs.append(run)
                     by_checkpoint: dict[str, list[str]] = {}
                     for report in reports:
@@ -268,7 +286,7 @@ def estimate_hours(plan: Plan, timings: dict[tuple[str, str], dict]) -> tuple[fl
     """(hours for the remaining iterations of the measured methods, unmeasured methods, measurement sources)."""
     seconds, unknown, sources = 0.0, [], []
     for run in plan.runs:
-        remaining = run.max_iteration - run.done_iterations()
+        remaining = run.total_iterations - run.done_iterations()
         timing = timings.get((run.dataset, run.method))
         if timing is None:
             if remaining and run.method not in unknown:
@@ -293,11 +311,12 @@ def format_plan(plan: Plan, timings: dict[tuple[str, str], dict], banner: str = 
     total = remaining = 0
     for run in plan.runs:
         done = run.done_iterations()
-        total += run.max_iteration
-        remaining += run.max_iteration - done
+        total += run.total_iterations
+        remaining += run.total_iterations - done
+        stages = f" ({run.pretrain_iterations:,} pre-train + {run.max_iteration:,})" if run.pretrain_iterations else ""
         lines.append(f"{run.budget:>7s} {run.labelnum:>7d}  {run.method:14s}{run.seed:>6d}  {run.select:7s}"
-                     f"{run.schedule_label:9s}{run.max_iteration:>11,d}{done:>8,d}  {run.status():9s} "
-                     f"{', '.join(reports[run.run_dir])}")
+                     f"{run.schedule_label:9s}{run.total_iterations:>11,d}{done:>8,d}  {run.status():9s} "
+                     f"{', '.join(reports[run.run_dir])}{stages}")
     lines.append(f"iterations: {total:,} in all, {remaining:,} still to train")
     hours, unknown, sources = estimate_hours(plan, timings)
     if sources:

@@ -45,7 +45,7 @@ def test_parser_defaults_equal_the_declared_defaults_of_every_field(dataset):
         else:
             assert default == values[name], name
     not_flags = {name for name, f in TRAIN_FIELDS.items() if f.metadata.get("flag") is False}
-    assert not_flags == {"dataset", "nifti", "network", "network_kwargs", "num_classes"}
+    assert not_flags == {"dataset", "nifti", "network", "network_kwargs", "num_classes", "stage", "init_from"}
 
 
 @pytest.mark.parametrize("dataset", ["LA", "ACDC"])
@@ -71,7 +71,7 @@ def test_every_setting_is_declared_once_with_its_help():
 def test_runtime_settings_are_those_that_move_or_extend_a_run():
     assert RUNTIME_FIELDS == {"root_path", "device", "num_workers", "progress", "max_iteration", "save_every",
                               "keep_checkpoints", "eval_batch_size", "image_every", "resume", "run_dir",
-                              "allow_world_size_change"}
+                              "allow_world_size_change", "init_from"}
 
 
 def test_make_config_refuses_what_is_not_a_setting_and_values_out_of_range():
