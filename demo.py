@@ -7,23 +7,28 @@ with the real LA code path (h5 layout, two-stream sampler, V-Net, sliding window
 A synthetic "atrium" (a union of ellipsoids among bright distractors, bias field and noise) replaces the LA
 scans; a narrow V-Net (8 base filters) and 48x48x32 crops replace the paper's 16 filters and 112x112x80.
 The numbers say whether the machinery works, not what SS-Net achieves on LA (see docs/reproduction.md for that).
+It ends with two pictures in <out>/figures/: the training curves of both runs and their predictions on test cases.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from dataloaders import make_synthetic_la
 from evaluation import TestOptions, run_test
+from methods import check_method_name
 from training import make_config, train
-from utils.cli import DocstringHelpFormatter, default_device, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, default_device, run_cli
 from utils.report import TABLE_KEYS
+
+TEST_FOLDER = "test_test"  # test_la.py's default output folder, test_<list name>, for data/test.list
 
 
 def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_cases: int, device: str,
              seed: int, methods: list[str]) -> dict[str, dict]:
+    for method in methods:  # before anything is written
+        check_method_name(method)
     data = out / "data"
     if not (data / "test.list").is_file():
         print(f"writing the synthetic dataset to {data} ...", flush=True)
@@ -46,10 +51,43 @@ def run_demo(out: Path, iterations: int, labeled: int, unlabeled: int, test_case
         print(f"\n=== testing {method} on {test_cases} synthetic test cases ===", flush=True)
         summary = run_test(TestOptions(dataset="LA", checkpoint=str(trained.best_checkpoint), root_path=str(data),
                                        list_path=str(data / "test.list"), device=device, progress=False,
-                                       output_dir=str(run_dir / "test")))
+                                       save_predictions=True))  # into <run>/test_test/, as test_la.py would
         reused = trained.resumed_from == iterations
-        results[method] = {"seconds": None if reused else seconds, **{k: summary["mean"][k] for k in TABLE_KEYS}}
+        results[method] = {"seconds": None if reused else seconds, "run_dir": run_dir,
+                           **{k: summary["mean"][k] for k in TABLE_KEYS}}
     return results
+
+
+def write_figures(out: Path, data: Path, run_dirs: dict[str, Path], max_cases: int = 2) -> dict[str, Path]:
+    """<out>/figures/curves.png (every run's loss terms, weights, LR and validation Dice) and test_cases.png (the
+    first test cases: image, truth, each run's prediction with the truth outlined, and its Dice), from the run
+    folders and the predictions their tests saved (<run>/test_test/predictions/, test_la.py's default folder)."""
+    from dataloaders import get_dataset, read_list
+    from viz.curves import curves_figure, read_run_scalars
+    from viz.io import save_png
+    from viz.overlay import DATASET_LAYOUTS, MontageCase, comparison_montage
+    from viz.runs import RunPredictions, describe_source
+
+    task = get_dataset("LA")
+    figures = out / "figures"
+    curves = save_png(curves_figure({m: read_run_scalars(r) for m, r in run_dirs.items()}), figures / "curves.png")
+    predictions = {m: RunPredictions(describe_source(str(r / TEST_FOLDER)), task) for m, r in run_dirs.items()}
+    cases = []
+    for case in read_list(data / "test.list")[:max_cases]:
+        image, label = task.load_case(data, case)
+        cases.append(MontageCase(case, image, label, {m: p.labels(case, image) for m, p in predictions.items()}))
+    montage = save_png(comparison_montage(cases, list(run_dirs), layout=DATASET_LAYOUTS["LA"]),
+                       figures / "test_cases.png")
+    return {"curves": curves, "test_cases": montage}
+
+
+def print_next_steps(figures: dict[str, Path], out: Path) -> None:
+    print(f"\nPictures:\n  {figures['curves']}  training curves of both runs (loss terms, weights, LR, validation "
+          f"Dice)\n  {figures['test_cases']}  test cases: image, truth, each method's prediction (truth outlined)")
+    print(f"Run folders, test results and TensorBoard logs are in {out}/ (tensorboard --logdir {out}).")
+    print("Next: train on real LA cases, or on the few you have (docs/data.md#a-subset-of-the-cases); see what the "
+          "paper's tables cost: python reproduce.py --dataset LA --dry-run; a quick grid on synthetic data: "
+          "python reproduce.py --quick.")
 
 
 def print_comparison(results: dict[str, dict], labeled: int) -> None:
@@ -66,7 +104,7 @@ def print_comparison(results: dict[str, dict], labeled: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_runs"), help="where data, runs and results go")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--labeled", type=int, default=2)
@@ -81,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     def job():
         results = run_demo(a.out, a.iterations, a.labeled, a.unlabeled, a.test_cases, a.device, a.seed, a.methods)
         print_comparison(results, a.labeled)
+        figures = write_figures(a.out, a.out / "data", {m: r["run_dir"] for m, r in results.items()})
+        print_next_steps(figures, a.out)
 
-    return run_cli(job, debug=a.debug)
+    return run_cli(job, debug=a.debug, cpu_threads=True)
 
 
 if __name__ == "__main__":

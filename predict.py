@@ -15,12 +15,12 @@ import argparse
 import sys
 
 from inference.prediction_job import PredictOptions, run_predict
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.flags import add_flags, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     add_flags(p, PredictOptions)
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run_predict(options_from_args(PredictOptions, args)), debug=args.debug)
+    return run_cli(lambda: run_predict(options_from_args(PredictOptions, args)), debug=args.debug, cpu_threads=True)
 
 
 if __name__ == "__main__":

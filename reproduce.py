@@ -10,8 +10,9 @@
 
 Re-running the same command never redoes finished work: finished runs are reused, interrupted ones resume
 from their newest checkpoint, tested checkpoints are not tested again; a cell another live launch works on is
-skipped. Results: results/<dataset>.md, .csv, _cases.csv, _paired.csv, .png, from the finished cells (the
-missing ones are named). Protocols and launchers: see docs/reproduction.md.
+skipped. Results: results/<dataset>.md, .csv, _cases.csv, _paired.csv (every method against --reference,
+default supervised), _paired_cases.csv, .png and, with several --labelnum, _budgets.png (Dice against the number of
+labeled cases), from the finished cells (the missing ones are named). Protocols and launchers: see docs/reproduction.md.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import argparse
 import sys
 
 from reproduction.grid import GridOptions, run_grid
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.flags import add_flags, explicit_flags, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     add_flags(p, GridOptions)
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     def job():
         outcome["result"] = run_grid(options)
 
-    code = run_cli(job, debug=args.debug)
+    code = run_cli(job, debug=args.debug, cpu_threads=not (args.dry_run or args.status or args.aggregate))
     if code == 0 and outcome["result"].failed:
         return 1
     return code

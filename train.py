@@ -17,7 +17,7 @@ from pathlib import Path
 from dataloaders.nifti_dataset import NIFTI_MODES, NiftiOptions
 from training import TrainConfig, make_config, train
 from training.flags import build_train_parser, config_from_args, explicit_flags, settings_from_args
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 from utils.errors import UserError
 from utils.flags import add_flags, options_from_args
 
@@ -83,12 +83,13 @@ def nifti_config_from_args(args: argparse.Namespace, given: set[str]) -> TrainCo
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    mode_parser = argparse.ArgumentParser(add_help=False)
+    mode_parser = ScriptParser(add_help=False)
     mode_parser.add_argument("--mode", choices=NIFTI_MODES, default=NiftiOptions.mode)
     mode, _ = mode_parser.parse_known_args(argv)
     parser = build_parser(mode.mode)
     args = parser.parse_args(argv)
-    return run_cli(lambda: train(nifti_config_from_args(args, explicit_flags(parser, argv))), debug=args.debug)
+    return run_cli(lambda: train(nifti_config_from_args(args, explicit_flags(parser, argv))), debug=args.debug,
+                   cpu_threads=True)
 
 
 if __name__ == "__main__":

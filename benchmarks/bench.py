@@ -53,7 +53,7 @@ import torch
 
 from dataloaders import get_dataset
 from inference import InferenceSettings, Predictor
-from methods import Batch, Method, StepContext, build_method
+from methods import METHODS, Batch, Method, StepContext, build_method
 from networks import build_network
 from networks.speed import prepare_network
 from training.config import OPTIMIZER_IMPLS, make_config
@@ -61,7 +61,7 @@ from training.optim import build_sgd, zero_gradients
 from training.precision import Precision
 from utils.atomic import write_text_atomic
 from utils.autocast import PRECISION_MODES
-from utils.cli import int_list
+from utils.cli import ScriptParser, int_list
 from utils.sliding_window import count_windows, window_starts
 
 MODES = ("official", "default", "fast")
@@ -167,19 +167,21 @@ class TrainingStep:
 
 
 def build_training(mode: str, dataset: str, network_kwargs: dict, shape: tuple[int, ...], batch_size: int,
-                   labeled_bs: int, device: torch.device, options: dict) -> TrainingStep:
-    """The SS-Net step of `mode` on synthetic data already on the device."""
+                   labeled_bs: int, device: torch.device, options: dict, method: str = "ss_net") -> TrainingStep:
+    """The step of `method` (SS-Net by default; --method) in `mode` on synthetic data already on the device."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
     fast = mode == "fast"
     set_backends(fast)
     torch.manual_seed(0)
     adapter = get_dataset(dataset)
-    network = build_network(adapter.network, **network_kwargs).to(device)
+    config = make_config(dataset, method=method)  # the method's recipe (BCP: its self-train step, the costlier)
+    network = build_network(adapter.network, **{**network_kwargs, **config.network_kwargs,
+                                                **network_kwargs}).to(device)
     if fast:
         prepare_network(network, channels_last=options["channels_last"], compile=options["compile"])
     precision = Precision(options["amp"] if fast else "off", device)
-    method = build_method("ss_net", network, make_config(dataset))
+    method = build_method(method, network, config)
     context = StepContext(0, backward=None if mode == "official" else precision.backward)
     optimizer = build_sgd([p for _, p in method.trained_parameters()], lr=0.01,
                           impl=options["optimizer_impl"] if fast else "default")
@@ -195,7 +197,7 @@ def train_job(job: dict) -> dict:
     if job.get("budget_gib"):
         cap_memory(device, job["budget_gib"])
     step = build_training(job["mode"], job["dataset"], job["network_kwargs"], tuple(job["shape"]), job["batch_size"],
-                          job["labeled_bs"], device, job["options"])
+                          job["labeled_bs"], device, job["options"], job.get("method", "ss_net"))
     baseline = current_memory_gib(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -353,7 +355,7 @@ def print_table(title: str, entry: dict, modes: list[str], time_key: str, unit: 
 
 # -- the whole run ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of official, default, fast")
     p.add_argument("--datasets", default="LA,ACDC", help="training shapes to measure: LA, ACDC or both")
@@ -362,9 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="processes per mode, alternating modes")
     la, acdc = make_config("LA"), make_config("ACDC")
     p.add_argument("--la_shape", type=int_list, default=list(la.patch_size), help="LA training crop")
-    p.add_argument("--la_batch", type=int_list, default=[la.batch_size, la.labeled_bs], help="batch,labeled")
+    p.add_argument("--method", default="ss_net", choices=sorted(METHODS),
+                   help="the training step to time (BCP: its self-train step, two student and two teacher forwards)")
+    p.add_argument("--la_batch", type=int_list, default=None, help="batch,labeled (default: the method's recipe; "
+                   f"ss_net {la.batch_size},{la.labeled_bs})")
     p.add_argument("--acdc_shape", type=int_list, default=list(acdc.patch_size), help="ACDC training slice size")
-    p.add_argument("--acdc_batch", type=int_list, default=[acdc.batch_size, acdc.labeled_bs], help="batch,labeled")
+    p.add_argument("--acdc_batch", type=int_list, default=None, help="batch,labeled (default: the method's recipe; "
+                   f"ss_net {acdc.batch_size},{acdc.labeled_bs})")
     p.add_argument("--base_filters", type=int, default=16, help="V-Net width (16 = the paper's; smaller to smoke-test)")
     p.add_argument("--unet_channels", type=int_list, default=[16, 32, 64, 128, 256], help="U-Net widths")
     p.add_argument("--volume_shape", type=int_list, default=[176, 160, 88],
@@ -427,6 +433,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"--modes must list some of {', '.join(MODES)}, got {args.modes!r}")
     datasets = [d for d in args.datasets.split(",") if d]
+    for name, attribute in (("LA", "la_batch"), ("ACDC", "acdc_batch")):
+        if getattr(args, attribute) is None:
+            recipe = make_config(name, method=args.method)
+            setattr(args, attribute, [recipe.batch_size, recipe.labeled_bs])
     vnet_kwargs = {**get_dataset("LA").network_kwargs, "base_filters": args.base_filters}
     unet_kwargs = {**get_dataset("ACDC").network_kwargs, "channels": list(args.unet_channels)}
     options = {"amp": args.amp, "channels_last": bool(args.channels_last), "compile": bool(args.compile),
@@ -452,7 +462,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             raise ValueError(f"--datasets: unknown {name!r}; choose from LA, ACDC")
         preset, kwargs, shape, (batch, labeled) = training[name]
         entry: dict = {"shape": list(shape), "batch_size": batch, "labeled_bs": labeled}
-        job = {**common, "kind": "train", "dataset": preset, "network_kwargs": kwargs, "shape": list(shape),
+        job = {**common, "kind": "train", "method": args.method, "dataset": preset, "network_kwargs": kwargs,
+               "shape": list(shape),
                "batch_size": batch, "labeled_bs": labeled, "iterations": args.iterations, "warmup": args.warmup}
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(args.repeats):
@@ -528,7 +539,9 @@ def run_test_benchmark(args: argparse.Namespace, modes: list[str], common: dict,
     if "LA" in report["train"]:
         projection = {"iterations": LA_ITERATIONS, "evaluations": LA_EVALUATIONS,
                       "windows_per_evaluation": LA_TEST_WINDOWS,
-                      "note": "meaningful at the full LA shapes only (crop and patch 112,112,80, V-Net width 16)"}
+                      "note": "meaningful at the full LA shapes only (crop and patch 112,112,80, V-Net width 16); "
+                              "SS-Net's 15,000 iterations (a two-stage method adds its pre-train, at most this "
+                              "step's cost per iteration)"}
         for mode in modes:
             projection[f"{mode}_s"] = projected_la_run_s(report["train"]["LA"][mode], test[mode], LA_TEST_WINDOWS)
             print(f"projected full LA run ({mode}): {projection[f'{mode}_s'] / 60:.1f} min", flush=True)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 
@@ -53,7 +53,10 @@ def check_command(argv: list[str]) -> str:
         return ""
     except SystemExit as stop:
         lines = stderr.getvalue().strip().splitlines()
-        return lines[-1].split(" error: ", 1)[-1] if lines else f"exited with {stop.code} before parsing its flags"
+        if not lines:
+            return f"exited with {stop.code} before parsing its flags"
+        # argparse's "prog: error: ..." or the scripts' one line "error: ... (-h lists the flags)"
+        return lines[-1].split("error: ", 1)[-1].removesuffix(" (-h lists the flags)")
     finally:
         sys.argv = saved_argv
     return "finished without parsing any flags"
@@ -76,7 +79,7 @@ def check_file(path: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("commands", metavar="COMMANDS_FILE", help="one shell-quoted command per line")
     return p
 

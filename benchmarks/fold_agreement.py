@@ -25,7 +25,7 @@ from evaluation import evaluate_cases
 from inference import InferenceSettings, Predictor
 from networks import build_network
 from utils.atomic import write_text_atomic
-from utils.cli import int_list
+from utils.cli import ScriptParser, int_list
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 
@@ -102,7 +102,7 @@ def agreement(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root_path", default=".test_cache/la_limit4/LA", help="LA folder (train.list, test.list)")
     p.add_argument("--list", default="", help="cases to predict (default: <root_path>/test.list)")
     p.add_argument("--checkpoint", default="", help="an LA checkpoint (default: a calibrated random V-Net)")

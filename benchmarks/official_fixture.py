@@ -33,7 +33,6 @@ recorded in the fixture:
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -49,6 +48,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from utils.cli import ScriptParser
 
 OFFICIAL_REPOSITORY = "ycwu1997/SS-Net"
 OFFICIAL_COMMIT = "c0a8bf6"
@@ -382,7 +383,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ScriptParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--official", required=True, type=Path, help="clone of github.com/ycwu1997/SS-Net @ c0a8bf6")
     p.add_argument("--output", type=Path, default=FIXTURE, help="fixture file to write (default: %(default)s)")
     p.add_argument("--keep_float_cast", action="store_true",

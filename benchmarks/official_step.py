@@ -23,7 +23,6 @@ ours (the prototype weights are 1 in both).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from networks import build_network, load_official_state_dict
 from training.config import make_config
 from training.optim import build_sgd, zero_gradients
 from training.precision import Precision
+from utils.cli import ScriptParser
 from utils.ramps import step_learning_rate
 
 
@@ -190,7 +190,7 @@ def synthetic_batch(dataset: str, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ScriptParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--official", required=True, type=Path, help="clone of github.com/ycwu1997/SS-Net")
     p.add_argument("--dataset", choices=("LA", "ACDC"), default="LA")
     p.add_argument("--iterations", type=int, default=3)

@@ -40,7 +40,7 @@ from training.config import make_config
 from training.optim import zero_gradients
 from utils.atomic import write_text_atomic
 from utils.autocast import autocast
-from utils.cli import int_list
+from utils.cli import ScriptParser, int_list
 from utils.profiling import recording, section
 
 MODES = ("official", "default")
@@ -126,7 +126,7 @@ def print_passes(mode: str, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dataset", default="LA", choices=("LA", "ACDC"))
     p.add_argument("--modes", default=",".join(MODES), help="comma list of official, default")

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from data.lists import write_lists
+from data.lists import refuse_shipped_lists, write_lists
 from dataloaders.manifest import (
     MANIFEST,
     dataset_keys,
@@ -29,7 +29,7 @@ from dataloaders.manifest import (
     read_manifest,
     relative_path,
 )
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 from utils.errors import UserError
 from utils.progress import progress_bar
 
@@ -146,7 +146,7 @@ def download(dataset: str, dest: str | Path, base_url: str = "", cases: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=("la", "acdc"))
     p.add_argument("dest", help="dataset root to fill (e.g. ./data/LA)")
     p.add_argument("--base_url", default="", help=f"source of the h5 layout (LA default: {LA_URL})")
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in args.cases.split(",") if c] or None
 
     def job() -> None:
+        if args.write_lists:
+            refuse_shipped_lists(Path(args.write_lists))  # before downloading, not after
         download(args.dataset, args.dest, args.base_url, cases, args.manifest, args.retries, args.timeout,
                  not args.no_progress)
         if args.write_lists:

@@ -5,7 +5,7 @@
     python train_la.py --root_path ./data/LA --lists_dir lists/LA --labelnum 2 ...
     python test_la.py --checkpoint RUN/best_model.pth --root_path ./data/LA --list lists/LA/test.list
 
-Every list is the official one (data/<dataset>/*.list, or --source) limited to the cases found under the root,
+Every list is the official one (data/splits/<dataset>/*.list, or --source) limited to the cases found under the root,
 in the official order, so the first N training cases stay the labeled ones. LA validation: the present cases of
 val.list (the last 8 of train.list); when none is present, the last --val present training cases (default: one
 in ten, at least one), a tail of train.list as the official val.list is. A list with no present case is written
@@ -13,16 +13,15 @@ empty and named in the summary (an empty val.list needs --select last, an empty 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from dataloaders.acdc import acdc_slice_path, acdc_volume_path
 from dataloaders.datasets import count
 from dataloaders.la import LA_FOLDER, la_case_path
-from dataloaders.splits import DATA_DIR, patient_of, read_list
+from dataloaders.splits import SPLITS_DIR, patient_of, read_list
 from utils.atomic import write_text_atomic
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 LIST_DATASETS = ("LA", "ACDC")
@@ -60,7 +59,7 @@ def present_lists(dataset: str, root: str | Path, source: str | Path = "", n_val
         raise UserError(f"unknown dataset {dataset!r}; choose la or acdc")
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist")
-    source = Path(source) if source else DATA_DIR / dataset
+    source = Path(source) if source else SPLITS_DIR / dataset
     if n_val is not None and (dataset != "LA" or n_val < 0):
         raise UserError("--val takes a number >= 0 and applies to LA only (ACDC's validation volumes are their own "
                         "list)")
@@ -90,11 +89,21 @@ def describe(dataset: str, lists: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def refuse_shipped_lists(out: Path) -> None:
+    """Lists of a subset never replace the shipped ones (a subset would silently become everyone's split)."""
+    shipped = SPLITS_DIR.resolve()
+    if out.resolve() == shipped or shipped in out.resolve().parents:
+        raise UserError(f"--out / --write_lists {out} is inside {SPLITS_DIR}, the split lists shipped with this "
+                        f"repository; write the lists of your cases to another folder (e.g. lists/<dataset>) and "
+                        f"pass it as --lists_dir")
+
+
 def write_lists(dataset: str, root: str | Path, out: str | Path, source: str | Path = "",
                 n_val: int | None = None) -> dict[str, list[str]]:
     """Write the lists of the cases present under `root` into `out` and print what they hold."""
-    lists = present_lists(dataset, root, source, n_val)
     out = Path(out)
+    refuse_shipped_lists(out)
+    lists = present_lists(dataset, root, source, n_val)
     for name, ids in lists.items():
         write_text_atomic(out / name, "".join(f"{i}\n" for i in ids))
     print(f"{dataset.upper()} lists of the cases under {root}, written to {out}/:", file=sys.stderr)
@@ -104,11 +113,12 @@ def write_lists(dataset: str, root: str | Path, out: str | Path, source: str | P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("dataset", choices=("la", "acdc", "LA", "ACDC"))
     p.add_argument("root", help="dataset root (LA: holds '2018LA_Seg_Training Set/'; ACDC: holds 'data/')")
     p.add_argument("--out", required=True, help="folder for the lists (pass it as --lists_dir)")
-    p.add_argument("--source", default="", help="lists to restrict (default: data/<dataset>/ of this repository)")
+    p.add_argument("--source", default="",
+                   help="lists to restrict (default: data/splits/<dataset>/ of this repository)")
     p.add_argument("--val", type=int, default=None,
                    help="LA: the last N present training cases validate (default: the present cases of val.list, "
                         "else one in ten, at least one)")

@@ -21,7 +21,7 @@ What is written, the layout of the public SSL4MIS files (`data/ACDC` of HiLab-gi
     DEST/data/slices/<patient>_frame0{1,2}_slice_<k>.h5 (H x W), k = 1..S. SSL4MIS's script numbers its slices
     from 0 (line 28-30); the files it published, which the split lists and data/MANIFEST.sha256 name, from 1;
   * DEST/conversion.json: which release frame became which file and where each role came from.
-The split lists ship with this repository (data/ACDC/*.list).
+The split lists ship with this repository (data/splits/ACDC/*.list).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 from utils.errors import UserError
 
 FRAME = re.compile(r"^(?P<patient>patient\d{3})_frame(?P<frame>\d{2,})\.nii(\.gz)?$")
@@ -194,7 +194,7 @@ def prepare_acdc(raw: str | Path, dest: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("raw", help="the unpacked official ACDC release")
     p.add_argument("dest", help="output root (gets data/, data/slices/ and conversion.json)")
     p.add_argument("--debug", action="store_true")

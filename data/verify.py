@@ -18,10 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-from data.lists import write_lists
+from data.lists import refuse_shipped_lists, write_lists
 from data.prepare_acdc import CONVERSION_RECORD
 from dataloaders.manifest import LA_FOLDER, MANIFEST, read_manifest, verify_folder
-from utils.cli import run_cli
+from utils.cli import ScriptParser, run_cli
 
 
 def detect_dataset(root: Path) -> str:
@@ -73,6 +73,8 @@ def repair_command(root: Path, dataset: str) -> str:
 def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST, complete: bool = False,
            lists_out: str | Path = "") -> bool:
     root = Path(root)
+    if lists_out:
+        refuse_shipped_lists(Path(lists_out))
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     dataset = dataset.upper() if dataset else detect_dataset(root)
@@ -97,7 +99,7 @@ def verify(root: str | Path, dataset: str = "", manifest: str | Path = MANIFEST,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset root")
     p.add_argument("--dataset", choices=("la", "acdc", "LA", "ACDC"), default="", help="default: detected")
     p.add_argument("--manifest", default=str(MANIFEST))

@@ -7,7 +7,7 @@ from .la import LA_FOLDER, LAVolumes, la_case_path, load_la_case
 from .loader import training_batches
 from .registry import DATASETS, NIFTI_DATASETS, get_dataset
 from .samplers import TwoStreamBatchSampler
-from .splits import DATA_DIR, Split, acdc_split, la_split, patient_of, patients_to_slices, read_list
+from .splits import DATA_DIR, SPLITS_DIR, Split, acdc_split, la_split, patient_of, patients_to_slices, read_list
 from .synthetic import make_synthetic_la
 from .transforms import (
     ACDCTrainTransform,
@@ -20,7 +20,7 @@ from .transforms import (
 
 __all__ = [
     "DATASETS", "NIFTI_DATASETS", "DatasetAdapter", "get_dataset",
-    "ACDCSlices", "ACDCTrainTransform", "DATA_DIR", "LA_FOLDER", "LATrainTransform", "LAVolumes", "Split",
+    "ACDCSlices", "ACDCTrainTransform", "DATA_DIR", "LA_FOLDER", "LATrainTransform", "LAVolumes", "SPLITS_DIR", "Split",
     "Transform", "TwoStreamBatchSampler", "acdc_slice_path", "acdc_split", "acdc_volume_path", "la_case_path",
     "la_split", "load_acdc_slice", "load_acdc_volume", "load_la_case", "make_synthetic_la", "patient_of",
     "patients_to_slices", "random_crop", "random_rot_flip", "random_rotate", "read_list", "resize_nearest",

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from .acdc import ACDCSlices, acdc_slice_path, acdc_volume_path, load_acdc_volume
 from .la import LA_FOLDER, LAVolumes, la_case_path, load_la_case
 from .nifti import Preprocessing
-from .splits import DATA_DIR, Split, acdc_split, la_split, patient_of
+from .splits import SPLITS_DIR, Split, acdc_split, la_split, patient_of
 from .transforms import ACDCTrainTransform, LATrainTransform
 
 # How a case is predicted (inference/predictor.py): a 3-D sliding window over the stored volume, 2-D slices
@@ -70,7 +70,7 @@ class DatasetAdapter:
         return 2 if self.inference in ("slices_resized", "slices") else 3
 
     def lists_dir(self, override: str | Path = "") -> Path:
-        return Path(override) if override else DATA_DIR / self.name
+        return Path(override) if override else SPLITS_DIR / self.name
 
     def split(self, labelnum: int, select: str, lists_dir: str | Path = "") -> Split:
         raise NotImplementedError
@@ -115,7 +115,7 @@ class LADataset(DatasetAdapter):
             spacing_mm=(0.625, 0.625, 0.625), test_largest_component=True,
             scan_preprocessing=Preprocessing(normalization="zscore", target_spacing=(0.625, 0.625, 0.625)),
             stored_normalization="zscore",  # UA-MT's preprocessing: each scan z-scored, then cropped
-            labelnum_meaning="labeled training scans (first N of data/LA/train.list; 4 = 5 %, 8 = 10 %)",
+            labelnum_meaning="labeled training scans (first N of data/splits/LA/train.list; 4 = 5 %, 8 = 10 %)",
             root_help=f"folder holding '{LA_FOLDER}/' (see docs/data.md)",
         )
 
@@ -148,7 +148,7 @@ class ACDCDataset(DatasetAdapter):
             spacing_mm=None,  # the public h5 volumes carry no voxel size
             test_largest_component=False, scan_preprocessing=Preprocessing(normalization="minmax"),
             stored_normalization="minmax",  # SSL4MIS: each volume min-max scaled to [0, 1]
-            labelnum_meaning=("labeled training patients (first N patients of data/ACDC/train_slices.list; "
+            labelnum_meaning=("labeled training patients (first N patients of data/splits/ACDC/train_slices.list; "
                               "3 -> 68 slices, 7 -> 136)"),
             root_help="folder holding 'data/' with the ACDC h5 volumes and 'data/slices/' (see docs/data.md)",
         )

@@ -1,7 +1,9 @@
 """Labeled / unlabeled / validation / test id lists for LA and ACDC.
 
-The lists live in the repository's `data/` folder. Labeled subsets follow the official code: the first N
-ids of the training list (LA), or the slices of the first N patients of `train_slices.list` (ACDC).
+The shipped lists live in `data/splits/<dataset>/` (SPLITS_DIR), apart from `./data/LA` and `./data/ACDC`, the
+default data roots where downloads and restores land: no tool writing lists beside the cases touches them.
+Labeled subsets follow the official code: the first N ids of the training list (LA), or the slices of the first N
+patients of `train_slices.list` (ACDC).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from utils.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+SPLITS_DIR = DATA_DIR / "splits"  # the shipped split lists, one folder per dataset (never written by a tool)
 
 _LIST_CONTENTS = {
     "train.list": "one training case id per line",
@@ -52,7 +55,7 @@ class Split:
         return asdict(self)
 
 
-def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = DATA_DIR / "LA") -> Split:
+def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = SPLITS_DIR / "LA") -> Split:
     """LA split with the first `labelnum` ids of train.list labeled.
 
     hold_out_val=True (honest protocol): the val.list cases are neither labeled nor unlabeled training data.
@@ -62,17 +65,20 @@ def la_split(labelnum: int, hold_out_val: bool = True, lists_dir: str | Path = D
     train = read_list(lists_dir / "train.list")
     val = read_list(lists_dir / "val.list")
     test = read_list(lists_dir / "test.list")
-    available = len(train)
-    if labelnum < 1 or labelnum > available:
-        raise UserError(f"--labelnum {labelnum} out of range: choose 1..{available} (cases in train.list)")
-    labeled = train[:labelnum]
     val_set = set(val)
-    leaked = [case for case in labeled if case in val_set]
-    if hold_out_val and leaked:
-        raise UserError(
-            f"--labelnum {labelnum} would label validation case(s) {leaked} from val.list; "
-            f"use --labelnum <= {available - len(val)} or disable the held-out validation set"
-        )
+    # The true limit at once: held out, the first validation case in train.list ends the labeled prefix.
+    limit = next((i for i, case in enumerate(train) if case in val_set), len(train)) if hold_out_val else len(train)
+    if labelnum < 1 or labelnum > limit:
+        if limit < len(train):
+            reason = (f"{lists_dir / 'train.list'} lists {len(train)} cases and case {limit + 1} "
+                      f"({train[limit]}) is a validation case of val.list, held out by --select val; choose "
+                      f"--labelnum 1..{limit}, or --select last to train on the validation cases too")
+        else:
+            reason = f"{lists_dir / 'train.list'} lists {len(train)} cases; choose --labelnum 1..{limit}"
+        raise UserError(f"--labelnum {labelnum} out of range: {reason}" if limit else
+                        f"--labelnum {labelnum}: no case of {lists_dir / 'train.list'} can be labeled "
+                        f"(its first case is a validation case of val.list); use --select last or reorder the list")
+    labeled = train[:labelnum]
     rest = train[labelnum:]
     unlabeled = [case for case in rest if case not in val_set] if hold_out_val else rest
     return Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
@@ -88,7 +94,8 @@ def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
     distinct = list(dict.fromkeys(patient_of(name) for name in slice_ids))
     if labeled_patients < 1 or labeled_patients > len(distinct):
         raise UserError(
-            f"--labelnum {labeled_patients} (labeled patients) out of range: choose 1..{len(distinct)}"
+            f"--labelnum {labeled_patients} (labeled patients) out of range: the list has {len(distinct)} "
+            f"patients; choose --labelnum 1..{len(distinct)}"
         )
     chosen = set(distinct[:labeled_patients])
     count = 0
@@ -102,7 +109,7 @@ def patients_to_slices(labeled_patients: int, slice_ids: list[str]) -> int:
     return count
 
 
-def acdc_split(labeled_patients: int, lists_dir: str | Path = DATA_DIR / "ACDC") -> Split:
+def acdc_split(labeled_patients: int, lists_dir: str | Path = SPLITS_DIR / "ACDC") -> Split:
     """ACDC split: labeled = slices of the first `labeled_patients` patients of train_slices.list."""
     lists_dir = Path(lists_dir)
     slices = read_list(lists_dir / "train_slices.list")

@@ -20,4 +20,5 @@ def test_script(dataset: str, description: str, argv: list[str] | None) -> int:
 
     adapter = get_dataset(dataset)
     args = build_test_parser(adapter, description).parse_args(argv)
-    return run_cli(lambda: run_test(testing_options_from_args(args, adapter)), debug=args.debug)
+    return run_cli(lambda: run_test(testing_options_from_args(args, adapter)), debug=args.debug,
+                   cpu_threads=True)

@@ -11,7 +11,7 @@ from inference import InferenceSettings, Predictor
 from inference.nifti import write_labels_nifti
 from inference.prediction_job import PredictOptions
 from utils.atomic import make_writable_folder
-from utils.cli import DefaultsHelpFormatter
+from utils.cli import DefaultsHelpFormatter, ScriptParser
 from utils.errors import UserError
 from utils.flags import add_flags, options_from_args
 from utils.metrics import EMPTY_POLICIES
@@ -33,7 +33,8 @@ class TestOptions:
     checkpoint: str = same_as(PredictOptions, "checkpoint",
                               help="our best_model.pth / last_model.pth, or an official .pth")
     root_path: str = same_as(SharedSettings, "root_path")
-    list_path: str = setting("", "case ids to test (default: data/<dataset>/test.list)", flag="--list", metavar="LIST")
+    list_path: str = setting("", "case ids to test (default: data/splits/<dataset>/test.list)", flag="--list",
+                             metavar="LIST")
     device: str = same_as(SharedSettings, "device")
     spacing: str = setting("voxel", "distance units: voxel (as the paper), mm, or explicit mm values")
     empty_policy: str = setting("official", "official: an empty prediction scores 0 on every metric; nan: "
@@ -140,15 +141,19 @@ def run_test(options: TestOptions) -> dict:
              f"empty predictions: {payload['empty_predictions']} ({payload['metrics']['empty_rule']})")
     print(format_table(payload, units, title))
     print(f"per-case metrics: {csv_path}\nsummary: {json_path}")
+    if options.save_predictions:
+        print(f"predictions (NIfTI, one per case): {output_dir / 'predictions'}/")
+    if options.save_png:
+        print(f"pictures (--save_png, one per case: truth and prediction): {output_dir / 'png'}/")
     return payload
 
 
 def build_test_parser(dataset: DatasetAdapter, description: str) -> argparse.ArgumentParser:
     """The parser of test_la.py / test_acdc.py: a flag per setting of TestOptions (InferenceSettings included)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
+    p = ScriptParser(description=description, formatter_class=DefaultsHelpFormatter)
     add_flags(p, TestOptions, context=dataset, values=testing_flag_values(dataset), resolved_example=dataset.name,
               helps={"root_path": dataset.root_help,
-                     "list_path": f"case ids to test (default: data/{dataset.name}/test.list)"})
+                     "list_path": f"case ids to test (default: data/splits/{dataset.name}/test.list)"})
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
 

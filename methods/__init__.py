@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from methods.base import Batch, Method, MethodOutput, StepContext
+from methods.bcp import BCP
 from methods.dtc import DTC
 from methods.mc_net import MCNet
 from methods.mean_teacher import MeanTeacher
@@ -16,7 +17,7 @@ from methods.urpc import URPC
 from utils.choices import unknown_choice
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SSNet, Supervised, MeanTeacher, UAMT, SASSNet, DTC, URPC, MCNet)
+    cls.name: cls for cls in (SSNet, Supervised, MeanTeacher, UAMT, SASSNet, DTC, URPC, MCNet, BCP)
 }
 
 

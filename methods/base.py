@@ -97,6 +97,8 @@ class Method(nn.Module):
     * `after_optimizer_step(step)`: right after the trainer's `optimizer.step()` (EMA teachers, discriminators).
     * `method_state()` / `load_method_state()`: the checkpoint's `method_state`: every submodule but the network
       (its own state dict) plus `extra_state()`, tensors and plain Python only.
+    * `stages`: ("pretrain", "train") for a method with a first stage (BCP): `settings.stage` tells the method which
+      one a run trains; training/stages.py runs `--pretrain_iterations` of the first, then the second from its best.
     * `leaves_parameters_unused`: True when a step may give some trained parameter no gradient (DDP must then
       search for them every iteration).
     * `supervised_weight` scales the supervised part of the loss: 1 in training; the contract tests set 0 to
@@ -107,6 +109,7 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = True  # False: the trainer draws labeled-only batches
     recipes: ClassVar[dict[int, Recipe]] = {}  # per spatial dims; empty = SS-Net's settings of the dataset
     trained_with_network: ClassVar[tuple[str, ...]] = ()
+    stages: ClassVar[tuple[str, ...]] = ("train",)  # ("pretrain", "train"): a first stage (BCP), training/stages.py
     leaves_parameters_unused: ClassVar[bool] = False
     supervised_weight: float = 1.0
 

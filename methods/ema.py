@@ -44,3 +44,17 @@ def cpu_state(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(cpu_state(v) for v in obj)
     return obj
+
+
+@torch.no_grad()
+def ema_update_constant(teacher: nn.Module, student: nn.Module, decay: float, buffers: bool = False) -> None:
+    """teacher <- decay x teacher + (1 - decay) x student with a fixed decay (no warm-up), as BCP's scripts.
+
+    buffers: average the buffers too (BN statistics; an integer buffer such as num_batches_tracked gets the average
+    truncated, as loading the averaged state dict does in BCP's ACDC script), else the parameters only.
+    """
+    pairs = list(zip(teacher.parameters(), student.parameters(), strict=True))
+    if buffers:
+        pairs += list(zip(teacher.buffers(), student.buffers(), strict=True))
+    for t, s in pairs:
+        t.copy_(t * decay + (1 - decay) * s.detach())

@@ -41,6 +41,7 @@ class Schedule:
     rampup_zero_based: bool  # w(t) sees the counter before the script increments it
     lr_step: int = 0  # step policy: x0.1 every lr_step iterations
     consistency_off: int = 0  # first iterations in which the unlabeled term is 0 (SSL4MIS Mean Teacher 2-D)
+    pretrain_iterations: int = 0  # a first stage of that many iterations at constant LR (BCP), 0 = none
 
     def __post_init__(self) -> None:
         if self.lr_policy not in LR_POLICIES:
@@ -50,7 +51,9 @@ class Schedule:
         lr = {"step": f"LR x0.1 every {self.lr_step:,}", "poly": "poly LR (1 - t/T)^0.9",
               "constant": "constant LR"}[self.lr_policy]
         off = f", unlabeled term off for the first {self.consistency_off:,}" if self.consistency_off else ""
-        return (f"{self.max_iteration:,} iterations, {lr}, ramp {self.consistency_rampup:g} x 150 "
+        pre = (f"pre-train {self.pretrain_iterations:,} iterations (constant LR), then "
+               if self.pretrain_iterations else "")
+        return (f"{pre}{self.max_iteration:,} iterations, {lr}, ramp {self.consistency_rampup:g} x 150 "
                 f"({'0' if self.rampup_zero_based else '1'}-based){off}")
 
 
@@ -64,6 +67,7 @@ class Recipe:
     schedule: Schedule | None = None  # None: SS-Net's schedule of the dataset (no authors' schedule to follow)
     dice: Dice | None = None  # None: SS-Net's Dice of the dataset
     consistency_by_labelnum: tuple[tuple[int, float], ...] = ()  # (at most N labeled, weight), first match wins
+    batch: tuple[int, int] | None = None  # (batch_size, labeled_bs) of the authors' script; None: the preset's
     note: str = ""  # where there is no authors' recipe: what is used instead, and why
 
     def weight(self, labelnum: int | None = None) -> float:
@@ -109,7 +113,8 @@ def recipe_markdown(methods: dict, shared: dict[int, tuple[Schedule, Dice, float
             weights = ", ".join([f"{recipe.consistency:g}"] + [f"{w:g} if ≤ {n} labeled"
                                                                for n, w in recipe.consistency_by_labelnum])
             where = "; ".join(x for x in (recipe.lines, recipe.note) if x)
+            batch = f", batch {recipe.batch[0]} ({recipe.batch[1]} labeled)" if recipe.batch else ""
             rows.append(f"| `{name}` | {data} | {recipe.source} | "
-                        f"{'' if own else 'SS-Net`s: '}{(recipe.schedule or schedule).describe()} | {weights} | "
+                        f"{'' if own else 'SS-Net`s: '}{(recipe.schedule or schedule).describe()}{batch} | {weights} | "
                         f"{(recipe.dice or dice).describe()} | {where} |")
     return "\n".join(rows).replace("SS-Net`s", "SS-Net's")

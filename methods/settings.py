@@ -40,6 +40,12 @@ class MethodSettings:
     rampup_zero_based: bool = setting(
         False, "the warm-up (and UA-MT's threshold) sees the iteration counter before the official script "
                "increments it", resolved=SCHEDULE, group=OPTIMISATION)
+    pretrain_iterations: int = setting(
+        0, "length of a two-stage method's first stage (BCP's pre-train), run before the --max_iteration of the "
+           "second in the same run folder; 0 = none", unit="iterations", resolved=RECIPE, group=OPTIMISATION,
+        minimum=0)
+    stage: str = setting("train", "which stage of a two-stage method a run trains (set by training/stages.py)",
+                         choices=("pretrain", "train"), flag=False)
     consistency_off: int = setting(0, "first iterations with the unlabeled term switched off", unit="iterations",
                                    resolved=SCHEDULE, group=OPTIMISATION, minimum=0)
     # SS-Net: local distributional smoothness (VAT with a Dice discrepancy)
@@ -60,4 +66,4 @@ class MethodSettings:
                 "by itself, so the memory selectors never learn); learned = the paper's learned weights, rescaled "
                 "to mean 1", choices=MEMORY_WEIGHTS, group=SSNET)
     # Mean Teacher / UA-MT
-    ema_decay: float = setting(0.99, "teacher EMA decay (mean_teacher, ua_mt)", group=TEACHERS)
+    ema_decay: float = setting(0.99, "teacher EMA decay (mean_teacher, ua_mt, bcp)", group=TEACHERS)

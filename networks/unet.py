@@ -25,6 +25,11 @@ NUM_LEVELS = 5
 UNET_UPSAMPLING = ("bilinear", "transposed", "nearest")
 
 
+def unet_channels(base_filters: int) -> list[int]:
+    """The U-Net's channels per level for a first-level width (16 -> the paper's 16, 32, 64, 128, 256)."""
+    return [base_filters * 2**level for level in range(NUM_LEVELS)]
+
+
 class ConvBlock(nn.Module):
     """3×3 conv → BN → LeakyReLU(0.01) → Dropout(p) → 3×3 conv → BN → LeakyReLU(0.01); keeps H, W."""
 

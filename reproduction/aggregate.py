@@ -1,6 +1,7 @@
 """From per-case test metrics of every cell to the result tables: mean ± sd over seeds, paper numbers beside
-them (not in quick mode: tiny synthetic runs are no comparison), paired per-case comparisons against SS-Net,
-written as Markdown and CSV."""
+them (not in quick mode: tiny synthetic runs are no comparison), paired per-case comparisons of every method against
+a reference method (default `supervised` at the same budget, schedule and seeds: "does the unlabeled data help?"),
+written as Markdown and CSV, and with several budgets a chart of Dice against the number of labeled cases."""
 from __future__ import annotations
 
 import csv
@@ -11,17 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from reproduction.budget_chart import draw_budget_chart
 from reproduction.chart import draw_chart
 from reproduction.paper import paper_entry
 from reproduction.plan import describe_protocol
 from reproduction.rows import METRICS, QUICK_MODE, _float, budget_order, case_means, group, scale
-from reproduction.stats import mean_sd, paired_comparison
+from reproduction.stats import mean_sd, paired_comparison, seed_averaged_cases
 from utils.atomic import write_text_atomic
 
 CASE_COLUMNS = ("mode", "protocol", "budget", "labelnum", "method", "role", "schedule", "iterations", "seed",
                 "checkpoint", "case", "class",
                 "class_name", "dice", "jaccard", "hd95", "asd", "assd", "empty_pred", "empty_ref")
-REFERENCE_METHOD = "ss_net"
+REFERENCE_METHOD = "ss_net"  # listed first in the tables
+DEFAULT_PAIRED_REFERENCE = "supervised"  # the paired comparisons: every method against the labeled-only run
 
 
 def seed_means(rows: list[dict]) -> dict[str, float]:
@@ -64,8 +67,11 @@ def summary_table(case_rows: list[dict], published: dict, dataset: str) -> list[
     return table
 
 
-def paired_table(case_rows: list[dict], reference: str = REFERENCE_METHOD) -> list[dict]:
-    """SS-Net against every other method of the same protocol and budget, on per-case Dice (%)."""
+def paired_table(case_rows: list[dict], reference: str = DEFAULT_PAIRED_REFERENCE,
+                 per_case: list[dict] | None = None) -> list[dict]:
+    """Every method against `reference` at the same protocol and budget, on per-case Dice (%): method − reference
+    (positive = the method scores higher). `per_case`, when given, receives one row per (method, case) with both
+    values, averaged over the seeds both finished."""
     out = []
     for (protocol, budget), rows in group(case_rows, "protocol", "budget").items():
         per_method: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
@@ -74,11 +80,18 @@ def paired_table(case_rows: list[dict], reference: str = REFERENCE_METHOD) -> li
         if reference not in per_method:
             continue
         for method in sorted(m for m in per_method if m != reference):
-            result = paired_comparison(per_method[reference], per_method[method])
-            out.append({"mode": rows[0]["mode"], "protocol": protocol, "budget": budget, "reference": reference,
-                        "method": method, "metric": "dice_percent", "n_cases": result.n_cases,
+            result = paired_comparison(per_method[method], per_method[reference])
+            common = {"mode": rows[0]["mode"], "protocol": protocol, "budget": budget, "reference": reference,
+                      "method": method}
+            out.append({**common, "metric": "dice_percent", "n_cases": result.n_cases,
                         "seeds": " ".join(map(str, result.seeds)), "mean_difference": result.mean_difference,
                         "ci95_low": result.ci_low, "ci95_high": result.ci_high, "wilcoxon_p": result.p_value})
+            if per_case is not None:
+                ours = seed_averaged_cases(per_method[method], result.seeds)
+                theirs = seed_averaged_cases(per_method[reference], result.seeds)
+                per_case += [{**common, "seeds": " ".join(map(str, result.seeds)), "case": case,
+                              "method_dice_percent": ours[case], "reference_dice_percent": theirs[case],
+                              "difference": ours[case] - theirs[case]} for case in sorted(set(ours) & set(theirs))]
     out.sort(key=lambda r: (r["protocol"], budget_order(r["budget"]), r["method"]))
     return out
 
@@ -109,7 +122,7 @@ def _p(value: float) -> str:
 
 
 def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: list[str],
-             chart_name: str = "", with_paper: bool = True) -> str:
+             chart_name: str = "", with_paper: bool = True, budget_chart_name: str = "") -> str:
     """with_paper=False (quick mode) leaves the published numbers and the differences out."""
     lines = [f"# {dataset}: SS-Net reproduction", ""] + header_lines + [""]
     units = "Dice / Jaccard in %, 95HD / ASD in voxels"
@@ -140,9 +153,10 @@ def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: 
             lines.append(cells + f" {r['n_empty_pred']} |")
         rows = [r for r in paired if r["protocol"] == protocol]
         if rows:
-            lines += ["", f"Paired per-case Dice (%), {rows[0]['reference']} − method, protocol {protocol}: "
-                      "each case averaged over the seeds both finished; 95 % CI by case bootstrap (10,000 "
-                      "resamples, seed 0); two-sided Wilcoxon signed-rank p.", "",
+            lines += ["", f"Paired per-case Dice (%), method − {rows[0]['reference']} (same budget, schedule and "
+                      f"seeds; positive = the method scores higher), protocol {protocol}: each case averaged over "
+                      "the seeds both finished; 95 % CI by case bootstrap (10,000 resamples, seed 0); two-sided "
+                      "Wilcoxon signed-rank p.", "",
                       "| budget | method | cases | seeds | mean difference | 95 % CI | Wilcoxon p |",
                       "|---|---|---|---|---|---|---|"]
             for r in rows:
@@ -152,6 +166,8 @@ def markdown(dataset: str, table: list[dict], paired: list[dict], header_lines: 
         lines.append("")
     if chart_name:
         lines += [f"![per-case Dice]({chart_name})", ""]
+    if budget_chart_name:
+        lines += [f"![Dice against the number of labeled cases]({budget_chart_name})", ""]
     return "\n".join(lines)
 
 
@@ -162,26 +178,38 @@ SUMMARY_COLUMNS = ["mode", "protocol", "budget", "labelnum", "method", "role", "
 PAPER_COLUMNS = {*(f"{m}_{k}" for m in METRICS for k in ("paper", "diff")), "paper_source", "paper_verified"}
 PAIRED_COLUMNS = ["mode", "protocol", "budget", "reference", "method", "metric", "n_cases", "seeds",
                   "mean_difference", "ci95_low", "ci95_high", "wilcoxon_p"]
+PAIRED_CASE_COLUMNS = ["mode", "protocol", "budget", "reference", "method", "seeds", "case", "method_dice_percent",
+                       "reference_dice_percent", "difference"]
 
 
 def write_results(results_dir: Path, dataset: str, case_rows: list[dict], published: dict,
-                  header_lines: list[str], chart: bool = True) -> dict[str, Path]:
-    """results/<dataset>.md, .csv, _cases.csv, _paired.csv and .png; returns the paths written."""
+                  header_lines: list[str], chart: bool = True, reference: str = DEFAULT_PAIRED_REFERENCE
+                  ) -> dict[str, Path]:
+    """results/<dataset>.md, .csv, _cases.csv, _paired.csv, _paired_cases.csv, .png and, with several budgets,
+    _budgets.png; returns the paths written."""
     results_dir = Path(results_dir)
     with_paper = not any(r["mode"] == QUICK_MODE for r in case_rows)
     published = published if with_paper else {}
     table = summary_table(case_rows, published, dataset)
-    paired = paired_table(case_rows)
+    paired_cases: list[dict] = []
+    paired = paired_table(case_rows, reference, paired_cases)
     paths = {"md": results_dir / f"{dataset}.md", "csv": results_dir / f"{dataset}.csv",
-             "cases": results_dir / f"{dataset}_cases.csv", "paired": results_dir / f"{dataset}_paired.csv"}
-    chart_name = ""
+             "cases": results_dir / f"{dataset}_cases.csv", "paired": results_dir / f"{dataset}_paired.csv",
+             "paired_cases": results_dir / f"{dataset}_paired_cases.csv"}
+    chart_name = budget_chart_name = ""
     if chart and case_rows:
         paths["png"] = results_dir / f"{dataset}.png"
         draw_chart(paths["png"], dataset, case_rows, published, title_note=case_rows[0]["mode"])
         chart_name = paths["png"].name
+        if len({r["budget"] for r in case_rows}) > 1:
+            paths["budgets_png"] = results_dir / f"{dataset}_budgets.png"
+            draw_budget_chart(paths["budgets_png"], dataset, case_rows, title_note=case_rows[0]["mode"])
+            budget_chart_name = paths["budgets_png"].name
     columns = SUMMARY_COLUMNS if with_paper else [c for c in SUMMARY_COLUMNS if c not in PAPER_COLUMNS]
     write_text_atomic(paths["csv"], to_csv(table, columns))
     write_text_atomic(paths["cases"], to_csv(case_rows, CASE_COLUMNS))
     write_text_atomic(paths["paired"], to_csv(paired, PAIRED_COLUMNS))
-    write_text_atomic(paths["md"], markdown(dataset, table, paired, header_lines, chart_name, with_paper))
+    write_text_atomic(paths["paired_cases"], to_csv(paired_cases, PAIRED_CASE_COLUMNS))
+    write_text_atomic(paths["md"], markdown(dataset, table, paired, header_lines, chart_name, with_paper,
+                                            budget_chart_name))
     return paths

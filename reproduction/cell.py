@@ -17,7 +17,6 @@ and the test write there, plus
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -33,7 +32,7 @@ from reproduction.lock import CellBusy, CellLock
 from reproduction.plan import TIMING_FILE, Evaluation, Run, timing_record
 from training.config import TrainConfig, make_config
 from utils.atomic import write_text_atomic
-from utils.cli import USER_ERRORS
+from utils.cli import USER_ERRORS, ScriptParser
 from utils.errors import StoppedBySignal
 from utils.settings import same_as, setting
 from utils.shared_settings import SharedSettings
@@ -111,7 +110,8 @@ def train_config(run: Run, settings: CellSettings) -> TrainConfig:
              "select": run.select, "run_dir": str(run.run_dir), "max_iteration": run.max_iteration,
              "schedule": run.schedule, "device": settings.device, "num_workers": settings.num_workers,
              "exp": f"{run.dataset}_reproduce", "progress": settings.progress,
-             "root_path": settings.root_path or None, "lists_dir": settings.lists_dir or None}  # None: the dataset's
+             "root_path": settings.root_path or None, "lists_dir": settings.lists_dir or None,  # None: the dataset's
+             "pretrain_iterations": run.pretrain_iterations or None}  # a two-stage method's, shortened with the run
     return make_config(run.dataset, **given)
 
 
@@ -256,7 +256,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train and test one cell of a reproduction grid (what "
+    parser = ScriptParser(description="Train and test one cell of a reproduction grid (what "
                                                  "reproduce.py --launcher local runs per cell).")
     parser.add_argument("cell", help=f"the cell's {CELL_FILE}")
     args = parser.parse_args(argv)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from reproduction.plan import (
     Evaluation,
     Plan,
     Run,
+    check_grid_data,
     format_plan,
     load_timings,
     plan_grid,
@@ -121,6 +125,9 @@ class GridOptions:
     wait: bool = setting(False, "--launcher slurm: wait for the jobs and write the tables (default: print the job "
                                 "ids and return; follow with --status, then --aggregate)", switch=True,
                          group=LAUNCHER_FLAGS)
+    reference: str = setting("supervised", "the paired comparisons: every method against this one at the same "
+                                           "budget, schedule and seeds (default supervised: does the unlabeled "
+                                           "data help?; e.g. ss_net)")
 
 
 @dataclass
@@ -161,7 +168,9 @@ def quick_train_settings(dataset: str, synthetic: bool) -> dict[str, Any]:
               "image_every": 0, "eval_batch_size": 8}
     if dataset == "LA":
         patch, stride = ([32, 32, 16], [16, 16, 8]) if synthetic else ([64, 64, 32], [32, 32, 16])
-        return {**common, "patch_size": patch, "stride": stride, "network_kwargs": {"base_filters": 4}}
+        return {**common, "patch_size": patch, "stride": stride, "network_kwargs": {"base_filters": 4},
+                # batch 4 (2 labeled) for every method: a recipe's larger batch (BCP's 8) needs more cases
+                "batch_size": 4, "labeled_bs": 2}
     return {**common, "patch_size": [64, 64], "batch_size": 4, "labeled_bs": 2}
 
 
@@ -247,7 +256,7 @@ def case_rows_of(evaluation: Evaluation, mode: str) -> list[dict]:
         for r in metrics:
             rows.append({**r, "mode": mode, "protocol": protocol, "budget": run.budget, "labelnum": run.labelnum,
                          "method": run.method, "role": run.role, "seed": run.seed,
-                         "schedule": run.schedule_label, "iterations": run.max_iteration,
+                         "schedule": run.schedule_label, "iterations": run.total_iterations,
                          "checkpoint": str(run.run_dir / evaluation.checkpoint),
                          **{k: float(r[k]) for k in ("dice", "jaccard", "hd95", "asd", "assd")}})
     return rows
@@ -282,6 +291,7 @@ def run_grid(options: GridOptions) -> GridResult:
         train_settings = {**quick_train_settings(dataset, synthetic), **train_settings}
     budgets = budgets or DEFAULT_BUDGETS[dataset]
     methods = list(dict.fromkeys(options.methods or all_methods()))
+    check_reference(options.reference)
     plan = plan_grid(dataset, budgets, methods, options.seeds, options.protocols, runs_dir, max_iteration,
                      options.lists_dir, options.schedule)
     lists_dir = get_dataset(dataset).lists_dir(options.lists_dir)
@@ -293,11 +303,18 @@ def run_grid(options: GridOptions) -> GridResult:
         train_config(cell.run, settings)
     banner = QUICK_BANNER if options.quick else (f"*** {SHORTENED_MODE} ({shortened(max_iteration, extra)}) ***"
                                                  if mode == SHORTENED_MODE else "")
-    timings = load_timings(runs_dir, options.timing)
+    # docs/speed.md's times are of the full shapes: not for --quick's tiny ones
+    timings = load_timings(runs_dir, options.timing, documented=not options.quick)
     result = GridResult(plan, mode=mode)
+    data_ready, data_line = (True, "") if options.quick or options.status or options.aggregate else \
+        check_grid_data(dataset, options.root_path or f"./data/{dataset}", options.lists_dir)
     if options.dry_run:
         print(format_plan(plan, timings, banner))
+        if data_line:
+            print(f"data: {data_line}" if data_ready else f"data: NOT READY: {data_line}")
         return result
+    if not data_ready:  # before the first cell, not at it
+        raise FileNotFoundError(data_line)
     if options.status:
         print(format_status([cell_state(cell) for cell in cells], timings, banner))
         return result
@@ -313,7 +330,10 @@ def run_grid(options: GridOptions) -> GridResult:
     elif not submit_grid(cells, options, runs_dir, result):
         return result  # submitted without --wait: the tables come from a later --aggregate
     header = header_lines(options, plan, mode, max_iteration, train_settings, banner, runs_dir)
-    write_tables(cells, results_dir, dataset, mode, header, result)
+    if options.reference not in methods:
+        header.append(f"Note: no paired comparison: the reference method {options.reference} is not in --methods "
+                      f"(add it, or choose another with --reference).")
+    write_tables(cells, results_dir, dataset, mode, header, result, options.reference)
     print(format_summary(result, banner))
     return result
 
@@ -348,6 +368,18 @@ def claimed_elsewhere(cell: Cell) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def cell_output(log: Path):
+    """What a cell prints (its log lines, progress bar, test table) goes to its job log, as with --launcher local;
+    the grid's own lines stay on the terminal."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} started by reproduce.py (sequential, pid {os.getpid()})\n")
+        f.flush()
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+
+
 def run_sequential(cells: list[Cell], keep_going: bool, result: GridResult) -> None:
     """Every cell in this process, one after another (the default launcher)."""
     for number, cell in enumerate(cells, start=1):
@@ -359,8 +391,10 @@ def run_sequential(cells: list[Cell], keep_going: bool, result: GridResult) -> N
                 print(f"{label}: {claimed}; skipped", flush=True)
                 continue
             status = cell.run.status()
-            print(f"{label}: {'finished, reused' if status == 'finished' else status + ', training'}", flush=True)
-            outcome = run_cell(cell)
+            print(f"{label}: {'finished, reused' if status == 'finished' else status + ', training'} (output: "
+                  f"{cell.run_dir / JOB_LOG})", flush=True)
+            with cell_output(cell.run_dir / JOB_LOG):
+                outcome = run_cell(cell)
             (result.trained if outcome.trained else result.skipped).append(cell.run_dir)
             if outcome.took_over:
                 print(f"{label}: took over a stale lock ({outcome.took_over})", flush=True)
@@ -462,8 +496,17 @@ def submit_grid(cells: list[Cell], options: GridOptions, runs_dir: Path, result:
 # ---- the tables ----------------------------------------------------------------------------------------------
 
 
+def check_reference(reference: str) -> None:
+    from methods import check_method_name
+
+    try:
+        check_method_name(reference)
+    except UserError as exc:
+        raise UserError(f"--reference: {exc}") from None
+
+
 def write_tables(cells: list[Cell], results_dir: Path, dataset: str, mode: str, header: list[str],
-                 result: GridResult) -> None:
+                 result: GridResult, reference: str = "supervised") -> None:
     """The tables from the finished cells only; the cells still missing are named in the header."""
     case_rows: list[dict] = []
     notes: list[str] = []
@@ -487,7 +530,8 @@ def write_tables(cells: list[Cell], results_dir: Path, dataset: str, mode: str, 
     if not case_rows:
         print(f"no finished cell yet ({len(cells)} missing): no tables written", flush=True)
         return
-    result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header)
+    result.outputs = write_results(results_dir, dataset, case_rows, load_paper_results(), header,
+                                   reference=reference)
     print(result.outputs["md"].read_text())
 
 
@@ -511,7 +555,9 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
     which = ("each baseline on its authors' recipe, SS-Net and the labeled-only bounds on SS-Net's "
              "(`--schedule recipe`; docs/baselines.md)" if options.schedule == "recipe" else
              "SS-Net's schedule for every method (`--schedule shared`), not the baselines' published recipes")
-    lengths = ", ".join(f"{m} {n:,}" for m, n in dict.fromkeys((r.method, r.max_iteration) for r in plan.runs))
+    lengths = ", ".join(f"{m} {n:,}" + (f" (after a {p:,}-iteration pre-train)" if p else "")
+                        for m, n, p in dict.fromkeys((r.method, r.max_iteration, r.pretrain_iterations)
+                                                     for r in plan.runs))
     published = ("Published numbers: left out (synthetic or tiny data cannot be compared with them)."
                  if options.quick else f"Published numbers: `{PAPER_RESULTS.relative_to(PAPER_RESULTS.parents[1])}` "
                                        f"(source of each row in the CSV).")
@@ -520,7 +566,9 @@ def header_lines(options: GridOptions, plan: Plan, mode: str, max_iteration: int
               f"{' (shortened)' if max_iteration else ''}{changed}.",
               f"Seeds: {', '.join(map(str, seeds))}. Runs: `{runs_dir}`. {published}",
               f"Files: `{options.dataset}.csv` (this table), `{options.dataset}_cases.csv` (every case, class, "
-              f"seed and protocol), `{options.dataset}_paired.csv` (paired statistics), `{options.dataset}.png`."]
+              f"seed and protocol), `{options.dataset}_paired.csv` (paired statistics against {options.reference}), "
+              f"`{options.dataset}_paired_cases.csv` (their per-case differences), `{options.dataset}.png` and, with "
+              f"several budgets, `{options.dataset}_budgets.png`."]
     lines += [f"Note: {n}." for n in plan.notes]
     return lines
 

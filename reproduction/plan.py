@@ -34,6 +34,13 @@ CHECKPOINTS = {"paper": "best_model.pth", "honest-val": "best_model.pth", "hones
 DEFAULT_BUDGETS = {"LA": ["4", "8", "all"], "ACDC": ["3", "7", "all"]}
 ALL = "all"
 TIMING_FILE = "reproduce_timing.json"
+# Measured seconds per iteration published in docs/speed.md (tests/test_reproduce.py keeps them equal): the
+# estimate's starting point until a run of this grid (or --timing FILE) measures the machine it runs on.
+DOCUMENTED_TIMES = {
+    ("LA", "ss_net"): (26.7, "the default SS-Net step at 112x112x80, batch 4, median of three quiet runs"),
+    ("ACDC", "ss_net"): (39.1, "the default SS-Net step at 256x256, batch 24, measured while the machine was busy"),
+}
+DOCUMENTED_MACHINE = "the CPU machine of docs/speed.md (2 cores, AMD EPYC, torch 2.13 CPU, 2 threads)"
 
 
 def describe_protocol(protocol: str, dataset: str) -> str:
@@ -64,6 +71,12 @@ class Run:
     run_dir: Path
     schedule: str = "recipe"  # --schedule of the run
     schedule_label: str = "SS-Net"  # "recipe" (the method's authors' schedule) or "SS-Net" (SS-Net's)
+    pretrain_iterations: int = 0  # a two-stage method's first stage (BCP), run before max_iteration
+
+    @property
+    def total_iterations(self) -> int:
+        """Both stages' iterations: what the run costs."""
+        return self.pretrain_iterations + self.max_iteration
 
     @property
     def role(self) -> str:
@@ -88,10 +101,17 @@ class Run:
         return "partial" if list_checkpoints(self.run_dir) else "new"
 
     def done_iterations(self) -> int:
+        """Iterations trained so far, both stages of a two-stage run counted."""
         if self.status() == "finished":
-            return self.max_iteration
+            return self.total_iterations
         saved = list_checkpoints(self.run_dir)
-        return saved[-1][0] if saved else 0
+        pretrain = 0
+        if self.pretrain_iterations:  # training/stages.py: the first stage runs in RUN_DIR/pretrain
+            first = self.run_dir / "pretrain"
+            first_saved = list_checkpoints(first) if first.is_dir() else []
+            pretrain = self.pretrain_iterations if (first / "result.json").is_file() else \
+                (first_saved[-1][0] if first_saved else 0)
+        return pretrain + (saved[-1][0] if saved else 0)
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,12 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
                     run_dir = (Path(runs_dir) / dataset / f"{budget}_labeled" / method
                                / f"seed{seed}_select_{select}{suffix}")
                     iterations = max_iteration if max_iteration is not None else method_plan.max_iteration
-                    run = Run(dataset, budget, labelnum, method, seed, select, iterations, run_dir, schedule, label)
+                    # a first stage keeps its recipe length, shortened with the run (never longer than it)
+                    pretrain = recipe_plan.pretrain_iterations
+                    if max_iteration is not None:
+                        pretrain = min(pretrain, max_iteration)
+                    run = Run(dataset, budget, labelnum, method, seed, select, iterations, run_dir, schedule, label,
+                              pretrain)
                     runs.append(run)
                     by_checkpoint: dict[str, list[str]] = {}
                     for report in reports:
@@ -191,6 +216,28 @@ def plan_grid(dataset: str, budgets: list[str], methods: list[str], seeds: list[
     return Plan(dataset, runs, evaluations, notes)
 
 
+# ---- the data the grid needs ----------------------------------------------------------------------------------
+
+
+def check_grid_data(dataset: str, root_path: str | Path, lists_dir: str | Path = "") -> tuple[bool, str]:
+    """(every case of the grid's lists is under the root, one line saying so or what is missing and the fix)."""
+    task = get_dataset(dataset)
+    lists = task.lists_dir(lists_dir)
+    if dataset == "LA":  # val.list is the tail of train.list
+        train, evaluated = read_list(lists / "train.list"), read_list(lists / "test.list")
+    else:
+        train = read_list(lists / "train_slices.list")
+        evaluated = read_list(lists / "val.list") + read_list(lists / "test.list")
+    try:
+        task.check_data(root_path, train, evaluated)
+    except FileNotFoundError as exc:
+        download = (f"; to get the data: python -m data.download {dataset.lower()} {root_path} (docs/data.md)"
+                    if not Path(root_path).is_dir() else "")
+        return False, f"{exc}{download}"
+    return True, (f"every case of the lists in {lists} is under {root_path} ({task.describe_items(train)} to "
+                  f"train, {len(evaluated)} to evaluate)")
+
+
 # ---- measured iteration times and the GPU-hour estimate ----------------------------------------------------
 
 
@@ -200,9 +247,11 @@ def timing_record(run: Run, iterations: int, seconds: float, device: str, device
             "device": device, "device_name": device_name, "run_dir": str(run.run_dir)}
 
 
-def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tuple[str, str], dict]:
+def load_timings(runs_dir: str | Path, timing_file: str | Path = "", documented: bool = False
+                 ) -> dict[tuple[str, str], dict]:
     """{(dataset, method): {"seconds_per_iteration", "device_name", "source"}} from a --timing file, else from
-    the timing records earlier grid sessions wrote in their run folders (longest measurement wins)."""
+    the timing records earlier grid sessions wrote in their run folders (longest measurement wins), else (with
+    `documented`) from docs/speed.md's measurements, on the machine they name."""
     found: dict[tuple[str, str], dict] = {}
     if timing_file:
         path = Path(timing_file)
@@ -229,7 +278,11 @@ def load_timings(runs_dir: str | Path, timing_file: str | Path = "") -> dict[tup
             continue
         key = (record["dataset"], record["method"])
         if key not in found or record["iterations"] > (found[key]["iterations"] or 0):
-            found[key] = {**record, "source": str(path)}
+            found[key] = {**record, "source": f"{path}, evaluations included"}
+    for key, (seconds, what) in DOCUMENTED_TIMES.items() if documented else ():
+        found.setdefault(key, {"seconds_per_iteration": seconds, "device_name": DOCUMENTED_MACHINE,
+                               "source": f"docs/speed.md: {what}; training steps only, until a run here measures "
+                                         f"its own", "iterations": None, "documented": True})
     return found
 
 
@@ -259,15 +312,15 @@ def estimate_hours(plan: Plan, timings: dict[tuple[str, str], dict]) -> tuple[fl
     """(hours for the remaining iterations of the measured methods, unmeasured methods, measurement sources)."""
     seconds, unknown, sources = 0.0, [], []
     for run in plan.runs:
-        remaining = run.max_iteration - run.done_iterations()
+        remaining = run.total_iterations - run.done_iterations()
         timing = timings.get((run.dataset, run.method))
         if timing is None:
             if remaining and run.method not in unknown:
                 unknown.append(run.method)
             continue
         seconds += remaining * timing["seconds_per_iteration"]
-        line = (f"{run.method}: {timing['seconds_per_iteration']:.3f} s/iteration on {timing['device_name']} "
-                f"({timing['source']})")
+        line = (f"{run.dataset} {run.method}: {timing['seconds_per_iteration']:.3f} s/iteration on "
+                f"{timing['device_name']} ({timing['source']})")
         if line not in sources:
             sources.append(line)
     return seconds / 3600.0, unknown, sources
@@ -284,18 +337,22 @@ def format_plan(plan: Plan, timings: dict[tuple[str, str], dict], banner: str = 
     total = remaining = 0
     for run in plan.runs:
         done = run.done_iterations()
-        total += run.max_iteration
-        remaining += run.max_iteration - done
+        total += run.total_iterations
+        remaining += run.total_iterations - done
+        stages = f" ({run.pretrain_iterations:,} pre-train + {run.max_iteration:,})" if run.pretrain_iterations else ""
         lines.append(f"{run.budget:>7s} {run.labelnum:>7d}  {run.method:14s}{run.seed:>6d}  {run.select:7s}"
-                     f"{run.schedule_label:9s}{run.max_iteration:>11,d}{done:>8,d}  {run.status():9s} "
-                     f"{', '.join(reports[run.run_dir])}")
+                     f"{run.schedule_label:9s}{run.total_iterations:>11,d}{done:>8,d}  {run.status():9s} "
+                     f"{', '.join(reports[run.run_dir])}{stages}")
     lines.append(f"iterations: {total:,} in all, {remaining:,} still to train")
     hours, unknown, sources = estimate_hours(plan, timings)
     if sources:
         lines.append(f"estimated time for the remaining iterations: {hours:.2f} h "
-                     f"({'lower bound: ' + ', '.join(unknown) + ' unmeasured; ' if unknown else ''}"
-                     f"measured iteration times incl. evaluations):")
+                     f"{' (a lower bound: ' + ', '.join(unknown) + ' unmeasured)' if unknown else ''}, from "
+                     f"measured iteration times:")
         lines += [f"  {s}" for s in sources]
+        if any(timings[k].get("documented") for k in {(r.dataset, r.method) for r in plan.runs} if k in timings):
+            lines.append("  (docs/speed.md's figures come from another machine and leave out the evaluations; the "
+                         "first cell trained here replaces them with this machine's own)")
     else:
         lines.append("estimated GPU hours: unknown -- no measured iteration time yet (run one cell, or pass "
                      "--timing FILE with seconds per iteration)")

@@ -42,3 +42,49 @@ def test_train_predict_and_score_from_python(tmp_path):
     assert labels.shape == image.shape and labels.dtype.name == "uint8"
     rows = case_metrics(labels, label, [1])
     assert {"class", "dice", "jaccard", "hd95", "asd", "assd", "empty_pred"} <= set(rows[0])
+
+
+OUTSIDE_SCRIPT = """
+import sys
+import numpy as np
+from dataloaders.nifti import Scan, read_scan
+from inference import Predictor
+from inference.nifti import write_labels_nifti
+
+predictor = Predictor.from_checkpoint(sys.argv[1], device="cpu")
+array = np.random.default_rng(0).random((1, 30, 26, 20), dtype=np.float32)
+scan = Scan(image=array, spacing=(1.0, 1.0, 1.0), affine=np.diag([1.0, 1.0, 1.0, 1.0]), header=None)
+labels = predictor.predict_scan(scan)
+write_labels_nifti("case.nii.gz", labels, affine=scan.affine)
+again = read_scan(["case.nii.gz"])
+print("labels", labels.shape, labels.dtype, again.image.shape)
+"""
+
+
+def test_the_python_api_from_outside_the_checkout(tmp_path):
+    """docs/architecture.md: a script in another folder imports the toolkit with PYTHONPATH=<checkout>, makes a
+    Scan from an array, predicts it on its grid and writes it as NIfTI (read back by read_scan)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = make_synthetic_la(tmp_path / "data", n_train=4, n_test=1, shape=(24, 24, 20), seed=0, n_val=1)
+    config = make_config("LA", root_path=str(root), lists_dir=str(root), labelnum=2, max_iteration=1,
+                         patch_size=[16, 16, 16], network_kwargs={"base_filters": 2}, stride=[8, 8, 8],
+                         eval_every=1, eval_start=1, num_workers=0, device="cpu", progress=False, image_every=0,
+                         run_dir=str(tmp_path / "run"))
+    checkpoint = train(config).best_checkpoint
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "my_script.py").write_text(OUTSIDE_SCRIPT)
+    checkout = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    bare = subprocess.run([sys.executable, "my_script.py", str(checkpoint)], cwd=outside, env=env,
+                          capture_output=True, text=True)
+    assert bare.returncode != 0 and "No module named" in bare.stderr  # what the docs warn about
+    done = subprocess.run([sys.executable, "my_script.py", str(checkpoint)], cwd=outside,
+                          env={**env, "PYTHONPATH": checkout}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "labels (30, 26, 20) uint8 (1, 30, 26, 20)" in done.stdout
+    assert (outside / "case.nii.gz").is_file()

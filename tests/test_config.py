@@ -45,7 +45,7 @@ def test_parser_defaults_equal_the_declared_defaults_of_every_field(dataset):
         else:
             assert default == values[name], name
     not_flags = {name for name, f in TRAIN_FIELDS.items() if f.metadata.get("flag") is False}
-    assert not_flags == {"dataset", "nifti", "network", "network_kwargs", "num_classes"}
+    assert not_flags == {"dataset", "nifti", "network", "network_kwargs", "num_classes", "stage", "init_from"}
 
 
 @pytest.mark.parametrize("dataset", ["LA", "ACDC"])
@@ -71,7 +71,7 @@ def test_every_setting_is_declared_once_with_its_help():
 def test_runtime_settings_are_those_that_move_or_extend_a_run():
     assert RUNTIME_FIELDS == {"root_path", "device", "num_workers", "progress", "max_iteration", "save_every",
                               "keep_checkpoints", "eval_batch_size", "image_every", "resume", "run_dir",
-                              "allow_world_size_change"}
+                              "allow_world_size_change", "init_from"}
 
 
 def test_make_config_refuses_what_is_not_a_setting_and_values_out_of_range():
@@ -85,8 +85,30 @@ def test_make_config_refuses_what_is_not_a_setting_and_values_out_of_range():
         make_config("LA", stride=[200, 18, 4])
     with pytest.raises(UserError, match="did you mean 'ss_net'"):
         make_config("LA", method="ssnet")
-    with pytest.raises(UserError, match="V-Net"):
-        make_config("ACDC", network_kwargs={"base_filters": 8})
+    with pytest.raises(UserError, match="--base_filters 0: give a positive"):
+        make_config("LA", network_kwargs={"base_filters": 0})
+
+
+@pytest.mark.parametrize("dataset", ["LA", "ACDC"])
+def test_base_filters_sets_the_width_of_either_network(dataset):
+    """--base_filters: the V-Net's base_filters, the U-Net's channels of its 5 levels (16 = the paper's widths)."""
+    from networks import build_network
+    from training.flags import build_train_parser, config_from_args
+
+    parser = build_train_parser(dataset, "")
+    assert "--base_filters" in parser.format_help()
+    config = config_from_args(parser.parse_args(["--base_filters", "4"]), dataset)
+    network = build_network(config.network, **config.network_kwargs)
+    if dataset == "ACDC":
+        assert config.network_kwargs["channels"] == [4, 8, 16, 32, 64] and "base_filters" not in config.network_kwargs
+        assert network.channels == (4, 8, 16, 32, 64)
+        official = make_config(dataset, network_kwargs={"base_filters": 16}).network_kwargs
+        assert build_network("unet", **official).channels == (16, 32, 64, 128, 256)
+    else:
+        assert config.network_kwargs["base_filters"] == 4 and network.base_filters == 4
+    narrow = sum(p.numel() for p in network.parameters())
+    full = sum(p.numel() for p in build_network(config.network, **make_config(dataset).network_kwargs).parameters())
+    assert narrow < full / 10
 
 
 def test_a_saved_config_round_trips():

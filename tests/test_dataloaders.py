@@ -32,7 +32,7 @@ from dataloaders import (
 )
 from dataloaders import loader as loader_module
 from dataloaders.loader import BackgroundBatches, training_batches
-from dataloaders.splits import DATA_DIR
+from dataloaders.splits import SPLITS_DIR
 from dataloaders.transforms import crop_padding
 
 
@@ -281,11 +281,11 @@ def test_the_pinned_stream_pins_image_and_label(monkeypatch):
 
 
 def first_la_train_ids(n=4):
-    return read_list(DATA_DIR / "LA" / "train.list")[:n]
+    return read_list(SPLITS_DIR / "LA" / "train.list")[:n]
 
 
 def test_real_la_case_shapes_dtypes_labels(la_root):
-    for case in first_la_train_ids() + read_list(DATA_DIR / "LA" / "test.list")[:4]:
+    for case in first_la_train_ids() + read_list(SPLITS_DIR / "LA" / "test.list")[:4]:
         image, label = load_la_case(la_root, case)
         assert image.dtype == np.float32 and label.dtype == np.uint8
         assert image.shape == label.shape and image.shape[2] == 88

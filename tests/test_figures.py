@@ -350,7 +350,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 2 * ((prediction > 0) & (truth > 0)).sum() / both if both else 1.0
 
 
-def test_la_save_png_compare_runs_and_plot_runs(la_root, la_runs, tmp_path, saved_figures):
+def test_la_save_png_compare_runs_and_plot_runs(la_root, la_runs, tmp_path, saved_figures, capsys):
     lists, runs = la_runs
     test_dir = tmp_path / "test_supervised"
     code = test_la.main(["--checkpoint", str(runs["supervised"] / "best_model.pth"), "--root_path", str(la_root),
@@ -369,6 +369,9 @@ def test_la_save_png_compare_runs_and_plot_runs(la_root, la_runs, tmp_path, save
         assert_case_overlay(figure, png, truths[case], predictions[case], num_classes=2)
         assert figure.get_suptitle() == \
             f"{case}: mean foreground Dice {100 * dice(predictions[case], truths[case]):.1f}%"
+    out = capsys.readouterr().out  # where the files went
+    assert f"pictures (--save_png, one per case: truth and prediction): {test_dir / 'png'}/" in out
+    assert f"predictions (NIfTI, one per case): {test_dir / 'predictions'}/" in out
 
     # a test folder (saved predictions) next to a run folder (predicted here)
     montage = tmp_path / "compare.png"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from utils.cli import DefaultsHelpFormatter, int_list
+from utils.cli import DefaultsHelpFormatter, ScriptParser, int_list
 from utils.errors import UserError
 from utils.flags import add_flags, explicit_flags, options_from_args, values_from_args
 from utils.settings import check_settings, declared_in, nested, same_as, setting
@@ -36,7 +36,7 @@ class Outer:
 
 
 def parser(context=None, **kwargs) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter)
+    p = ScriptParser(formatter_class=DefaultsHelpFormatter)
     add_flags(p, Outer, context=context, **kwargs)
     return p
 
@@ -125,3 +125,13 @@ def test_check_settings_refuses_values_outside_choices_and_minimums_naming_the_f
         check_settings(Outer(path="p", name="n", inner=Inner(mode="fp8")))
     with pytest.raises(UserError, match="--count must be >= 1, got nan"):
         check_settings(Outer(path="p", name="n", count=float("nan")))
+
+
+def test_the_generator_needs_a_script_parser_whose_choice_errors_are_one_line(capsys):
+    """add_flags refuses a plain argparse parser (its choice flags would answer a typo with the whole usage)."""
+    with pytest.raises(TypeError, match="ScriptParser"):
+        add_flags(argparse.ArgumentParser(), Outer)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--mode", "bf166"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'bf16'?" in err[0] and err[0].startswith("error: argument --mode")

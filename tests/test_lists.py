@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +14,11 @@ from data import lists
 from dataloaders import la_case_path, read_list
 from dataloaders.acdc import acdc_slice_path
 from dataloaders.manifest import LA_FOLDER
-from dataloaders.splits import DATA_DIR
+from dataloaders.splits import SPLITS_DIR
 
 
 def official(dataset: str, name: str) -> list[str]:
-    return read_list(DATA_DIR / dataset / name)
+    return read_list(SPLITS_DIR / dataset / name)
 
 
 def test_la_lists_keep_the_official_order_and_a_tail_validates(la_root, tmp_path, capsys):
@@ -96,3 +97,45 @@ def test_a_subset_trains_and_tests_with_the_written_lists(la_root, tmp_path, cap
     with open(out / "metrics.csv", newline="") as f:
         assert [r["case"] for r in csv.DictReader(f)] == read_list(tmp_path / "lists" / "test.list")
     assert json.loads((out / "summary.json").read_text())["n_cases"] == 2
+
+
+def shipped_lists() -> dict[str, bytes]:
+    return {str(p.relative_to(SPLITS_DIR)): p.read_bytes() for p in sorted(SPLITS_DIR.rglob("*.list"))}
+
+
+@pytest.mark.parametrize("tool", ["lists", "download", "verify"])
+@pytest.mark.parametrize("target", ["LA", "", "LA/sub"])
+def test_no_tool_writes_lists_into_the_shipped_split_lists(tool, target, tmp_path, capsys):
+    """data.lists --out, data.download / data.verify --write_lists: a folder inside data/splits/ is refused with one
+    line, before anything is downloaded or written, and the shipped lists stay byte for byte."""
+    from data import download, verify
+
+    before = shipped_lists()
+    assert set(before) >= {"LA/train.list", "LA/val.list", "LA/test.list", "ACDC/train_slices.list"}
+    out = str(SPLITS_DIR / target)
+    root = tmp_path / "LA"
+    root.mkdir()
+    argv = {"lists": lambda: lists.main(["la", str(root), "--out", out]),
+            "download": lambda: download.main(["la", str(root), "--base_url", "http://127.0.0.1:9/none",
+                                               "--retries", "0", "--write_lists", out]),
+            "verify": lambda: verify.main([str(root), "--dataset", "la", "--write_lists", out])}
+    assert argv[tool]() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "split lists shipped with this repository" in err[-1]
+    assert "--lists_dir" in err[-1]
+    assert shipped_lists() == before and not (SPLITS_DIR / "sub").exists() and not (SPLITS_DIR / "LA" / "sub").exists()
+
+
+def test_the_default_data_roots_are_apart_from_the_shipped_lists():
+    """Downloads land in ./data/LA and ./data/ACDC (the scripts' default --root_path); the lists read by default are
+    the shipped ones in data/splits/, and neither folder is inside the other."""
+    from dataloaders.registry import get_dataset
+    from training import make_config
+
+    for name in ("LA", "ACDC"):
+        root = Path(make_config(name).root_path)
+        assert root == Path("data") / name
+        lists_dir = get_dataset(name).lists_dir().resolve()
+        assert lists_dir == (SPLITS_DIR / name).resolve() and (lists_dir / "test.list").is_file()
+        root = (SPLITS_DIR.parent.parent / root).resolve()
+        assert root not in lists_dir.parents and lists_dir not in root.parents and root != lists_dir

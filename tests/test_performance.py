@@ -443,8 +443,8 @@ def test_flag_check_names_a_wrong_flag_a_wrong_value_and_a_missing_script(tmp_pa
     printed = capsys.readouterr()
     lines = printed.out.splitlines()
     assert lines[0] == "flags parse: train_la.py"
-    assert lines[1].startswith("REJECTED: test_la.py: argument --amp: invalid choice: 'bf17'")
-    assert lines[2] == "REJECTED: -m benchmarks.bench: unrecognized arguments: --no_such_flag 1"
+    assert lines[1].startswith("REJECTED: test_la.py: argument --amp: invalid choice 'bf17'; did you mean 'bf16'?")
+    assert lines[2].startswith("REJECTED: -m benchmarks.bench: unrecognized arguments: --no_such_flag 1")
     assert lines[3] == "REJECTED: no_such_script.py: no such script: no_such_script.py" and len(lines) == 4
     assert "error: 3 of 4 commands" in printed.err
     commands.write_text("test_la.py --checkpoint x.pth\n")

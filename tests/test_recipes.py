@@ -20,7 +20,7 @@ from utils.losses import masked_mse
 from utils.ramps import learning_rate
 
 BASELINES_DOC = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
-BASELINES = ["dtc", "mc_net", "mean_teacher", "sassnet", "ua_mt", "urpc"]
+BASELINES = ["bcp", "dtc", "mc_net", "mean_teacher", "sassnet", "ua_mt", "urpc"]
 
 
 def config(preset, *flags):

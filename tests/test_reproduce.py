@@ -3,17 +3,34 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import reproduce
+from data import lists
+from dataloaders import la_case_path, read_list
+from dataloaders.splits import SPLITS_DIR
 from methods import METHODS
 from reproduction.aggregate import paired_table, seed_means, summary_table, write_results
+from reproduction.budget_chart import budget_curves
 from reproduction.grid import QUICK_MODE, GridOptions, run_grid
 from reproduction.paper import load_paper_results, paper_entry
-from reproduction.plan import Run, estimate_hours, format_plan, load_timings, plan_grid
+from reproduction.plan import (
+    DOCUMENTED_MACHINE,
+    DOCUMENTED_TIMES,
+    TIMING_FILE,
+    Run,
+    estimate_hours,
+    format_plan,
+    load_timings,
+    plan_grid,
+    timing_record,
+)
 from reproduction.stats import bootstrap_mean_ci, mean_sd, paired_comparison, wilcoxon_p
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---- statistics on hand-made numbers ---------------------------------------------------------------------------
 
@@ -102,15 +119,36 @@ def test_seed_means_average_classes_like_the_test_scripts():
     assert seed_means(rows)["dice"] == pytest.approx(60.0)
 
 
-def test_paired_table_against_ss_net():
+def test_paired_table_every_method_against_supervised_or_another_reference():
     rows = []
     for seed in (1, 2):
         for case, ss, sup in (("a", 0.9, 0.8), ("b", 0.8, 0.75), ("c", 0.7, 0.72), ("d", 0.6, 0.5)):
             rows += [case_row("ss_net", seed, case, ss), case_row("supervised", seed, case, sup)]
-    (paired,) = paired_table(rows)
-    assert paired["method"] == "supervised" and paired["n_cases"] == 4 and paired["seeds"] == "1 2"
-    assert paired["mean_difference"] == pytest.approx((10 + 5 - 2 + 10) / 4)
+    per_case = []
+    (paired,) = paired_table(rows, per_case=per_case)  # default reference: supervised (labeled only)
+    assert paired["method"] == "ss_net" and paired["reference"] == "supervised"
+    assert paired["n_cases"] == 4 and paired["seeds"] == "1 2"
+    assert paired["mean_difference"] == pytest.approx((10 + 5 - 2 + 10) / 4)  # method - reference: > 0 helps
     assert paired["wilcoxon_p"] == pytest.approx(wilcoxon_p([10, 5, -2, 10]))
+    assert [r["case"] for r in per_case] == ["a", "b", "c", "d"]
+    assert [r["difference"] for r in per_case] == pytest.approx([10.0, 5.0, -2.0, 10.0])
+    assert per_case[0]["method_dice_percent"] == pytest.approx(90.0)
+    assert per_case[0]["reference_dice_percent"] == pytest.approx(80.0)
+    (against_ss_net,) = paired_table(rows, "ss_net")  # --reference ss_net: the old table, signs reversed
+    assert against_ss_net["method"] == "supervised"
+    assert against_ss_net["mean_difference"] == pytest.approx(-paired["mean_difference"])
+    assert paired_table(rows, "bcp") == []  # a reference that did not run: no pairs
+
+
+def test_budget_curves_mean_and_spread_over_seeds():
+    rows = [case_row("bcp", 1, "a", 0.8, budget="4"), case_row("bcp", 2, "a", 0.6, budget="4"),
+            case_row("bcp", 1, "a", 0.9, budget="8"), case_row("supervised", 1, "a", 0.5, budget="8"),
+            case_row("supervised", 1, "a", 0.3, budget="4"), case_row("supervised", 1, "b", 0.5, budget="4")]
+    curves = budget_curves(rows)["paper"]
+    (low, high) = curves["bcp"]
+    assert low[0] == 4 and low[1] == pytest.approx(70.0) and low[2] == pytest.approx(math.sqrt(200.0))
+    assert low[3] == 2 and high == (8, pytest.approx(90.0), 0.0, 1)
+    assert curves["supervised"][0][:2] == (4, pytest.approx(40.0))  # the mean over the seed's cases
 
 
 def test_paper_lookup_by_registry_name():
@@ -218,6 +256,67 @@ def test_dry_run_projects_from_a_benchmark_report_step_and_window_costs(tmp_path
     assert hours == pytest.approx(3000.0 / 3600) and not unknown and "fast mode" in sources[0]
 
 
+def test_dry_run_starts_from_the_times_docs_speed_md_measured(tmp_path):
+    """No run measured yet: docs/speed.md's SS-Net step times, with the machine they came from; a run measured here
+    replaces them (longest measurement of this grid wins)."""
+    speed = (REPO / "docs" / "speed.md").read_text()
+    for seconds, _ in DOCUMENTED_TIMES.values():
+        assert f"{seconds} s/it" in speed  # the constant stays what the docs state
+    plan = plan_grid("LA", ["8"], ["ss_net", "supervised"], [1], ["honest"], tmp_path / "runs", 1000)
+    timings = load_timings(tmp_path / "runs", documented=True)
+    hours, unknown, _ = estimate_hours(plan, timings)
+    assert hours == pytest.approx(1000 * DOCUMENTED_TIMES[("LA", "ss_net")][0] / 3600) and unknown == ["supervised"]
+    text = format_plan(plan, timings)
+    assert "unknown" not in text and DOCUMENTED_MACHINE in text and "a lower bound: supervised unmeasured" in text
+    record = plan.runs[0].run_dir / TIMING_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(timing_record(plan.runs[0], 10, 5.0, "cuda", "NVIDIA H100")))
+    measured = load_timings(tmp_path / "runs", documented=True)[("LA", "ss_net")]
+    assert measured["device_name"] == "NVIDIA H100" and measured["seconds_per_iteration"] == 0.5
+
+
+def test_dry_run_reports_missing_data_and_how_to_list_what_is_there(tmp_path, capsys):
+    """A root with 5 + 2 of the 100 LA cases: the dry run names what is missing and the data.lists command; the
+    launch refuses before its first cell; with lists of the present cases the data is ready."""
+    root = tmp_path / "LA"
+    cases = read_list(SPLITS_DIR / "LA" / "train.list")[:5] + read_list(SPLITS_DIR / "LA" / "test.list")[:2]
+    for case in cases:
+        la_case_path(root, case).parent.mkdir(parents=True)
+        la_case_path(root, case).write_bytes(b"")
+    base = ["--methods", "supervised", "--labelnum", "2", "--seeds", "1", "--protocol", "honest",
+            "--runs_dir", str(tmp_path / "runs"), "--root_path", str(root), "--device", "cpu"]
+    assert reproduce.main([*base, "--dry-run"]) == 0
+    data = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
+    assert len(data) == 1 and "NOT READY: 93 of 100 LA cases missing" in data[0]
+    assert f"python -m data.lists la {root} --out DIR" in data[0] and "--lists_dir DIR" in data[0]
+    assert reproduce.main(base) == 2  # the launch: refused at once, nothing trained
+    assert "93 of 100 LA cases missing" in capsys.readouterr().err and not (tmp_path / "runs" / "LA").exists()
+    assert reproduce.main([*base, "--dry-run", "--root_path", str(tmp_path / "none")]) == 0
+    assert "python -m data.download la" in capsys.readouterr().out
+    assert lists.main(["la", str(root), "--out", str(tmp_path / "lists")]) == 0
+    assert reproduce.main([*base, "--dry-run", "--lists_dir", str(tmp_path / "lists")]) == 0
+    out = capsys.readouterr().out
+    assert "data: every case of the lists" in out and "NOT READY" not in out
+
+
+def test_dry_run_counts_both_stages_of_bcp(tmp_path):
+    plan = plan_grid("LA", ["8"], ["bcp"], [1], ["honest"], tmp_path, None)
+    (run,) = plan.runs
+    assert (run.pretrain_iterations, run.max_iteration, run.total_iterations) == (2000, 15000, 17000)
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps({"device_name": "NVIDIA H100", "LA/bcp": 0.5}))
+    text = format_plan(plan, load_timings(tmp_path, timing))
+    assert "(2,000 pre-train + 15,000)" in text and "17,000 still to train" in text
+    assert estimate_hours(plan, load_timings(tmp_path, timing))[0] == pytest.approx(17000 * 0.5 / 3600)
+    # a finished pre-train counts as done
+    (run.run_dir / "pretrain").mkdir(parents=True)
+    (run.run_dir / "pretrain" / "result.json").write_text("{}")
+    assert run.done_iterations() == 2000
+    shortened = plan_grid("ACDC", ["7"], ["bcp"], [1], ["honest"], tmp_path, 300).runs[0]
+    assert (shortened.pretrain_iterations, shortened.max_iteration) == (300, 300)  # never longer than the run
+    assert plan_grid("LA", ["8"], ["ss_net"], [1], ["honest"], tmp_path, None).runs[0].pretrain_iterations == 0
+
+
 # ---- the grid end to end (quick mode) ------------------------------------------------------------------------
 
 
@@ -225,8 +324,15 @@ def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
     args = ["--quick", "--methods", "ss_net", "supervised", "--max_iteration", "4", "--device", "cpu",
             "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
     assert reproduce.main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "NOT a reproduction" in out and "honest-val" in out
+    # the cells' own output (log lines, test tables) is in each cell's job log, as with --launcher local
+    assert "iteration" not in captured.err and "mean Dice" not in captured.err and "run folder" not in out
+    logs = sorted((tmp_path / "runs").glob("LA/*/*/*/reproduce_job.log"))
+    assert len(logs) == 12 and all("iteration 4: val mean Dice" in log.read_text() for log in logs
+                                   if "select_val" in str(log))
+    assert all(f"(output: {log})" in out for log in logs)
     results = tmp_path / "results"
     for name in ("LA.md", "LA.csv", "LA_cases.csv", "LA_paired.csv", "LA.png"):
         assert (results / name).is_file(), name
@@ -244,6 +350,28 @@ def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
     assert reproduce.main(args) == 0  # the same command again: nothing is trained or tested again
     out = capsys.readouterr().out
     assert "trained or resumed: 0 run(s); reused finished: 12; tested now: 0" in out
+
+
+def test_quick_grid_compares_every_method_with_supervised_and_draws_the_budget_chart(tmp_path, capsys):
+    args = ["--quick", "--methods", "ss_net", "bcp", "supervised", "--seeds", "1337", "--protocol", "honest",
+            "--labelnum", "2", "3", "--max_iteration", "2", "--device", "cpu", "--runs_dir", str(tmp_path / "runs"),
+            "--results_dir", str(tmp_path / "results")]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "Paired per-case Dice (%), method − supervised" in out
+    results = tmp_path / "results"
+    paired = (results / "LA_paired.csv").read_text().splitlines()
+    assert {(line.split(",")[2], line.split(",")[3], line.split(",")[4]) for line in paired[1:]} >= {
+        ("2", "supervised", "bcp"), ("3", "supervised", "bcp"), ("2", "supervised", "ss_net")}
+    cases = (results / "LA_paired_cases.csv").read_text().splitlines()
+    assert cases[0].endswith("case,method_dice_percent,reference_dice_percent,difference") and len(cases) > 1
+    assert (results / "LA_budgets.png").stat().st_size > 0 and "LA_budgets.png" in (results / "LA.md").read_text()
+    assert "bcp 2 (after a 2-iteration pre-train)" in out  # the shortened run shortens its pre-train too
+    # another reference from the same finished runs; one budget: no budget chart
+    assert reproduce.main([*args[:-1], str(tmp_path / "again"), "--reference", "ss_net", "--labelnum", "2"]) == 0
+    assert "method − ss_net" in capsys.readouterr().out and not (tmp_path / "again" / "LA_budgets.png").exists()
+    assert reproduce.main([*args, "--reference", "ssnet"]) == 2
+    assert "--reference: unknown method 'ssnet'" in capsys.readouterr().err
 
 
 def test_grid_resumes_a_half_finished_run(tmp_path, capsys):
@@ -297,7 +425,7 @@ def test_a_cells_config_is_what_the_train_script_makes_of_the_same_flags(tmp_pat
 
     quick_flags = ["--lr_step", "0", "--consistency_rampup", "1", "--eval_start", "1", "--eval_every", "2",
                    "--save_every", "2", "--image_every", "0", "--eval_batch_size", "8", "--patch_size", "32,32,16",
-                   "--stride", "16,16,8", "--base_filters", "4"]
+                   "--stride", "16,16,8", "--base_filters", "4", "--batch_size", "4", "--labeled_bs", "2"]
     assert quick_train_settings("LA", synthetic=True) == train_args_settings("LA", quick_flags)
     run = Run("LA", "4", 4, "ua_mt", 1338, "test", 120, tmp_path / "run", "shared", "SS-Net")
     settings = CellSettings(device="cpu", num_workers=0, root_path="/data/LA", progress=False,

@@ -13,7 +13,7 @@ from scipy import ndimage
 from dataloaders import read_list
 from dataloaders.acdc import load_acdc_volume
 from dataloaders.la import la_case_path, load_la_case
-from dataloaders.splits import DATA_DIR
+from dataloaders.splits import SPLITS_DIR
 from evaluation.scoring import ScoreOptions, score_folders
 from tools import score
 from utils.report import CSV_COLUMNS
@@ -178,7 +178,7 @@ def test_symlinked_case_folders_and_files_are_followed(tmp_path):
 
 
 def test_real_la_labels_against_medpy(la_root, tmp_path):
-    case = next(c for c in read_list(DATA_DIR / "LA" / "train.list") if la_case_path(la_root, c).is_file())
+    case = next(c for c in read_list(SPLITS_DIR / "LA" / "train.list") if la_case_path(la_root, c).is_file())
     _, ref = load_la_case(la_root, case)
     pred = ndimage.binary_erosion(np.roll(ref, 3, axis=0), iterations=2).astype(np.uint8)
     write_h5(tmp_path / "gt" / case / "mri_norm2.h5", ref)
@@ -189,7 +189,7 @@ def test_real_la_labels_against_medpy(la_root, tmp_path):
 
 
 def test_real_acdc_labels_against_medpy_per_class(acdc_root, tmp_path):
-    name = read_list(DATA_DIR / "ACDC" / "test.list")[0]
+    name = read_list(SPLITS_DIR / "ACDC" / "test.list")[0]
     _, ref = load_acdc_volume(acdc_root, name)
     pred = np.roll(ref, 2, axis=2)
     pred[pred == 2] = np.where(ndimage.binary_erosion(pred == 2), 2, 0)[pred == 2]

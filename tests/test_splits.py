@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dataloaders.splits import (
-    DATA_DIR,
+    SPLITS_DIR,
     Split,
     acdc_split,
     la_split,
@@ -30,7 +30,7 @@ def test_read_list_missing_file_names_path_and_contents(tmp_path):
 
 
 def test_la_lists_have_80_20_8_ids_and_val_is_tail_of_train():
-    train, test, val = (read_list(DATA_DIR / "LA" / f"{n}.list") for n in ("train", "test", "val"))
+    train, test, val = (read_list(SPLITS_DIR / "LA" / f"{n}.list") for n in ("train", "test", "val"))
     assert (len(train), len(test), len(val)) == (80, 20, 8)
     assert len(set(train)) == 80 and not set(train) & set(test)
     assert val == train[-8:]
@@ -39,7 +39,7 @@ def test_la_lists_have_80_20_8_ids_and_val_is_tail_of_train():
 @pytest.mark.parametrize("labelnum", [4, 8, 16])
 def test_la_split_honest_protocol_is_disjoint(labelnum):
     split = la_split(labelnum)
-    assert split.labeled == read_list(DATA_DIR / "LA" / "train.list")[:labelnum]
+    assert split.labeled == read_list(SPLITS_DIR / "LA" / "train.list")[:labelnum]
     parts = [set(split.labeled), set(split.unlabeled), set(split.val), set(split.test)]
     assert sum(map(len, parts)) == len(set().union(*parts)) == 100
     assert len(split.unlabeled) == 80 - 8 - labelnum
@@ -75,6 +75,22 @@ def test_la_split_refuses_to_label_validation_cases():
         la_split(73)
 
 
+@pytest.mark.parametrize("labelnum", [8, 6])
+def test_la_split_tells_the_true_limit_at_once_with_the_flags(labelnum, tmp_path):
+    """6 listed cases, the last held out for validation: 8 and 6 get the same answer, 1..5, naming --select."""
+    (tmp_path / "train.list").write_text("a\nb\nc\nd\ne\nv\n")
+    (tmp_path / "val.list").write_text("v\n")
+    (tmp_path / "test.list").write_text("t\n")
+    with pytest.raises(ValueError, match=rf"--labelnum {labelnum} out of range: .*train\.list lists 6 cases and "
+                                         r"case 6 \(v\) is a validation case .*--select val; choose --labelnum "
+                                         r"1\.\.5, or --select last"):
+        la_split(labelnum, lists_dir=tmp_path)
+    assert len(la_split(5, lists_dir=tmp_path).labeled) == 5
+    assert len(la_split(6, hold_out_val=False, lists_dir=tmp_path).labeled) == 6
+    with pytest.raises(ValueError, match=r"lists 6 cases; choose --labelnum 1\.\.6"):
+        la_split(7, hold_out_val=False, lists_dir=tmp_path)
+
+
 def test_la_split_reads_other_lists_dir(tmp_path):
     (tmp_path / "train.list").write_text("a\nb\nc\nd\n")
     (tmp_path / "val.list").write_text("d\n")
@@ -85,8 +101,8 @@ def test_la_split_reads_other_lists_dir(tmp_path):
 
 
 def test_acdc_lists_sizes_and_patient_disjointness():
-    slices = read_list(DATA_DIR / "ACDC" / "train_slices.list")
-    train, val, test = (read_list(DATA_DIR / "ACDC" / f"{n}.list") for n in ("train", "val", "test"))
+    slices = read_list(SPLITS_DIR / "ACDC" / "train_slices.list")
+    train, val, test = (read_list(SPLITS_DIR / "ACDC" / f"{n}.list") for n in ("train", "val", "test"))
     assert (len(slices), len(train), len(val), len(test)) == (1312, 140, 20, 40)
     patients = [{patient_of(name) for name in ids} for ids in (train, val, test)]
     assert [len(p) for p in patients] == [70, 10, 20]
@@ -95,7 +111,7 @@ def test_acdc_lists_sizes_and_patient_disjointness():
 
 
 def test_patients_to_slices_matches_official_table():
-    slices = read_list(DATA_DIR / "ACDC" / "train_slices.list")
+    slices = read_list(SPLITS_DIR / "ACDC" / "train_slices.list")
     table = {3: 68, 7: 136, 14: 256, 21: 396, 28: 512, 35: 664, 70: 1312}
     assert {n: patients_to_slices(n, slices) for n in table} == table
 

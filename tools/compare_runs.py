@@ -14,12 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="test output folder, checkpoint or run folder")
     p.add_argument("--root_path", required=True, help="dataset root (images and ground truth)")
     p.add_argument("--dataset", default="", choices=("", "LA", "ACDC"),

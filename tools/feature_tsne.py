@@ -13,12 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints (or run folders)")
     p.add_argument("--names", default="", help="comma-separated panel titles (default: the run folder names)")
     p.add_argument("--root_path", required=True, help="dataset root")

@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (holds log.txt and/or tensorboard/)")
     p.add_argument("--names", default="", help="comma-separated legend names (default: folder names)")
     p.add_argument("--output", default="", help="default: RUN/curves.png for one run, ./curves.png for several")

@@ -18,12 +18,12 @@ import argparse
 import sys
 
 from evaluation.scoring import ScoreOptions, score_folders
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.flags import add_flags, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     add_flags(p, ScoreOptions)
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p

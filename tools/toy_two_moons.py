@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from utils.cli import DocstringHelpFormatter, run_cli
+from utils.cli import DocstringHelpFormatter, ScriptParser, run_cli
 from utils.errors import UserError
 
 
@@ -32,7 +32,7 @@ def int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     p.add_argument("--labels", type=int_list, default=[4, 10, 30], help="labeled points (even: half per class)")
     p.add_argument("--gammas", type=float_list, default=[0.1, 0.2, 0.3], help="noise levels (sd of the jitter)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell for the table (the figure shows seed 0)")

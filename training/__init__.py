@@ -22,4 +22,5 @@ def train_script(dataset: str, description: str, argv: list[str] | None) -> int:
     parser = build_train_parser(dataset, description)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    return run_cli(lambda: train(config_from_args(args, dataset, explicit_flags(parser, argv))), debug=args.debug)
+    return run_cli(lambda: train(config_from_args(args, dataset, explicit_flags(parser, argv))), debug=args.debug,
+                   cpu_threads=True)

@@ -20,7 +20,8 @@ from dataloaders import NIFTI_DATASETS, get_dataset
 from inference.settings import SPEED, InferenceSettings, slides
 from methods import METHODS, check_method_name
 from methods.recipe import LR_POLICIES, SCHEDULE_CHOICES, Dice, Recipe, Schedule
-from methods.settings import LOSSES, OPTIMISATION, SCHEDULE, SSNET, TEACHERS, MethodSettings
+from methods.settings import LOSSES, OPTIMISATION, RECIPE, SCHEDULE, SSNET, TEACHERS, MethodSettings
+from networks.unet import unet_channels
 from utils.cli import int_list
 from utils.errors import UserError
 from utils.settings import check_settings, declared_default, same_as, setting
@@ -49,10 +50,12 @@ class TrainConfig(MethodSettings):
     # -- data and run folder
     dataset: str = setting(help="LA | ACDC | NIfTI-3d | NIfTI-2d", flag=False)
     root_path: str = same_as(SharedSettings, "root_path", runtime=True, group=RUN)
-    lists_dir: str = setting("", "folder with the split lists (default: data/<dataset>)", group=RUN)
+    lists_dir: str = setting("", "folder with the split lists (default: data/splits/<dataset>)", group=RUN)
     exp: str = setting("", "experiment name (run folder prefix)", group=RUN)
     run_dir: str = setting("", "run folder (default: model/<exp>_<labelnum>_labeled/<method>_seed<seed>)",
                            runtime=True, group=RUN)
+    init_from: str = setting("", "start from the weights of this checkpoint (a two-stage method's second stage: "
+                                 "the first stage's best_model.pth)", flag=False, runtime=True)
     resume: str = setting("", "continue the run in RUN_DIR with its saved settings (re-running the same command "
                               "also resumes); only runtime flags such as --device, --num_workers, --max_iteration "
                               "may change", metavar="RUN_DIR", runtime=True, group=RUN)
@@ -69,8 +72,8 @@ class TrainConfig(MethodSettings):
         "recipe", "recipe = each method's authors' schedule (iterations, LR policy, warm-up; docs/baselines.md); "
                   "shared = SS-Net's schedule of the dataset for every method. Flags marked 'from --schedule' "
                   "override single values", choices=SCHEDULE_CHOICES, group=OPTIMISATION)
-    batch_size: int = setting(4, "labeled + unlabeled samples per batch", group=OPTIMISATION)
-    labeled_bs: int = setting(2, "labeled samples per batch", group=OPTIMISATION)
+    batch_size: int = setting(4, "labeled + unlabeled samples per batch", resolved=RECIPE, group=OPTIMISATION)
+    labeled_bs: int = setting(2, "labeled samples per batch", resolved=RECIPE, group=OPTIMISATION)
     patch_size: list[int] = setting(help="training crop (LA) / resize (ACDC) size, comma separated", factory=list,
                                     parse=int_list, group=OPTIMISATION)
     base_lr: float = setting(0.01, "initial SGD learning rate", group=OPTIMISATION)
@@ -213,7 +216,13 @@ def make_config(dataset: str, **given: Any) -> TrainConfig:
         preset.values["consistency"]
     if recipe and recipe.dice:
         values.update(dice_values(recipe))
+    if recipe and recipe.batch:
+        values["batch_size"], values["labeled_bs"] = recipe.batch
+    # a first stage is part of the method: --schedule shared changes the second stage's length only
+    values["pretrain_iterations"] = recipe.schedule.pretrain_iterations if recipe and recipe.schedule else 0
     network_kwargs = {**values["network_kwargs"], **given.pop("network_kwargs", {})}
+    if values["network"] == "unet" and network_kwargs.get("base_filters") is not None:  # --base_filters: the width
+        network_kwargs["channels"] = unet_channels(int(network_kwargs.pop("base_filters")))
     values.update(given)
     values["network_kwargs"] = {**network_kwargs, **METHODS[method].network_options(dims)}
     values["patch_size"], values["stride"] = list(values["patch_size"]), list(values["stride"])
@@ -297,6 +306,10 @@ def validate_config(config: TrainConfig) -> None:
     if method.uses_unlabeled and config.batch_size == config.labeled_bs:
         raise UserError(f"method {config.method} needs unlabeled samples: --batch_size ({config.batch_size}) must "
                         f"exceed --labeled_bs ({config.labeled_bs})")
+    if config.pretrain_iterations and "pretrain" not in method.stages:
+        two_stage = ", ".join(name for name, cls in METHODS.items() if "pretrain" in cls.stages)
+        raise UserError(f"--pretrain_iterations applies to methods with a pre-train stage ({two_stage}), not to "
+                        f"{config.method}; leave it at 0")
     if config.base_lr <= 0 or not math.isfinite(config.base_lr):
         raise UserError(f"--base_lr must be a positive number, got {config.base_lr}")
     dims = len(PRESETS[config.dataset].values["patch_size"]) if config.dataset in PRESETS else None
@@ -312,7 +325,10 @@ def validate_config(config: TrainConfig) -> None:
             raise UserError(f"--{name} {stride} needs {len(config.patch_size)} values between 1 and the patch size "
                             f"{config.patch_size} (a larger step would leave voxels between windows unpredicted)")
     if config.network_kwargs.get("base_filters") is not None and config.network != "vnet":
-        raise UserError("--base_filters applies to the V-Net (LA) only")
+        raise UserError(f"--base_filters sets the width of the V-Net and the U-Net, not of {config.network!r}")
+    widths = [config.network_kwargs.get("base_filters", 1), *config.network_kwargs.get("channels", [])]
+    if min(widths) < 1:
+        raise UserError(f"--base_filters {min(widths)}: give a positive number of channels (official 16)")
 
 
 def default_run_dir(config: TrainConfig) -> Path:

@@ -3,7 +3,7 @@
 Every field with a `flag` becomes `--<name>`; bool settings are 0/1 flags, except `progress` (`--no_progress`).
 A flag's default is the dataset's value of the setting (training.config.defaults); settings the method's recipe
 or --schedule decide default to None and say so in -h. Two flags are not settings: --base_filters (the V-Net's
-width, into network_kwargs) and --debug (tracebacks).
+or U-Net's width, into network_kwargs) and --debug (tracebacks).
 """
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ import argparse
 from typing import Any
 
 from dataloaders import NIFTI_DATASETS, get_dataset
-from utils.cli import DocstringHelpFormatter
+from utils.cli import DocstringHelpFormatter, ScriptParser
 from utils.flags import add_flags, explicit_flags, section, values_from_args
 
 from .config import GROUP_ORDER, RUN, TrainConfig, defaults, make_config, resumed_config
 
 __all__ = ["build_train_parser", "config_from_args", "explicit_flags", "settings_from_args"]
+NETWORK_WIDTH_HELP = {  # --base_filters: a narrower network (e.g. 4) for CPU trials
+    "vnet": "V-Net width: channels of the first level, doubled at each level (official 16)",
+    "unet": "U-Net width: channels of the first of its 5 levels, doubled at each level (official 16: 16..256)",
+}
 
 
 def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParser:
     """The parser of train_la.py (dataset "LA"), train_acdc.py ("ACDC") and train.py ("NIfTI-3d" / "NIfTI-2d")."""
-    p = argparse.ArgumentParser(description=description, formatter_class=DocstringHelpFormatter)
+    p = ScriptParser(description=description, formatter_class=DocstringHelpFormatter)
     values = defaults(dataset)
     adapter = None if dataset in NIFTI_DATASETS else get_dataset(dataset)
     for title in GROUP_ORDER:  # the -h sections in this order
@@ -29,8 +33,9 @@ def build_train_parser(dataset: str, description: str) -> argparse.ArgumentParse
     helps = {"root_path": "the nnU-Net raw folder (default: --data)"} if adapter is None else \
         {"labelnum": adapter.labelnum_meaning, "root_path": adapter.root_help}
     add_flags(p, TrainConfig, context=adapter, values=values, helps=helps, resolved_example=f"ss_net on {dataset}")
-    if values["network"] == "vnet":
-        section(p, RUN).add_argument("--base_filters", type=int, default=None, help="V-Net width (official 16)")
+    if values["network"] in NETWORK_WIDTH_HELP:
+        section(p, RUN).add_argument("--base_filters", type=int, default=None,
+                                     help=NETWORK_WIDTH_HELP[values["network"]])
     p.add_argument("--debug", action="store_true", help="full traceback on errors")
     return p
 

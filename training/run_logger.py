@@ -39,6 +39,7 @@ def environment(device: torch.device, seed: int) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "seed": seed,
+        "cpu_threads": torch.get_num_threads(),  # another count sums in another order (utils/machine.py)
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     try:
@@ -194,7 +195,10 @@ class RunLogger:
             self.writer.add_scalar(f"train/{name}", value, iteration)
         self.writer.add_scalar("train/lr", lr, iteration)
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{loss:.4f}", dice=f"{terms.get('dice', math.nan):.4f}")
+            # refresh=False: the bar shows the new values at its next throttled redraw; set_postfix's default redraws
+            # at once, past the 30 s throttle of a log file, with the count tqdm had last drawn (a stale n).
+            # `dice_loss`: the Dice *loss* of the labeled batch (1 - soft Dice), not a score.
+            self._bar.set_postfix(loss=f"{loss:.4f}", dice_loss=f"{terms.get('dice', math.nan):.4f}", refresh=False)
         # loss terms, then " | " and the monitors: readers of log.txt (viz/curves.py) tell the groups apart
         self.logger.debug("iteration %d: %s | %s lr %.2e", iteration,
                           " ".join(f"{k} {v:.5f}" for k, v in terms.items()),

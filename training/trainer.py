@@ -35,6 +35,14 @@ from .run_lock import hold_run_folder
 from .run_logger import RunLogger, environment
 from .selection import Selector, selection_lists
 from .signals import StopSignals, signal_name
+from .stages import (
+    STAGE_TITLES,
+    describe_stage,
+    load_initial_weights,
+    stage_configs,
+    stage_finished,
+    write_outer_config,
+)
 
 
 @dataclass
@@ -68,11 +76,18 @@ def train(config: TrainConfig) -> TrainResult:
     """
     with distributed_session(config.device) as ddp, StopSignals() as stop, \
             hold_run_folder(default_run_dir(config), ddp):
-        training = Training(config, ddp)
-        try:
-            return training.run(stop)
-        finally:
-            training.log.close()
+        if ddp.is_main:
+            write_outer_config(config)
+        result = None
+        for stage in stage_configs(config):  # one stage, or a pre-train then the main stage (training/stages.py)
+            if stage_finished(stage):
+                continue
+            training = Training(stage, ddp)
+            try:
+                result = training.run(stop)
+            finally:
+                training.log.close()
+        return result
 
 
 def seed_everything(seed: int) -> None:
@@ -129,7 +144,8 @@ class Training:
         self.log = RunLogger.quiet(ddp.rank) if not ddp.is_main else RunLogger.open(
             run_dir, config.to_json(), split, environment(self.device, config.seed),
             resume[1]["iteration"] if resume else None, show_progress=config.progress,
-            image_every=config.image_every, title=f"{config.method} {config.dataset}")
+            image_every=config.image_every, title=f"{config.method} {config.dataset}" +
+            (f" ({STAGE_TITLES[config.stage]})" if config.pretrain_iterations else ""))
         try:
             self._build_model(dataset, eval_lists)
             self.losses: list[float] = []
@@ -164,6 +180,8 @@ class Training:
         """Network, method (with what it trains besides the network), optimiser, checkpoint store, selector."""
         config, ddp = self.config, self.ddp
         self.network = build_network(config.network, **config.network_kwargs).to(self.device)
+        if config.init_from:  # a two-stage method's main stage: from the first stage's best checkpoint
+            load_initial_weights(self.network, config.init_from)
         ddp.prepare_network(self.network, sync_bn=config.sync_bn)  # torchrun --sync_bn: SyncBatchNorm
         prepare_network(self.network, channels_last=config.channels_last, compile=config.compile)
         self.precision = Precision(config.amp, self.device, self.log.logger)
@@ -227,6 +245,8 @@ class Training:
         c = self.config
         if not resumed:
             self.log.info("run folder %s", self.run_dir)
+            if describe_stage(c):
+                self.log.info("%s", describe_stage(c))
             self.log.info("%s on %s: labeled %s, unlabeled %s, selection: %s", c.method, c.dataset,
                           self.dataset.describe_items(labeled), self.dataset.describe_items(unlabeled), c.protocol)
             extra = sum(p.numel() for m in self.method.trained_modules()[1:] for p in m.parameters())

@@ -7,9 +7,19 @@ from collections.abc import Iterable
 from utils.errors import UserError
 
 
+def closest(name: object, choices: Iterable) -> str | None:
+    """The choice closest to `name` (compared as text), None when none is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(name: object, choices: Iterable) -> str:
+    """"; did you mean 'ss_net'?" for the closest choice, "" when none is close."""
+    close = closest(name, choices)
+    return f"; did you mean {close!r}?" if close else ""
+
+
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """UserError("unknown method 'ssnet'; did you mean 'ss_net'? choose from: ss_net, supervised")."""
     options = sorted(choices)
-    close = difflib.get_close_matches(name, options, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ";"
-    return UserError(f"unknown {kind} {name!r}{hint} choose from: {', '.join(options)}")
+    return UserError(f"unknown {kind} {name!r}{did_you_mean(name, options) or ';'} choose from: {', '.join(options)}")

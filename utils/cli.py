@@ -7,21 +7,28 @@ from collections.abc import Callable
 
 import torch
 
+from utils.choices import closest, did_you_mean
 from utils.errors import StoppedBySignal, UserError
 
 # What a user can cause and fix: bad input (UserError) and the file system (missing files, permissions, disk).
 USER_ERRORS = (UserError, OSError)
 
 
-def run_cli(job: Callable[[], object], debug: bool = False) -> int:
+def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = False) -> int:
     """Run job(); a user error prints `error: ...` on stderr and returns 2 (its traceback with --debug).
 
     A run stopped by a signal after saving its state returns 128 + the signal number (training/signals.py);
     a Ctrl-C that interrupts at once returns 130.
 
     Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
+    cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores), for
+    the scripts that train or predict.
     """
     try:
+        if cpu_threads:
+            from utils.machine import use_free_cores
+
+            use_free_cores()
         job()
     except USER_ERRORS as exc:
         if debug:
@@ -35,6 +42,36 @@ def run_cli(job: Callable[[], object], debug: bool = False) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """The parser of every script: a mistake on the command line is one `error:` line, as from run_cli, instead of
+    the whole usage; a value outside a flag's choices, or an unknown flag, names the closest valid one."""
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            raise self._invalid_choice(action, value)
+
+    def _get_value(self, action: argparse.Action, text: str):
+        try:
+            return super()._get_value(action, text)
+        except argparse.ArgumentError:
+            if action.choices:  # `--low_memory yes`: a choice flag names its choices, not its type
+                raise self._invalid_choice(action, text) from None
+            raise
+
+    @staticmethod
+    def _invalid_choice(action: argparse.Action, value) -> argparse.ArgumentError:
+        return argparse.ArgumentError(action, f"invalid choice {value!r}{did_you_mean(value, action.choices) or ';'} "
+                                              f"choose from: {', '.join(map(str, action.choices))}")
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for o in self._option_string_actions if o.startswith("--")]
+            tokens = [t.split("=")[0] for t in message.split(":", 1)[1].split() if t.startswith("--")]
+            hints = [f"{t}: did you mean {closest(t, flags)!r}?" for t in tokens if closest(t, flags)]
+            message += f" ({'; '.join(hints)})" if hints else ""
+        self.exit(2, f"error: {message} (-h lists the flags)\n")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

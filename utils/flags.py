@@ -1,6 +1,6 @@
 """Command-line flags generated from options dataclasses (utils/settings.py), and the namespace mapped back.
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    parser = ScriptParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     add_flags(parser, PredictOptions)                                   # every setting becomes a flag
     options = options_from_args(PredictOptions, parser.parse_args(argv))
 
@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from utils.cli import help_text
+from utils.cli import ScriptParser, help_text
 from utils.settings import declared_default
 
 
@@ -29,6 +29,9 @@ def add_flags(parser: argparse.ArgumentParser, options: type, *, context: Any = 
     context: what a callable `flag` is asked (the dataset adapter of the script).
     resolved_example: names the example shown with a `resolved` setting's value from `values` ("ss_net on LA").
     """
+    if not isinstance(parser, ScriptParser):  # its choice flags would answer a typo with the whole usage
+        raise TypeError(f"add_flags({options.__name__}): build the parser with utils.cli.ScriptParser (one-line "
+                        f"errors, 'did you mean' for choices)")
     values, helps = values or {}, helps or {}
     taken = {action.dest for action in parser._actions}
     added = []

@@ -345,3 +345,23 @@ def uncertainty_rectified_consistency(logits: Sequence[Tensor], eps: float = 1e-
         weight = torch.exp(-kl)
         total = total + ((mean_probs - p_s) ** 2 * weight).mean() / (weight.mean() + eps) + kl.mean()
     return total / len(logits)
+
+
+def masked_dice_loss(probs: Tensor, labels: Tensor, mask: Tensor, *, per_sample: bool, squared: bool,
+                     smooth: float) -> Tensor:
+    """Soft Dice loss over the voxels where `mask` (B, *spatial) is 1, every class included (BCP's two Dice losses).
+
+    per_sample: a Dice per sample and class, then the mean of all (BCP's LA `mask_DiceLoss`); else one Dice per class
+    over the batch (BCP's ACDC `DiceLoss`). squared: sum p^2 + sum g^2 in the denominator, else sum p + sum g.
+    Returns mean(1 - (2 sum p g m + s) / (denominator + s)).
+    """
+    num_classes = probs.shape[1]
+    onehot = F.one_hot(labels.long(), num_classes).movedim(-1, 1).to(probs.dtype)
+    mask = mask.unsqueeze(1).to(probs.dtype)
+    dims = tuple(range(2, probs.ndim)) if per_sample else _pooled_dims(probs)
+    intersection = (probs * onehot * mask).sum(dims)
+    if squared:
+        denominator = (probs * probs * mask).sum(dims) + (onehot * onehot * mask).sum(dims)
+    else:
+        denominator = ((probs + onehot) * mask).sum(dims)
+    return (1.0 - (2.0 * intersection + smooth) / (denominator + smooth)).mean()

@@ -1,0 +1,70 @@
+"""utils.machine: PyTorch's threads from the cores free of other work at start-up, and the scripts that use it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import demo
+import predict
+import reproduce
+import test_acdc
+import test_la
+import train_acdc
+import train_la
+from utils import machine
+
+
+@pytest.mark.parametrize(("usable", "busy", "threads"), [
+    (2, 0.0, 2), (2, 0.1, 2), (2, 1.0, 1), (2, 0.5, 1), (2, 2.0, 1), (2, 7.0, 1), (1, 0.0, 1),
+    (16, 3.0, 13), (16, None, 16),
+])
+def test_threads_are_the_free_cores_at_least_one(usable, busy, threads):
+    assert machine.threads_for(usable, busy) == threads
+
+
+def test_busy_cores_is_measured_between_none_and_every_core():
+    busy = machine.busy_cores(window_s=0.05)
+    assert busy is None or 0.0 <= busy <= machine.usable_cores() + 1e-6
+
+
+def test_use_free_cores_sets_and_says_the_choice_once_per_process(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(machine, "_chosen", [])
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    said = []
+    assert machine.use_free_cores(said.append, measure=lambda: 1.1) == 1
+    assert torch.get_num_threads() == 1
+    assert said == ["CPU threads: 1 of 2 core(s) (1.1 busy with other work at start-up; set OMP_NUM_THREADS to "
+                    "choose)"]
+    torch.set_num_threads(2)
+    # a second run in the same process (the demo's second model, a grid's next cell): the same count, said once
+    assert machine.use_free_cores(said.append, measure=lambda: 0.0) == 1 and torch.get_num_threads() == 1
+    assert len(said) == 1
+
+
+def test_an_explicit_omp_num_threads_is_obeyed(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(machine, "_chosen", [])
+    torch.set_num_threads(1)
+    said = []
+    assert machine.use_free_cores(said.append, measure=lambda: 0.0) == 1 and said == []
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    (train_la, ["--root_path", "/nonexistent/LA", "--device", "cpu"]),
+    (train_acdc, ["--root_path", "/nonexistent/ACDC", "--device", "cpu"]),
+    (test_la, ["--checkpoint", "/nonexistent/best_model.pth", "--device", "cpu"]),
+    (test_acdc, ["--checkpoint", "/nonexistent/best_model.pth", "--device", "cpu"]),
+    (predict, ["--checkpoint", "/nonexistent/best_model.pth", "--input", "/nonexistent", "--output", "/tmp/x"]),
+    (reproduce, ["--methods", "ssnet"]),
+    (demo, ["--methods", "ssnet"]),
+])
+def test_the_scripts_that_train_or_predict_pick_their_threads_first(script, argv, monkeypatch, capsys, tmp_path):
+    calls = []
+    monkeypatch.setattr(machine, "use_free_cores", lambda: calls.append(1) or 1)
+    if script is demo:
+        argv = [*argv, "--out", str(tmp_path / "demo")]
+    assert script.main(argv) == 2  # a user error, after the thread choice
+    assert calls == [1]
+    assert not (tmp_path / "demo").exists()  # the demo checks its methods before writing its data
+    capsys.readouterr()
