@@ -36,7 +36,7 @@ import torch
 from benchmarks.bench import GIB, process_memory_gib, run_worker, serve_job
 from dataloaders import get_dataset
 from utils.atomic import write_text_atomic
-from utils.cli import int_list
+from utils.cli import ScriptParser, int_list
 
 _START = time.perf_counter()  # the process's start, as near as this module sees it (imports follow)
 
@@ -118,7 +118,7 @@ def program_job(job: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.program", description=__doc__.split("\n\n")[0])
+    p = ScriptParser(prog="python -m benchmarks.program", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="LA", choices=("LA", "ACDC"))
     p.add_argument("--root_path", default="", help="dataset folder with the restored cases (required)")
     p.add_argument("--lists_dir", default="", help="split lists of the cases present (python -m data.lists)")
