@@ -16,6 +16,7 @@ import io
 import runpy
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -44,7 +45,9 @@ def check_command(argv: list[str]) -> str:
     sys.argv = [module or argv[0], *script_args]
     try:
         with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), \
-                contextlib.redirect_stderr(stderr):
+                contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            # running an already imported module as __main__ is what this check means to do
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
             if module:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             else:
