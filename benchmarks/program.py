@@ -9,9 +9,9 @@ memory is its own:
   log.txt, TensorBoard scalars and image panels, the training loader with its default workers, resume checkpoints)
   on the cases of --root_path / --lists_dir, --warmup untimed iterations then --iterations timed ones. An
   iteration's time is the interval between two batch requests of the loop, so it holds everything the loop does
-  besides the step (waiting for data, logging, summaries, checkpoints). Also: the seconds from the process's
-  start to its first batch (imports, data check, network) and the peak resident set of the process and,
-  separately, of its largest child (worker processes, when --num_workers > 0).
+  besides the step (waiting for data, logging, summaries, checkpoints). Also: the seconds from this module's
+  import (torch already imported) to the first batch (project imports, data check, network) and the peak resident
+  set of the process and, separately, of its largest child (worker processes, when --num_workers > 0).
 * step: benchmarks/bench.py's default-mode step (and with --official 1 its official mode) on synthetic tensors of
   the same shape and batch, with the same threads.
 It prints program / step per iteration and per peak, and writes JSON. Differences that remain by design: the
@@ -38,7 +38,7 @@ from dataloaders import get_dataset
 from utils.atomic import write_text_atomic
 from utils.cli import ScriptParser, int_list
 
-_START = time.perf_counter()  # the process's start, as near as this module sees it (imports follow)
+_START = time.perf_counter()  # when this module was imported: torch and numpy already are, the project not yet
 
 
 class TimedBatches:
