@@ -139,6 +139,7 @@ def state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow  # ~17 s: two torchrun launches; the DDP step itself is checked in the default suite
 def test_two_process_run_writes_once_and_resumes_exactly(synthetic, tmp_path, capsys):
     reference, run_dir = tmp_path / "reference", tmp_path / "run"
     done = torchrun("train_la.py", *flags(synthetic, reference, 8))

@@ -297,6 +297,7 @@ def test_eval_stride_is_validated():
     assert code == 2
 
 
+@pytest.mark.slow  # ~30 s: several benchmark worker processes
 def test_bench_tiny_writes_json(tmp_path):
     from benchmarks import bench
     out = tmp_path / "bench.json"
@@ -350,6 +351,7 @@ def test_start_up_imports_no_optional_heavy_module():
     assert done.stdout.strip() == "False", done.stdout + done.stderr
 
 
+@pytest.mark.slow  # ~15 s: the trainer and two step-benchmark processes
 def test_program_benchmark_runs_the_trainer_beside_its_step(tmp_path):
     from benchmarks import program
     from dataloaders import make_synthetic_la

@@ -320,6 +320,7 @@ def test_dry_run_counts_both_stages_of_bcp(tmp_path):
 # ---- the grid end to end (quick mode) ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~10 s; the quick grid's tables and chart are checked in the default suite too
 def test_quick_grid_end_to_end_then_reuses_everything(tmp_path, capsys):
     args = ["--quick", "--methods", "ss_net", "supervised", "--max_iteration", "4", "--device", "cpu",
             "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]

@@ -103,6 +103,7 @@ def test_sigkill_then_rerun_ends_bitwise_equal(point, n, synthetic, reference, t
     assert len(list_checkpoints(run_dir)) == 2  # --keep_checkpoints 2
 
 
+@pytest.mark.slow  # ~25 s for both methods; the default suite resumes SS-Net exactly in several other tests
 @pytest.mark.parametrize("method", ["mean_teacher", "sassnet"])
 def test_methods_with_a_teacher_or_discriminator_resume_exactly(method, synthetic, tmp_path):
     """The EMA teacher / the discriminator and its Adam state travel in the resume checkpoint."""
