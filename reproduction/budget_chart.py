@@ -6,11 +6,11 @@ tables (aggregate.paired_table).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from reproduction.chart import finish_chart
 from reproduction.rows import case_means, group
 
 
@@ -52,14 +52,5 @@ def draw_budget_chart(path: Path, dataset: str, case_rows: list[dict], title_not
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test Dice (%), mean ± sd over seeds")
-    title = f"{dataset}: Dice against the number of labeled cases (supervised = labeled only)"
-    unusual = bool(title_note) and title_note != "full"
-    if unusual:
-        title = f"{title_note}\n{title}"
-    fig.suptitle(title, fontsize=10, color="red" if unusual else "black")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    finish_chart(fig, path, f"{dataset}: Dice against the number of labeled cases (supervised = labeled only)",
+                 title_note)

@@ -1,7 +1,6 @@
 """Per-method box + strip plot of per-case Dice, one panel per protocol and budget, the paper's value marked."""
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from reproduction.paper import paper_entry
 from reproduction.rows import budget_order, case_means, group
+from viz.io import save_png
 
 
 def draw_chart(path: Path, dataset: str, case_rows: list[dict], published: dict, title_note: str = "") -> None:
@@ -50,12 +50,13 @@ def draw_chart(path: Path, dataset: str, case_rows: list[dict], published: dict,
             if marked:
                 ax.legend(fontsize=7, loc="lower right")
     title = f"{dataset}: per-case test Dice (box + cases{'; red diamond = published mean' if published else ''})"
-    if title_note and title_note != "full":
-        title = f"{title_note}\n{title}"
-    fig.suptitle(title, fontsize=10, color="red" if title_note and title_note != "full" else "black")
+    finish_chart(fig, path, title, title_note)
+
+
+def finish_chart(fig, path: Path, title: str, title_note: str = "") -> None:
+    """The grid's figures end alike: a run mode other than the full one (quick, shortened) heads the title in red;
+    the PNG is written atomically (viz.io.save_png)."""
+    unusual = bool(title_note) and title_note != "full"
+    fig.suptitle(f"{title_note}\n{title}" if unusual else title, fontsize=10, color="red" if unusual else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=110)
