@@ -7,6 +7,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+# train.py flags of a two-iteration run on these tiny synthetic folders
+TINY_TRAIN_FLAGS = ["--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--num_workers", "0",
+                    "--device", "cpu", "--no_progress", "--num_val", "1", "--patch_size", "16,16,16",
+                    "--base_filters", "4", "--batch_size", "2", "--labeled_bs", "1"]
 
 def rotated_affine(spacing, degrees: float = 30.0, origin=(-10.0, 5.0, 20.0)) -> np.ndarray:
     """A voxel-to-world affine with an oblique rotation (about z, then x) and anisotropic voxels."""

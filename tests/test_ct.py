@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from nifti_data import TINY_TRAIN_FLAGS as TINY
 from nifti_data import make_ct_dataset, make_nifti_dataset, synthetic_case, synthetic_ct_case
 
 import predict
@@ -78,11 +79,6 @@ def test_ct_and_mr_volumes_are_told_apart():
     assert "not trained on CT" in modality_problem(hu_summary(ct), model_is_ct=False)
     assert modality_problem(hu_summary(mr), model_is_ct=False) == ""
     assert modality_problem(hu_summary(zscored), model_is_ct=False) == ""
-
-
-TINY = ["--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--num_workers", "0", "--device", "cpu",
-        "--no_progress", "--num_val", "1", "--patch_size", "16,16,16", "--base_filters", "4", "--batch_size", "2",
-        "--labeled_bs", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from nifti_data import TINY_TRAIN_FLAGS as TINY
 from nifti_data import make_decathlon_task, make_nifti_dataset
 
 import predict
 import train
 from dataloaders.nifti import read_nifti_dataset, read_scan
-
-TINY = ["--max_iteration", "2", "--eval_every", "2", "--eval_start", "2", "--num_workers", "0", "--device", "cpu",
-        "--no_progress", "--num_val", "1", "--patch_size", "16,16,16", "--base_filters", "4", "--batch_size", "2",
-        "--labeled_bs", "1"]
 
 
 @pytest.fixture(scope="module")
