@@ -96,7 +96,7 @@ class Predictor:
         if not name.startswith("NIfTI") and name not in DATASETS:
             raise UserError(f"{path}: unknown dataset {name!r}; pass --dataset LA or ACDC")
         defaults = DATASETS.get(name) or DATASETS["LA"]
-        loaded = load_network(path, defaults.network, defaults.network_kwargs, device)
+        loaded = load_network(path, defaults.network, defaults.network_kwargs, device, contents=raw)  # read once
         network, meta = loaded.network, loaded.metadata
         if name.startswith("NIfTI"):
             adapter = dataset_from_checkpoint(meta["config"]["nifti"], network.num_classes, network.in_channels)

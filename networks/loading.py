@@ -133,14 +133,16 @@ class LoadedCheckpoint:
 
 
 def load_network(path: str | Path, default_network: str, default_kwargs: dict,
-                 device: str | torch.device = "cpu") -> LoadedCheckpoint:
+                 device: str | torch.device = "cpu", *, contents: dict | None = None) -> LoadedCheckpoint:
     """Rebuild the network of a checkpoint (ours or an official state dict) on `device`, in eval mode.
 
     Our checkpoints describe their network; an official state dict is read as `default_network` with
     `default_kwargs` (the class count and V-Net width taken from the weights). SS-Net head weights in the file
     (official ones, ours before the heads moved into the method) are returned in `heads`, not loaded.
+    contents: what `read_checkpoint(path)` returned, when the caller has read it already (`path` then only names
+    the file in messages).
     """
-    obj = read_checkpoint(path)
+    obj = contents if contents is not None else read_checkpoint(path)
     if obj.get("format") == CHECKPOINT_FORMAT:
         cfg = obj["network"]
         network = build_network(cfg["name"], **cfg["kwargs"])

@@ -88,3 +88,14 @@ def test_the_python_api_from_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "labels (30, 26, 20) uint8 (1, 30, 26, 20)" in done.stdout
     assert (outside / "case.nii.gz").is_file()
+
+
+def test_a_checkpoint_file_is_read_once_to_build_a_predictor(tmp_path, monkeypatch):
+    from networks.loading import save_checkpoint
+
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, build_network("vnet", num_classes=2, base_filters=2), dataset="LA", num_classes=2)
+    reads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    predictor = Predictor.from_checkpoint(path, expect_dataset="LA")
+    assert reads == [path] and predictor.network.num_classes == 2
