@@ -374,6 +374,45 @@ def test_program_benchmark_runs_the_trainer_beside_its_step(tmp_path):
     assert program.main(["--dataset", "LA", "--output", str(tmp_path / "x.json")]) == 2  # no --root_path
 
 
+@pytest.mark.slow  # ~20 s: four test-script and official-loop processes
+def test_test_program_benchmark_times_the_whole_command_beside_the_official_loop(tmp_path):
+    import h5py
+
+    from benchmarks import test_program
+    from dataloaders import make_synthetic_la
+    from networks import build_network
+    from networks.loading import save_checkpoint
+    la = make_synthetic_la(tmp_path / "la", n_train=1, n_test=1, shape=(24, 24, 20), seed=3, n_val=0)
+    save_checkpoint(tmp_path / "la.pth", build_network("vnet", num_classes=2, base_filters=2), dataset="LA",
+                    num_classes=2)
+    out = tmp_path / "la.json"
+    assert test_program.main(["--dataset", "LA", "--checkpoint", str(tmp_path / "la.pth"), "--root_path", str(la),
+                              "--list", str(la / "test.list"), "--patch_size", "16,16,16", "--stride", "8,8,8",
+                              "--threads", "1", "--device", "cpu", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["cases"] == 1 and len(report["official"]) == len(report["command"]) == 1
+    assert report["official"][0]["seconds"] > 0 and report["command"][0]["peak_memory_gib"] > 0.05
+    assert "--patch_size" in report["command"][0]["command"] and "Dice" in report["command"][0]["output_tail"]
+    assert report["speedup_command_over_official"] > 0
+
+    acdc = tmp_path / "acdc"
+    (acdc / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for case in ("patient001_frame01", "patient001_frame02"):
+        with h5py.File(acdc / "data" / f"{case}.h5", "w") as f:
+            f["image"] = rng.random((3, 40, 36), dtype=np.float32)
+            f["label"] = rng.integers(0, 4, (3, 40, 36)).astype(np.uint8)
+    (tmp_path / "acdc.list").write_text("patient001_frame01\npatient001_frame02\n")
+    save_checkpoint(tmp_path / "acdc.pth", build_network("unet", num_classes=4, channels=[4, 8, 8, 16, 16]),
+                    dataset="ACDC", num_classes=4)
+    assert test_program.main(["--dataset", "ACDC", "--checkpoint", str(tmp_path / "acdc.pth"), "--root_path",
+                              str(acdc), "--list", str(tmp_path / "acdc.list"), "--patch_size", "32,32",
+                              "--threads", "1", "--device", "cpu", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["cases"] == 2 and len(report["official"][0]["case_seconds"]) == 2
+    assert test_program.main(["--dataset", "LA", "--output", str(out)]) == 2  # no --checkpoint / --root_path
+
+
 @pytest.mark.slow
 def test_gpu_cell_runs_with_tiny_shapes_on_a_cpu_and_skips_what_is_done(tmp_path):
     from dataloaders import make_synthetic_la
