@@ -99,13 +99,17 @@ def test_predictor_runs_a_folded_copy_by_default_and_the_network_itself_without(
     network = with_trained_looking_norms(build_network("vnet", **TINY_VNET))
     default = Predictor(network, get_dataset("LA"), InferenceSettings((32, 32, 32)))
     assert default.settings.fold_bn and default.network is network and count_norms(default.runner) == 0
-    # on a CPU the 3-D copy is stored channels-last (faster oneDNN kernels); the network itself stays as it was
+    # on a CPU the copy is stored channels-last (faster oneDNN kernels, 3-D and 2-D); the network stays as it was
     conv = default.runner.encoder.block_two.conv[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
     assert network.encoder.block_two.conv[0].weight.is_contiguous()
     unet = with_trained_looking_norms(build_network("unet", **TINY_UNET))
-    assert not getattr(Predictor(unet, get_dataset("ACDC"), InferenceSettings((64, 64))).runner,
-                       "uses_channels_last", False)
+    runner = Predictor(unet, get_dataset("ACDC"), InferenceSettings((64, 64))).runner
+    weights = [m.weight for m in runner.modules()  # not 1x1 kernels: both layouts at once
+               if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2] > 1]
+    assert runner.uses_channels_last and weights
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights)
+    assert not getattr(unet, "uses_channels_last", False)
     assert tiny_la_predictor(False, network).runner is network
 
 
