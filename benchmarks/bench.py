@@ -62,6 +62,7 @@ from training.precision import Precision
 from utils.atomic import write_text_atomic
 from utils.autocast import PRECISION_MODES
 from utils.cli import ScriptParser, int_list
+from utils.machine import use_huge_pages
 from utils.sliding_window import count_windows, window_starts
 
 MODES = ("official", "default", "fast")
@@ -308,8 +309,12 @@ def run_worker(job: dict, module: str = "benchmarks.bench") -> dict | None:
 
 
 def serve_job(job_text: str, work: Callable[[dict], dict]) -> int:
-    """The worker side of `run_worker`: the job's CPU threads, then `work(job)` printed for the parent."""
+    """The worker side of `run_worker`: the job's CPU threads and memory pages, then `work(job)` printed for the
+    parent. Huge pages as our scripts ask for them (utils.machine.use_huge_pages), except in what measures the
+    official code (mode or kind "official"), which does not ask; before the job's first large allocation."""
     job = json.loads(job_text)
+    if "official" not in (job.get("mode"), job.get("kind")):
+        use_huge_pages()
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     print(RESULT_PREFIX + json.dumps(work(job)), flush=True)

@@ -1,5 +1,11 @@
-"""utils.machine: PyTorch's threads from the cores free of other work at start-up, and the scripts that use it."""
+"""utils.machine: PyTorch's threads from the cores free of other work at start-up, huge pages for large tensors,
+and the scripts that use them."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +18,8 @@ import test_la
 import train_acdc
 import train_la
 from utils import machine
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("usable", "busy", "threads"), [
@@ -68,3 +76,36 @@ def test_the_scripts_that_train_or_predict_pick_their_threads_first(script, argv
     assert calls == [1]
     assert not (tmp_path / "demo").exists()  # the demo checks its methods before writing its data
     capsys.readouterr()
+
+
+def test_huge_pages_are_asked_for_only_where_the_kernel_gives_them_on_request(tmp_path, monkeypatch):
+    setting = tmp_path / "enabled"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    setting.write_text("always madvise [never]\n")
+    assert not machine.use_huge_pages(str(setting)) and "THP_MEM_ALLOC_ENABLE" not in os.environ
+    setting.write_text("always [madvise] never\n")
+    assert machine.use_huge_pages(str(setting)) and os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the user's choice is kept
+    assert not machine.use_huge_pages(str(setting)) and os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    assert not machine.huge_pages_on_request(str(tmp_path / "absent"))
+
+
+@pytest.mark.skipif(not machine.huge_pages_on_request(), reason="this kernel gives transparent huge pages only "
+                    "unasked (mode always) or never, so asking changes nothing")
+def test_a_script_process_backs_its_large_tensors_with_huge_pages():
+    """run_cli(cpu_threads=True), as every training / predicting script starts, asks before torch's first large
+    allocation: a 64 MiB tensor then lies on huge pages (AnonHugePages of the process grows)."""
+    code = ("import torch\nfrom utils.cli import run_cli\n"
+            "def huge_kib():\n"
+            "    for line in open('/proc/self/smaps_rollup'):\n"
+            "        if line.startswith('AnonHugePages:'):\n"
+            "            return int(line.split()[1])\n"
+            "before = huge_kib()\n"
+            "keep = []\n"
+            "run_cli(lambda: keep.append(torch.ones(16 * 2 ** 20)), cpu_threads=True)\n"
+            "print(huge_kib() - before)\n")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) >= 32 * 1024, done.stdout  # at least half of the 64 MiB on 2 MiB pages

@@ -21,13 +21,14 @@ def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = 
     a Ctrl-C that interrupts at once returns 130.
 
     Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
-    cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores), for
-    the scripts that train or predict.
+    cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores) and ask
+    for huge pages for its large tensors (utils.machine.use_huge_pages), for the scripts that train or predict.
     """
     try:
         if cpu_threads:
-            from utils.machine import use_free_cores
+            from utils.machine import use_free_cores, use_huge_pages
 
+            use_huge_pages()
             use_free_cores()
         job()
     except USER_ERRORS as exc:

@@ -104,3 +104,29 @@ def use_free_cores(say: Callable[[str], None] | None = None, measure: Callable[[
         say(f"CPU threads: {threads} of {usable} core(s) ({load}; set OMP_NUM_THREADS to choose)")
     torch.set_num_threads(_chosen[0])
     return _chosen[0]
+
+
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages_on_request(setting_file: str = THP_SETTING) -> bool:
+    """Whether the kernel backs memory with transparent huge pages when a program asks (mode "madvise"); in mode
+    "always" it does so unasked, in "never" (or off Linux) not at all."""
+    try:
+        with open(setting_file) as f:
+            return "[madvise]" in f.read()
+    except OSError:
+        return False
+
+
+def use_huge_pages(setting_file: str = THP_SETTING) -> bool:
+    """Ask PyTorch's CPU allocator to back its large tensors (>= 2 MiB) with transparent huge pages.
+
+    A training step allocates tens of GiB of fresh activations (every large tensor is a new mapping that the kernel
+    fills page by page on first touch): with 4 KiB pages that is one page fault per 4 KiB, with 2 MiB pages one per
+    2 MiB (docs/speed.md measures what this saves). Values are untouched: only where the bytes live changes. PyTorch
+    reads THP_MEM_ALLOC_ENABLE at its first large allocation, so this must run before one; a value the user set
+    is kept. Returns whether huge pages are now requested."""
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") is None and huge_pages_on_request(setting_file):
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    return os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
