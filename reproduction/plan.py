@@ -100,6 +100,14 @@ class Run:
                                  f"{self.max_iteration} asked; raise --max_iteration or use another --runs_dir")
         return "partial" if list_checkpoints(self.run_dir) else "new"
 
+    def training_log(self) -> tuple[Path, int]:
+        """(the folder whose log.txt the training writes now, the iterations done before that log's first): a
+        two-stage run logs its first stage in RUN_DIR/pretrain, then its main stage in RUN_DIR, whose iteration
+        numbers start again at 1 after the pretrain_iterations."""
+        if self.pretrain_iterations and not (self.run_dir / "pretrain" / "result.json").is_file():
+            return self.run_dir / "pretrain", 0
+        return self.run_dir, self.pretrain_iterations
+
     def done_iterations(self) -> int:
         """Iterations trained so far, both stages of a two-stage run counted."""
         if self.status() == "finished":

@@ -6,13 +6,14 @@ elsewhere. States:
 
 * finished:    trained to its schedule and every checkpoint tested;
 * running:     a live holder has its lock: the last logged iteration and the seconds per iteration of this
-               session (from log.txt's time stamps, evaluations included);
+               session (from log.txt's time stamps, evaluations included; a two-stage run's current stage);
 * failed:      its last attempt left reproduce_error.txt: the error line;
 * queued:      submitted as a batch job that has not started it yet;
 * stopped:     interrupted (resume checkpoints, a stale lock, or trained but not tested): the next launch resumes;
 * not started.
 
-The ETA divides the measured seconds of the iterations still to train by the number of cells running now.
+Iterations count both stages of a two-stage method (BCP: pre-train + main stage). The ETA divides the measured
+seconds of the iterations still to train by the number of cells running now.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ _SESSION_START = ("run folder ", "resumed from ")  # the first line a training s
 class CellState:
     cell: Cell
     state: str
-    iteration: int = 0  # iterations done (last logged while running; else the newest checkpoint)
+    iteration: int = 0  # iterations done, both stages (last logged while running; else the newest checkpoint)
     seconds_per_iteration: float | None = None  # measured in the current (or last) training session
     detail: str = ""
 
@@ -71,18 +72,19 @@ def cell_state(cell: Cell) -> CellState:
     run_dir = cell.run_dir
     try:
         if cell_complete(cell):
-            return CellState(cell, "finished", cell.run.max_iteration)
+            return CellState(cell, "finished", cell.run.total_iterations)
         trained = cell.run.status() == "finished"
         done = cell.run.done_iterations()
     except UserError as exc:
         return CellState(cell, "failed", 0, None, f"error: {exc}")
     holder = read_holder(run_dir)
     stale = holder.stale_reason() if holder else ""
+    log_dir, before = cell.run.training_log()
+    logged, rate = log_progress(log_dir)
     if holder is not None and not stale:
-        iteration, rate = log_progress(run_dir)
         doing = "testing" if trained else "training"
+        iteration = before + logged if logged else 0
         return CellState(cell, "running", max(iteration, done), rate, f"{doing}: {holder.describe()}")
-    _, rate = log_progress(run_dir)
     error = last_error(run_dir)
     if error:
         return CellState(cell, "failed", done, rate, error)
@@ -107,7 +109,7 @@ def estimate(states: list[CellState], timings: dict[tuple[str, str], dict]) -> t
     seconds, unknown = 0.0, []
     for s in states:
         run = s.cell.run
-        remaining = run.max_iteration - s.iteration if s.state != "finished" else 0
+        remaining = run.total_iterations - s.iteration if s.state != "finished" else 0
         if remaining <= 0:
             continue
         key = (run.dataset, run.method)
@@ -138,7 +140,7 @@ def format_status(states: list[CellState], timings: dict[tuple[str, str], dict],
         run = s.cell.run
         rate = f"{s.seconds_per_iteration:.2f}" if s.seconds_per_iteration else "-"
         lines.append(f"{run.budget:>7s}  {run.method:14s}{run.seed:>6d}  {run.select:7s}{s.state:12s}"
-                     f"{f'{s.iteration:,}/{run.max_iteration:,}':>15s}{rate:>8s}  {s.detail}".rstrip())
+                     f"{f'{s.iteration:,}/{run.total_iterations:,}':>15s}{rate:>8s}  {s.detail}".rstrip())
     counts = {state: sum(s.state == state for s in states) for state in STATES}
     lines.append(f"{len(states)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
     seconds, unknown, running = estimate(states, timings)

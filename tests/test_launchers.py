@@ -195,6 +195,33 @@ def test_status_eta_from_the_measured_speed(tmp_path, capsys):
     assert "training left: 60 s of measured iteration time; ETA about 60 s with 1 cell(s) at a time" in out
 
 
+def test_status_counts_both_stages_of_a_two_stage_method(tmp_path, capsys):
+    """BCP: the quick grid's cell is 20 pre-train + 20 main-stage iterations; the pre-train logs in RUN_DIR/pretrain,
+    the main stage in RUN_DIR from its own iteration 1."""
+    args = ["--quick", "--methods", "bcp", "--seeds", "1337", "--device", "cpu", "--labelnum", "2", "--protocol",
+            "honest", "paper", "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
+            "--status"]  # 2 cells
+    running = cell_dir(tmp_path, "2", "test", method="bcp")
+    log_lines(running / "pretrain", [("2030-01-01 10:00:00", f"run folder {running / 'pretrain'}"),
+                                     ("2030-01-01 10:00:01", "iteration 1: loss 0.5"),
+                                     ("2030-01-01 10:00:09", "iteration 5: loss 0.4")])
+    with CellLock(running):
+        assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"running\s+5/40\s+2\.00", out)  # in its pre-train: 2 s/iteration
+    # left: 35 of the running cell and 40 of the other, at the running cell's 2 s
+    assert "training left: 2 min of measured iteration time" in out  # 150 s
+    (running / "pretrain" / "result.json").write_text(json.dumps({"finished": True, "max_iteration": 20}))
+    log_lines(running, [("2030-01-01 11:00:00", f"run folder {running}"),
+                        ("2030-01-01 11:00:01", "iteration 1: loss 0.3"),
+                        ("2030-01-01 11:00:11", "iteration 11: loss 0.2")])
+    with CellLock(running):
+        assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"running\s+31/40\s+1\.00", out)  # 20 pre-train + 11 of the main stage, at 1 s/iteration
+    assert "training left: 49 s of measured iteration time" in out  # 9 + 40
+
+
 def test_log_progress_reads_the_current_session(tmp_path):
     log_lines(tmp_path, [("2030-01-01 10:00:00", "run folder x"), ("2030-01-01 10:00:01", "iteration 1: a"),
                          ("2030-01-01 10:01:41", "iteration 101: a"), ("2030-01-01 11:00:00", "resumed from y"),
