@@ -130,6 +130,12 @@ class VNetEncoder(nn.Module):
         return [x1, x2, x3, x4, self.dropout(x5)]
 
 
+def _add_skip(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """up + skip. Without autograd (evaluation) the sum goes into `up`, the up-stage's fresh output: one
+    full-size activation less to allocate and fault in per stage, the same values bit for bit."""
+    return up + skip if torch.is_grad_enabled() else up.add_(skip)
+
+
 class VNetDecoder(nn.Module):
     """[x1..x5] → (logits (B, C, D, H, W), embedding x9 (B, f, D, H, W)); skips are added, not concatenated.
 
@@ -170,10 +176,10 @@ class VNetDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> DecoderOutput:
         x1, x2, x3, x4, x5 = features
-        x6 = self.block_six(self.block_five_up(x5) + x4)
-        x7 = self.block_seven(self.block_six_up(x6) + x3)
-        x8 = self.block_eight(self.block_seven_up(x7) + x2)
-        x9 = self.dropout(self.block_nine(self.block_eight_up(x8) + x1))
+        x6 = self.block_six(_add_skip(self.block_five_up(x5), x4))
+        x7 = self.block_seven(_add_skip(self.block_six_up(x6), x3))
+        x8 = self.block_eight(_add_skip(self.block_seven_up(x7), x2))
+        x9 = self.dropout(self.block_nine(_add_skip(self.block_eight_up(x8), x1)))
         sdf = torch.tanh(self.sdf_conv(x9)) if self.sdf_conv is not None else None
         aux: tuple[torch.Tensor, ...] = ()
         if self.deep_supervision:

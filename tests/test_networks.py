@@ -380,3 +380,21 @@ def test_second_decoder_upsamples_differently():
     assert hasattr(unet.decoder.up1, "conv1x1") and isinstance(unet.decoder2.up1.up, torch.nn.ConvTranspose2d)
     with pytest.raises(ValueError, match="num_decoders"):
         UNet(num_decoders=4)
+
+
+def test_vnet_evaluation_forward_equals_autograd_forward_and_keeps_the_skips():
+    # without autograd the decoder adds each skip into the up-stage's output in place (networks/vnet.py)
+    torch.manual_seed(0)
+    net = VNet(base_filters=4, num_decoders=2).eval()
+    image = torch.randn(2, 1, 32, 32, 16)
+    with_graph = net(image)
+    with torch.inference_mode():
+        features = net.encoder(image)
+        kept = [feature.clone() for feature in features]
+        without_graph = net(image)
+        net.decoder(features), net.decoder2(features)
+    assert all(torch.equal(a, b) for a, b in zip(features, kept, strict=True))
+    assert torch.equal(with_graph.logits.detach(), without_graph.logits)
+    assert torch.equal(with_graph.features.detach(), without_graph.features)
+    assert len(with_graph.decoder_logits) == len(without_graph.decoder_logits) == 1
+    assert torch.equal(with_graph.decoder_logits[0].detach(), without_graph.decoder_logits[0])
