@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = write_figures(a.out, a.out / "data", {m: r["run_dir"] for m, r in results.items()})
         print_next_steps(figures, a.out)
 
-    return run_cli(job, debug=a.debug, cpu_threads=True)
+    return run_cli(job, debug=a.debug, cpu_threads=True, huge_pages=True)
 
 
 if __name__ == "__main__":

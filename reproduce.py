@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     def job():
         outcome["result"] = run_grid(options)
 
-    code = run_cli(job, debug=args.debug, cpu_threads=not (args.dry_run or args.status or args.aggregate))
+    trains = not (args.dry_run or args.status or args.aggregate)
+    code = run_cli(job, debug=args.debug, cpu_threads=trains, huge_pages=trains)
     if code == 0 and outcome["result"].failed:
         return 1
     return code

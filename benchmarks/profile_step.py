@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
               "batch_size": batch, "labeled_bs": labeled, "load_average_before": list(os.getloadavg()),
               "modes": {}}
     for mode in modes:
-        job = {"device": args.device, "mode": mode, "dataset": args.dataset, "network_kwargs": kwargs,
+        job = {"kind": "train", "device": args.device, "mode": mode, "dataset": args.dataset, "network_kwargs": kwargs,
                "shape": shape, "batch_size": batch, "labeled_bs": labeled, "warmup": args.warmup,
                "operators": args.operators, "threads": args.threads,
                "options": {"amp": "off", "channels_last": False, "compile": False, "optimizer_impl": "default",

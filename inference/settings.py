@@ -37,15 +37,15 @@ class InferenceSettings:
     amp: str = setting("off", "mixed precision of the network's forward: bf16 (recommended on GPUs that have it), "
                               "fp16, off", choices=PRECISION_MODES, group=SPEED)
     channels_last: bool = setting(False, "channels-last memory format for the convolutions (helps with --amp on "
-                                         "GPUs)", group=SPEED)
+                                         "GPUs, and the fp32 2-D U-Net on a CPU; changes the rounding)", group=SPEED)
     compile: bool = setting(False, "torch.compile the network (minutes of compilation first; pays off on long "
                                    "runs)", group=SPEED)
     # an evaluation copy with BatchNorm folded into the convolutions (networks/speed.py: fold_batchnorm), stored
-    # channels-last for a 3-D network on a CPU: the same function with fewer passes and faster kernels, rounded
+    # channels-last on a CPU: the same function with fewer passes and faster kernels, rounded
     # differently (labels differ only where two classes tie within rounding)
-    fold_bn: bool = setting(True, "evaluate a copy with BatchNorm folded into the convolutions, channels-last for "
-                                  "3-D networks on a CPU (same function, faster; labels may differ where two classes "
-                                  "tie within rounding); 0 = the network as it is", group=SPEED)
+    fold_bn: bool = setting(True, "evaluate a copy with BatchNorm folded into the convolutions, on a CPU stored "
+                                  "channels-last (same function, faster; labels may differ where two classes tie "
+                                  "within rounding); 0 = the network as it is", group=SPEED)
 
     def __post_init__(self) -> None:
         self.patch_size, self.stride = tuple(self.patch_size), tuple(self.stride)

@@ -90,22 +90,46 @@ def test_huge_pages_are_asked_for_only_where_the_kernel_gives_them_on_request(tm
     assert not machine.huge_pages_on_request(str(tmp_path / "absent"))
 
 
+HUGE_KIB_AFTER_64_MIB = (
+    "import torch\nfrom utils.cli import run_cli\n"
+    "def huge_kib():\n"
+    "    for line in open('/proc/self/smaps_rollup'):\n"
+    "        if line.startswith('AnonHugePages:'):\n"
+    "            return int(line.split()[1])\n"
+    "before = huge_kib()\n"
+    "keep = []\n"
+    "run_cli(lambda: keep.append(torch.ones(16 * 2 ** 20)), cpu_threads=True, huge_pages={huge_pages})\n"
+    "print(huge_kib() - before)\n")
+
+
 @pytest.mark.skipif(not machine.huge_pages_on_request(), reason="this kernel gives transparent huge pages only "
                     "unasked (mode always) or never, so asking changes nothing")
-def test_a_script_process_backs_its_large_tensors_with_huge_pages():
-    """run_cli(cpu_threads=True), as every training / predicting script starts, asks before torch's first large
-    allocation: a 64 MiB tensor then lies on huge pages (AnonHugePages of the process grows)."""
-    code = ("import torch\nfrom utils.cli import run_cli\n"
-            "def huge_kib():\n"
-            "    for line in open('/proc/self/smaps_rollup'):\n"
-            "        if line.startswith('AnonHugePages:'):\n"
-            "            return int(line.split()[1])\n"
-            "before = huge_kib()\n"
-            "keep = []\n"
-            "run_cli(lambda: keep.append(torch.ones(16 * 2 ** 20)), cpu_threads=True)\n"
-            "print(huge_kib() - before)\n")
+@pytest.mark.parametrize("huge_pages", [True, False], ids=["training script", "predicting script"])
+def test_only_a_training_process_backs_its_large_tensors_with_huge_pages(huge_pages):
+    """run_cli(huge_pages=True), as train_*.py, demo.py and reproduce.py start, asks before torch's first large
+    allocation: a 64 MiB tensor then lies on huge pages (AnonHugePages of the process grows). test_*.py and
+    predict.py do not ask (huge pages slowed their sliding window, docs/speed.md)."""
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", HUGE_KIB_AFTER_64_MIB.format(huge_pages=huge_pages)], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.split()[-1]) >= 32 * 1024, done.stdout  # at least half of the 64 MiB on 2 MiB pages
+    huge_kib = int(done.stdout.split()[-1])
+    if huge_pages:
+        assert huge_kib >= 32 * 1024, done.stdout  # at least half of the 64 MiB on 2 MiB pages
+    else:
+        assert huge_kib < 32 * 1024, done.stdout
+
+
+def test_the_scripts_ask_for_huge_pages_where_they_train():
+    import inspect
+
+    import demo
+    import evaluation
+    import reproduce
+    import training
+    from predict import main as predict_main
+
+    for trains in (training, demo, reproduce):
+        assert "huge_pages=" in inspect.getsource(trains), trains.__name__
+    for predicts in (evaluation, inspect.getmodule(predict_main)):
+        assert "huge_pages" not in inspect.getsource(predicts), predicts.__name__

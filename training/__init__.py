@@ -23,4 +23,4 @@ def train_script(dataset: str, description: str, argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     return run_cli(lambda: train(config_from_args(args, dataset, explicit_flags(parser, argv))), debug=args.debug,
-                   cpu_threads=True)
+                   cpu_threads=True, huge_pages=True)

@@ -14,21 +14,26 @@ from utils.errors import StoppedBySignal, UserError
 USER_ERRORS = (UserError, OSError)
 
 
-def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = False) -> int:
+def run_cli(job: Callable[[], object], debug: bool = False, cpu_threads: bool = False,
+            huge_pages: bool = False) -> int:
     """Run job(); a user error prints `error: ...` on stderr and returns 2 (its traceback with --debug).
 
     A run stopped by a signal after saving its state returns 128 + the signal number (training/signals.py);
     a Ctrl-C that interrupts at once returns 130.
 
     Anything else is a bug: its traceback is shown, so that it gets reported rather than mistaken for bad input.
-    cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores) and ask
-    for huge pages for its large tensors (utils.machine.use_huge_pages), for the scripts that train or predict.
+    cpu_threads: first set PyTorch's threads to the cores free of other work (utils.machine.use_free_cores), for the
+    scripts that train or predict. huge_pages: ask for huge pages for PyTorch's large tensors
+    (utils.machine.use_huge_pages), for the scripts that train (it slows the sliding window down: docs/speed.md).
     """
     try:
-        if cpu_threads:
-            from utils.machine import use_free_cores, use_huge_pages
+        if huge_pages:
+            from utils.machine import use_huge_pages
 
             use_huge_pages()
+        if cpu_threads:
+            from utils.machine import use_free_cores
+
             use_free_cores()
         job()
     except USER_ERRORS as exc:
