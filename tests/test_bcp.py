@@ -342,9 +342,10 @@ def test_the_benchmark_times_bcps_step():
     (5, 6),  # the main stage's iteration 5 (after its checkpoint of iteration 4): the pre-train has only 4
 ])
 def test_sigkill_in_either_stage_then_rerun_ends_bitwise_equal(kill_at, main_iterations, synthetic, tmp_path):
-    import os
     import subprocess
     import sys
+
+    from test_resume import same_threads_env
 
     def with_length(run_dir: Path) -> list[str]:
         args = flags(synthetic, run_dir)
@@ -355,7 +356,7 @@ def test_sigkill_in_either_stage_then_rerun_ends_bitwise_equal(kill_at, main_ite
     reference, run_dir = tmp_path / "reference", tmp_path / "run"
     assert train_la.main(with_length(reference)) == 0
     result = subprocess.run([sys.executable, str(repo / "tests" / "crash_runner.py"), "step", str(kill_at), "--",
-                             *with_length(run_dir)], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                             *with_length(run_dir)], cwd=repo, env=same_threads_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr[-2000:]
     assert (run_dir / "pretrain" / "result.json").exists() == (kill_at > 4)

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import ITERATIONS, assert_same_weights, crash, flags, iteration_lines, reference, synthetic
+from test_resume import (
+    ITERATIONS,
+    assert_same_weights,
+    crash,
+    flags,
+    iteration_lines,
+    reference,
+    same_threads_env,
+    synthetic,
+)
 
 import train_la
 import utils.checkpoint as checkpoint_io
@@ -35,7 +44,7 @@ def start(point: str, n: int, data: Path, run_dir: Path, *extra: str) -> subproc
     """train_la.py in a child process through tests/crash_runner.py (which may signal itself at iteration n), in a
     process group of its own (with its loader workers), as a terminal or a batch job runs it."""
     cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--", *flags(data, run_dir, *extra)]
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, cwd=REPO, env=same_threads_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

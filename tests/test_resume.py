@@ -64,11 +64,20 @@ def reference(synthetic, tmp_path_factory) -> Path:
     return run_dir
 
 
+def same_threads_env() -> dict[str, str]:
+    """The environment of a child train_la.py whose weights a test compares bit for bit with a run of this process:
+    the thread count this process's runs use (utils.machine.use_free_cores decides once per process, from the load
+    at that moment), so that the child does not choose another one from the load at its own start."""
+    from utils.machine import use_free_cores
+
+    threads = use_free_cores(say=lambda _line: None)  # torch's count is restored after the test (conftest)
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+
+
 def crash(point: str, n: int, synthetic: Path, run_dir: Path, *extra: str) -> None:
     cmd = [sys.executable, str(REPO / "tests" / "crash_runner.py"), point, str(n), "--",
            *flags(synthetic, run_dir, *extra)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=REPO, env=same_threads_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
 
 
