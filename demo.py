@@ -1,7 +1,7 @@
 """Demo on an embedded synthetic dataset (no download): SS-Net vs the labeled-only baseline, trained and tested
 with the real LA code path (h5 layout, two-stream sampler, V-Net, sliding window, metrics) on a CPU schedule.
 
-    python demo.py                  # 3.5-4 minutes on an idle 2-core machine (README: what varies)
+    python demo.py                  # about 7 minutes on an idle 2-core machine here (README: what varies)
     python demo.py --iterations 50  # a quicker look
 
 A synthetic "atrium" (a union of ellipsoids among bright distractors, bias field and noise) replaces the LA
