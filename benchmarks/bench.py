@@ -311,10 +311,10 @@ def run_worker(job: dict, module: str = "benchmarks.bench") -> dict | None:
 def serve_job(job_text: str, work: Callable[[dict], dict]) -> int:
     """The worker side of `run_worker`: the job's CPU threads and memory pages, then `work(job)` printed for the
     parent. Huge pages as our scripts ask for them (utils.machine.use_huge_pages): for a job that trains (kind
-    "train" or "program", as train_*.py), not for sliding-window jobs (as test_*.py) nor for what measures the
-    official code (mode or kind "official"), which does not ask; before the job's first large allocation."""
+    "train" or "program", as train_*.py), not for sliding-window jobs (as test_*.py) nor for the official mode
+    (the official code does not ask); before the job's first large allocation."""
     job = json.loads(job_text)
-    if job.get("kind") in ("train", "program") and "official" not in (job.get("mode"), job.get("kind")):
+    if job.get("kind") in ("train", "program") and job.get("mode") != "official":
         use_huge_pages()
     if job.get("threads"):
         torch.set_num_threads(job["threads"])

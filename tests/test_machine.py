@@ -125,11 +125,11 @@ def test_the_scripts_ask_for_huge_pages_where_they_train():
 
     import demo
     import evaluation
+    import predict
     import reproduce
     import training
-    from predict import main as predict_main
 
     for trains in (training, demo, reproduce):
         assert "huge_pages=" in inspect.getsource(trains), trains.__name__
-    for predicts in (evaluation, inspect.getmodule(predict_main)):
+    for predicts in (evaluation, predict):
         assert "huge_pages" not in inspect.getsource(predicts), predicts.__name__
